@@ -1,0 +1,112 @@
+/*
+ * discovery — where pgrouter learns the cluster: sources produce immutable
+ * topology snapshots, published atomically; workers read them without locks.
+ *
+ * Threading: every source runs on the main thread's event_base. A published
+ * snapshot is never modified; readers hold a reference (topo_acquire/topo_release)
+ * and subscribers are told a new one exists (their callback runs on the main
+ * thread and must only wake their own thread).
+ */
+#ifndef DISCOVERY_DISCOVERY_H
+#define DISCOVERY_DISCOVERY_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct event_base;
+
+/* ---- servers: long-lived, one per address, never freed while running ---- */
+
+struct disc_server {
+	unsigned id;
+	char host[256];
+	char port[8];
+	char name[128]; /* "host:port", or the Patroni member name */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	atomic_int sessions; /* live sessions routed here (least-connections) */
+};
+
+/*
+ * Find or create the server for host:port (numeric or resolvable host; called
+ * on the main thread). Returns NULL and fills err (errlen bytes) when the address
+ * does not resolve. The registry owns the server.
+ */
+struct disc_server *disc_server_get(const char *host, const char *port, char *err, size_t errlen);
+/* Free the registry; only after every worker has stopped. */
+void disc_servers_free(void);
+
+/* ---- topology snapshot ---- */
+
+enum disc_role {
+	DISC_ROLE_UNKNOWN = 0,
+	DISC_ROLE_PRIMARY,
+	DISC_ROLE_STANDBY,
+};
+const char *disc_role_name(enum disc_role r);
+
+struct topo_entry {
+	struct disc_server *srv;
+	enum disc_role role;
+	bool reachable;
+	bool in_hot_standby;        /* pg_is_in_recovery() */
+	bool default_read_only;     /* default_transaction_read_only = on */
+	bool noloadbalance;
+	int64_t lag_bytes;          /* replay lag behind the primary; -1 unknown */
+};
+
+struct topology {
+	atomic_int refs;
+	uint64_t generation;
+	const char *source; /* "static", "etcd", ... (static storage) */
+	bool stale;         /* the source lost its view; this is the last good one */
+	unsigned n;
+	struct topo_entry e[];
+};
+
+/* Reference to the current snapshot (never NULL once discovery started). */
+struct topology *topo_acquire(void);
+void topo_release(struct topology *t);
+uint64_t topo_generation(void);
+
+/*
+ * Build and publish: allocate a snapshot for n entries (refs = 1, owned by the
+ * caller until published), fill e[], then topo_publish() takes the caller's
+ * reference, swaps it in and notifies subscribers. Returns true when it differed
+ * from the previous snapshot in anything routing looks at; an identical snapshot
+ * is dropped and nobody is woken.
+ */
+struct topology *topo_new(unsigned n, const char *source);
+bool topo_publish(struct topology *t, int64_t max_lag);
+
+typedef void (*topo_notify_fn)(void *arg);
+/* Register a callback run (on the publishing thread) after each publish. */
+void topo_subscribe(topo_notify_fn fn, void *arg);
+/* Drop the current snapshot and subscribers (shutdown). */
+void topo_reset(void);
+
+/* ---- sources ---- */
+
+struct disc_probe_config {
+	unsigned interval_ms;
+	unsigned timeout_ms;
+	const char *user, *password, *dbname;
+	int64_t max_lag;
+};
+
+/*
+ * Static source with SQL probes: servers from the config, roles from probing
+ * each with libpq's non-blocking API on base. Publishes a first snapshot (all
+ * unknown) at once and a new one whenever a probe changes what routing sees.
+ * Returns NULL with err filled on failure.
+ */
+struct disc_static;
+struct disc_static *disc_static_start(struct event_base *base, struct disc_server **servers,
+				      unsigned n, const struct disc_probe_config *pc, char *err,
+				      size_t errlen);
+void disc_static_stop(struct disc_static *s);
+
+#endif

@@ -1,0 +1,69 @@
+/* message.c — decoders for the backend messages the router reads before relaying. */
+#include <string.h>
+
+#include "pgwire/pgwire.h"
+
+int32_t pgw_auth_code(const uint8_t *body, uint32_t len)
+{
+	if (len < 4)
+		return -1;
+	uint32_t code = pgw_get32(body);
+	return code > 0x7fffffffu ? -1 : (int32_t)code;
+}
+
+int pgw_backend_key(const uint8_t *body, uint32_t len, uint32_t *pid, const uint8_t **key,
+		    uint32_t *key_len)
+{
+	if (len < 8 || len > 4 + PGW_CANCEL_KEY_MAX)
+		return PGW_MALFORMED;
+	*pid = pgw_get32(body);
+	*key = body + 4;
+	*key_len = len - 4;
+	return 0;
+}
+
+int pgw_parameter_status(const uint8_t *body, uint32_t len, const char **name, const char **value)
+{
+	const uint8_t *end = body + len;
+	const uint8_t *nul = memchr(body, 0, len);
+	if (!nul || nul + 1 >= end)
+		return PGW_MALFORMED;
+	const uint8_t *v = nul + 1;
+	const uint8_t *nul2 = memchr(v, 0, (size_t)(end - v));
+	if (!nul2 || nul2 != end - 1)
+		return PGW_MALFORMED;
+	*name = (const char *)body;
+	*value = (const char *)v;
+	return 0;
+}
+
+int pgw_ready_status(const uint8_t *body, uint32_t len)
+{
+	if (len != 1 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))
+		return -1;
+	return body[0];
+}
+
+int pgw_error_parse(const uint8_t *body, uint32_t len, struct pgw_error_fields *out)
+{
+	const uint8_t *p = body, *end = body + len;
+	memset(out, 0, sizeof(*out));
+	while (p < end && *p != 0) {
+		uint8_t code = *p++;
+		const uint8_t *nul = memchr(p, 0, (size_t)(end - p));
+		if (!nul)
+			return PGW_MALFORMED;
+		const char *s = (const char *)p;
+		switch (code) {
+		case 'V': out->severity = s; break;
+		case 'S': if (!out->severity) out->severity = s; break;
+		case 'C': out->sqlstate = s; break;
+		case 'M': out->message = s; break;
+		case 'D': out->detail = s; break;
+		}
+		p = nul + 1;
+	}
+	if (p != end - 1)
+		return PGW_MALFORMED;
+	return 0;
+}

@@ -1,0 +1,203 @@
+/*
+ * pgwire — the PostgreSQL frontend/backend protocol, without I/O.
+ *
+ * Everything here works on (const uint8_t *, size_t): no sockets, no libevent,
+ * no allocation. Parsers validate every length read from the wire before using
+ * it and answer "done", "need more bytes" or "malformed". The router, the unit
+ * tests and the fuzzers link the same code.
+ *
+ * Limits (see frame.c): a startup-phase packet (the untyped first packet) is at
+ * most PGW_STARTUP_MAX bytes, as in PostgreSQL itself; a typed message is at most
+ * PGW_MESSAGE_MAX bytes, PostgreSQL's own cap for a single message (1 GB - 1).
+ */
+#ifndef PGWIRE_PGWIRE_H
+#define PGWIRE_PGWIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PGW_STARTUP_MAX 10000u
+#define PGW_MESSAGE_MAX 0x3fffffffu
+#define PGW_CANCEL_KEY_MAX 256u /* protocol 3.2 allows keys of up to 256 bytes */
+#define PGW_HEADER_LEN 5u
+
+#define PGW_PROTO(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))
+#define PGW_PROTO_MAJOR(v) ((v) >> 16)
+#define PGW_PROTO_MINOR(v) ((v)&0xffff)
+#define PGW_CODE_CANCEL 80877102u
+#define PGW_CODE_SSL 80877103u
+#define PGW_CODE_GSSENC 80877104u
+
+/* Big-endian integers as the protocol writes them. */
+static inline uint32_t pgw_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void pgw_put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* Result of a parser: > 0 bytes consumed, 0 need more, < 0 malformed. */
+enum pgw_result {
+	PGW_NEED_MORE = 0,
+	PGW_BAD_LENGTH = -1,
+	PGW_BAD_VERSION = -2,
+	PGW_MALFORMED = -3,
+};
+const char *pgw_result_name(int r);
+
+/* ---- frame.c: 5-byte framing ----------------------------------------- */
+
+/* Message types the router cares about, by their wire byte. */
+enum pgw_msg {
+	PGW_MSG_AUTH = 'R',
+	PGW_MSG_BACKEND_KEY = 'K',
+	PGW_MSG_PARAMETER_STATUS = 'S',
+	PGW_MSG_READY = 'Z',
+	PGW_MSG_ERROR = 'E',
+	PGW_MSG_NOTICE = 'N',
+	PGW_MSG_NEGOTIATE = 'v',
+	PGW_MSG_COPY_IN = 'G',
+	PGW_MSG_COPY_OUT = 'H',
+	PGW_MSG_COPY_BOTH = 'W',
+	PGW_MSG_COPY_DATA = 'd',
+	PGW_MSG_COPY_DONE = 'c',
+	PGW_MSG_TERMINATE = 'X',
+	PGW_MSG_QUERY = 'Q',
+};
+/* Name of a message type for logs; "backend"/"frontend" matters for shared bytes. */
+const char *pgw_msg_name(uint8_t type, bool from_backend);
+
+/*
+ * Decode a message header. Takes at least PGW_HEADER_LEN bytes. Returns 0 and
+ * sets *type and *body_len (length without the 4 length bytes), or
+ * PGW_BAD_LENGTH when the length field is below 4 or above max_len.
+ */
+int pgw_header(const uint8_t *p, uint32_t max_len, uint8_t *type, uint32_t *body_len);
+
+/*
+ * Streaming scanner over a message stream: fed arbitrary chunks, it follows
+ * message boundaries without holding any body byte, so the relay can forward
+ * every chunk as soon as it is scanned. It remembers the last message type, the
+ * transaction status of the last ReadyForQuery and whether the stream sits at a
+ * message boundary.
+ */
+struct pgw_scanner {
+	uint32_t remaining;  /* body bytes of the current message still to pass */
+	uint32_t max_len;    /* largest accepted length field */
+	uint8_t hdr[PGW_HEADER_LEN];
+	uint8_t hdr_have;    /* bytes of a header split across chunks */
+	uint8_t last_type;   /* type of the last message whose header was read */
+	uint8_t want_status; /* next body byte is ReadyForQuery's status */
+	char txn_status;     /* 'I', 'T', 'E' from the last ReadyForQuery; 0 before */
+	bool frontend;       /* the stream a client sends */
+	uint64_t messages;   /* headers seen */
+	/* Requests answered by exactly one ReadyForQuery (frontend: Query, Sync,
+	 * FunctionCall) or ReadyForQuery itself (backend). Equal counts on both
+	 * streams mean the client has nothing in flight. */
+	uint32_t sync_points;
+};
+void pgw_scanner_init(struct pgw_scanner *s, uint32_t max_len, bool frontend);
+/* Feed n bytes. Returns 0, or PGW_BAD_LENGTH (the stream is unusable afterwards). */
+int pgw_scan(struct pgw_scanner *s, const uint8_t *p, size_t n);
+/* True when no message is partly scanned. */
+static inline bool pgw_scan_at_boundary(const struct pgw_scanner *s)
+{
+	return s->remaining == 0 && s->hdr_have == 0 && !s->want_status;
+}
+/* True when the backend stream ended with ReadyForQuery 'I': idle, outside a transaction. */
+static inline bool pgw_scan_idle(const struct pgw_scanner *s)
+{
+	return pgw_scan_at_boundary(s) && s->last_type == PGW_MSG_READY && s->txn_status == 'I';
+}
+
+/* ---- startup.c: the untyped first packet ----------------------------- */
+
+enum pgw_first_kind {
+	PGW_FIRST_STARTUP,
+	PGW_FIRST_SSL,
+	PGW_FIRST_GSSENC,
+	PGW_FIRST_CANCEL,
+};
+
+struct pgw_param {
+	const char *name; /* points into the packet */
+	const char *value;
+};
+
+#define PGW_MAX_PARAMS 64
+
+struct pgw_first {
+	enum pgw_first_kind kind;
+	uint32_t len;     /* whole packet, length field included */
+	uint32_t version; /* PGW_PROTO(3, x) for a startup message */
+	/* StartupMessage: pointers into the caller's packet, NUL-terminated there. */
+	const char *user;
+	const char *database; /* defaults to user, as PostgreSQL does */
+	const char *application_name;
+	bool replication;
+	unsigned nparams;
+	struct pgw_param params[PGW_MAX_PARAMS];
+	/* CancelRequest */
+	uint32_t cancel_pid;
+	const uint8_t *cancel_key;
+	uint32_t cancel_key_len;
+};
+
+/*
+ * Length of the first packet from its first 4 bytes. Returns the length
+ * (8..PGW_STARTUP_MAX), PGW_NEED_MORE with fewer than 4 bytes, or PGW_BAD_LENGTH.
+ */
+int pgw_first_len(const uint8_t *p, size_t n);
+
+/*
+ * Parse a complete first packet p[0..n) (n must be pgw_first_len()). Fills *out
+ * with pointers into p, which must stay alive and unmodified while they are used.
+ * Returns n, PGW_BAD_VERSION (unsupported protocol) or PGW_MALFORMED.
+ */
+int pgw_first_parse(const uint8_t *p, size_t n, struct pgw_first *out);
+
+/* ---- message.c: backend messages read during startup ---------------- */
+
+/* Authentication request code of an 'R' body; -1 if the body is too short. */
+int32_t pgw_auth_code(const uint8_t *body, uint32_t len);
+
+/* BackendKeyData body: 3.0 has a 4-byte key, 3.2 up to 256 bytes. */
+int pgw_backend_key(const uint8_t *body, uint32_t len, uint32_t *pid, const uint8_t **key,
+		    uint32_t *key_len);
+
+/* ParameterStatus body: two NUL-terminated strings, pointing into body. */
+int pgw_parameter_status(const uint8_t *body, uint32_t len, const char **name, const char **value);
+
+/* ReadyForQuery body: 'I', 'T' or 'E'; -1 if malformed. */
+int pgw_ready_status(const uint8_t *body, uint32_t len);
+
+/* ErrorResponse / NoticeResponse fields we log or act on; NULL when absent. */
+struct pgw_error_fields {
+	const char *severity; /* 'V' (non-localized) or 'S' */
+	const char *sqlstate; /* 'C' */
+	const char *message;  /* 'M' */
+	const char *detail;   /* 'D' */
+};
+int pgw_error_parse(const uint8_t *body, uint32_t len, struct pgw_error_fields *out);
+
+/* ---- error.c: builders ----------------------------------------------- */
+
+/*
+ * Write an ErrorResponse into buf (capacity cap): severity ("FATAL", "ERROR"),
+ * 5-character SQLSTATE, message and optional detail/hint (NULL to omit). Fields
+ * too long for buf are cut. Returns the bytes written, or 0 if cap is too small
+ * for even the header.
+ */
+size_t pgw_build_error(uint8_t *buf, size_t cap, const char *severity, const char *sqlstate,
+		       const char *message, const char *detail, const char *hint);
+
+/* Terminate message ('X'): 5 bytes. */
+size_t pgw_build_terminate(uint8_t *buf, size_t cap);
+
+#endif

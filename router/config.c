@@ -1,0 +1,426 @@
+/*
+ * config.c — the INI file (inih). Every error names FILE:LINE: key: reason.
+ *
+ * inih does not tell a handler which line it is on, so the file is read through
+ * a line-counting reader: the handler runs right after its line was read.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+struct parse_ctx {
+	struct config *c;
+	FILE *f;
+	int line;
+	char *err;
+	size_t errlen;
+	int bad_line;
+	struct listener_config *cur_listener;
+	char cur_section[80];
+	int probe_interval_line, source_line;
+};
+
+static const char *const tsa_names[] = { "any", "read-write", "read-only",
+					 "primary", "standby", "prefer-standby" };
+static const char *const lb_names[] = { "round-robin", "random", "least-connections" };
+
+const char *tsa_name(enum tsa t)
+{
+	return tsa_names[t];
+}
+
+const char *lb_name(enum lb b)
+{
+	return lb_names[b];
+}
+
+static char *counting_reader(char *str, int num, void *stream)
+{
+	struct parse_ctx *p = stream;
+	char *r = fgets(str, num, p->f);
+	if (r)
+		p->line++;
+	return r;
+}
+
+__attribute__((format(printf, 4, 5))) static int fail(struct parse_ctx *p, int line,
+						      const char *key, const char *fmt, ...)
+{
+	int n = snprintf(p->err, p->errlen, "%s:%d: %s: ", p->c->path, line, key);
+	va_list ap;
+	va_start(ap, fmt);
+	if (n > 0 && (size_t)n < p->errlen)
+		vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	p->bad_line = line;
+	return 0; /* inih: stop with an error */
+}
+
+int parse_duration_ms(const char *s, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || errno || v < 0)
+		return -1;
+	while (isspace((unsigned char)*end))
+		end++;
+	double mult;
+	if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+		mult = 60000;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600000;
+	else if (*end == 0 && v == 0)
+		mult = 0;
+	else
+		return -1;
+	double ms = v * mult;
+	if (ms > 86400000.0 * 7)
+		return -1;
+	*out = (unsigned)ms;
+	return 0;
+}
+
+int parse_size(const char *s, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || errno || v < 0)
+		return -1;
+	while (isspace((unsigned char)*end))
+		end++;
+	double mult;
+	if (*end == 0 || strcmp(end, "B") == 0)
+		mult = 1;
+	else if (strcmp(end, "kB") == 0 || strcasecmp(end, "KB") == 0)
+		mult = 1024;
+	else if (strcmp(end, "MB") == 0)
+		mult = 1024.0 * 1024;
+	else if (strcmp(end, "GB") == 0)
+		mult = 1024.0 * 1024 * 1024;
+	else if (strcmp(end, "TB") == 0)
+		mult = 1024.0 * 1024 * 1024 * 1024;
+	else
+		return -1;
+	double b = v * mult;
+	if (b > 9.0e18)
+		return -1;
+	*out = (int64_t)b;
+	return 0;
+}
+
+static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (end == s || *end || errno || v < min || v > max || *s == '-')
+		return -1;
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* "host:port", "[v6]:port", "host" (port 5432). Returns 0, or -1 with why set. */
+static int parse_hostport(const char *s, char *host, size_t hostlen, char *port, size_t portlen,
+			  const char *default_port, const char **why)
+{
+	const char *h = s, *colon;
+	size_t hl;
+	if (*s == '[') {
+		const char *close = strchr(s, ']');
+		if (!close) {
+			*why = "missing ']' after IPv6 address";
+			return -1;
+		}
+		h = s + 1;
+		hl = (size_t)(close - h);
+		colon = close[1] == ':' ? close + 1 : NULL;
+		if (close[1] && !colon) {
+			*why = "expected ':' after ']'";
+			return -1;
+		}
+	} else {
+		colon = strrchr(s, ':');
+		if (colon && strchr(s, ':') != colon) {
+			*why = "IPv6 addresses need brackets: [::1]:5432";
+			return -1;
+		}
+		hl = colon ? (size_t)(colon - s) : strlen(s);
+	}
+	if (hl == 0 || hl >= hostlen) {
+		*why = "missing or too long host";
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = 0;
+	const char *p = colon ? colon + 1 : default_port;
+	unsigned portnum;
+	if (parse_uint(p, 1, 65535, &portnum) != 0) {
+		*why = "port must be 1..65535";
+		return -1;
+	}
+	snprintf(port, portlen, "%u", portnum);
+	return 0;
+}
+
+static int set_string(struct parse_ctx *p, const char *key, const char *v, char *dst, size_t len)
+{
+	if (strlen(v) >= len)
+		return fail(p, p->line, key, "value too long (at most %zu bytes)", len - 1);
+	memcpy(dst, v, strlen(v) + 1);
+	return 1;
+}
+
+static int set_duration(struct parse_ctx *p, const char *key, const char *v, unsigned *dst,
+			bool zero_ok)
+{
+	if (parse_duration_ms(v, dst) != 0)
+		return fail(p, p->line, key, "invalid duration \"%s\" (use ms, s or m, e.g. 3s)", v);
+	if (!zero_ok && *dst == 0)
+		return fail(p, p->line, key, "must be greater than 0");
+	return 1;
+}
+
+static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (strcmp(k, "workers") == 0) {
+		if (parse_uint(v, 1, 256, &c->workers) != 0)
+			return fail(p, p->line, k, "must be an integer 1..256");
+		return 1;
+	}
+	if (strcmp(k, "log_level") == 0) {
+		int l = log_level_parse(v);
+		if (l < 0)
+			return fail(p, p->line, k, "must be error, warning, info or debug");
+		c->log_level = l;
+		return 1;
+	}
+	if (strcmp(k, "connect_timeout") == 0)
+		return set_duration(p, k, v, &c->connect_timeout_ms, false);
+	if (strcmp(k, "queue_timeout") == 0)
+		return set_duration(p, k, v, &c->queue_timeout_ms, true);
+	if (strcmp(k, "startup_timeout") == 0)
+		return set_duration(p, k, v, &c->startup_timeout_ms, false);
+	if (strcmp(k, "shutdown_timeout") == 0)
+		return set_duration(p, k, v, &c->shutdown_timeout_ms, true);
+	if (strcmp(k, "max_client_conn") == 0) {
+		if (parse_uint(v, 1, 1000000, &c->max_client_conn) != 0)
+			return fail(p, p->line, k, "must be an integer 1..1000000");
+		return 1;
+	}
+	return fail(p, p->line, k, "unknown key in [pgrouter]");
+}
+
+static int parse_servers(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	char buf[4096];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, p->line, k, "list too long");
+	strcpy(buf, v);
+	c->nservers = 0;
+	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		if (c->nservers == CONFIG_MAX_SERVERS)
+			return fail(p, p->line, k, "more than %d servers", CONFIG_MAX_SERVERS);
+		struct server_config *s = &c->servers[c->nservers];
+		const char *why;
+		if (parse_hostport(tok, s->host, sizeof(s->host), s->port, sizeof(s->port), "5432",
+				   &why) != 0)
+			return fail(p, p->line, k, "\"%s\": %s", tok, why);
+		s->line = p->line;
+		c->nservers++;
+	}
+	if (c->nservers == 0)
+		return fail(p, p->line, k, "empty server list");
+	return 1;
+}
+
+static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (strcmp(k, "source") == 0) {
+		if (strcmp(v, "static") != 0)
+			return fail(p, p->line, k, "unknown source \"%s\" (supported: static)", v);
+		p->source_line = p->line;
+		return set_string(p, k, v, c->source, sizeof(c->source));
+	}
+	if (strcmp(k, "servers") == 0)
+		return parse_servers(p, k, v);
+	if (strcmp(k, "probe_interval") == 0) {
+		p->probe_interval_line = p->line;
+		return set_duration(p, k, v, &c->probe_interval_ms, true);
+	}
+	if (strcmp(k, "probe_user") == 0)
+		return set_string(p, k, v, c->probe_user, sizeof(c->probe_user));
+	if (strcmp(k, "probe_password") == 0)
+		return set_string(p, k, v, c->probe_password, sizeof(c->probe_password));
+	if (strcmp(k, "probe_dbname") == 0)
+		return set_string(p, k, v, c->probe_dbname, sizeof(c->probe_dbname));
+	if (strcmp(k, "max_lag") == 0) {
+		if (parse_size(v, &c->max_lag) != 0)
+			return fail(p, p->line, k, "invalid size \"%s\" (use kB, MB, GB)", v);
+		return 1;
+	}
+	return fail(p, p->line, k, "unknown key in [cluster]");
+}
+
+static int listener_key(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct listener_config *l = p->cur_listener;
+	if (strcmp(k, "listen") == 0) {
+		const char *why;
+		l->line = p->line;
+		if (parse_hostport(v, l->host, sizeof(l->host), l->port, sizeof(l->port), "6432",
+				   &why) != 0)
+			return fail(p, p->line, k, "\"%s\": %s", v, why);
+		return 1;
+	}
+	if (strcmp(k, "target_session_attrs") == 0) {
+		for (unsigned i = 0; i < sizeof(tsa_names) / sizeof(tsa_names[0]); i++)
+			if (strcmp(v, tsa_names[i]) == 0) {
+				l->tsa = (enum tsa)i;
+				return 1;
+			}
+		return fail(p, p->line, k,
+			    "must be any, read-write, read-only, primary, standby or prefer-standby");
+	}
+	if (strcmp(k, "load_balance") == 0) {
+		for (unsigned i = 0; i < sizeof(lb_names) / sizeof(lb_names[0]); i++)
+			if (strcmp(v, lb_names[i]) == 0) {
+				l->lb = (enum lb)i;
+				return 1;
+			}
+		return fail(p, p->line, k, "must be round-robin, random or least-connections");
+	}
+	return fail(p, p->line, k, "unknown key in [listener %s]", l->name);
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct parse_ctx *p = user;
+	struct config *c = p->c;
+
+	if (strcmp(section, p->cur_section) != 0) {
+		snprintf(p->cur_section, sizeof(p->cur_section), "%s", section);
+		p->cur_listener = NULL;
+		if (strncmp(section, "listener", 8) == 0) {
+			const char *nm = section + 8;
+			while (*nm == ' ' || *nm == '\t')
+				nm++;
+			if (nm == section + 8 || !*nm)
+				return fail(p, p->line, section, "a listener section needs a name: [listener rw]");
+			for (unsigned i = 0; i < c->nlisteners; i++)
+				if (strcmp(c->listeners[i].name, nm) == 0)
+					return fail(p, p->line, section, "listener \"%s\" defined twice", nm);
+			if (c->nlisteners == CONFIG_MAX_LISTENERS)
+				return fail(p, p->line, section, "more than %d listeners",
+					    CONFIG_MAX_LISTENERS);
+			p->cur_listener = &c->listeners[c->nlisteners++];
+			memset(p->cur_listener, 0, sizeof(*p->cur_listener));
+			snprintf(p->cur_listener->name, sizeof(p->cur_listener->name), "%s", nm);
+			p->cur_listener->line = p->line;
+			p->cur_listener->tsa = TSA_ANY;
+		}
+	}
+	if (strcmp(section, "pgrouter") == 0)
+		return pgrouter_key(p, name, value);
+	if (strcmp(section, "cluster") == 0)
+		return cluster_key(p, name, value);
+	if (p->cur_listener)
+		return listener_key(p, name, value);
+	return fail(p, p->line, name, "unknown section [%s]", section);
+}
+
+static void defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	c->workers = n > 0 ? (unsigned)n : 1;
+	c->log_level = LOG_INFO;
+	c->connect_timeout_ms = 3000;
+	c->queue_timeout_ms = 10000;
+	c->startup_timeout_ms = 10000;
+	c->shutdown_timeout_ms = 30000;
+	c->max_client_conn = 10000;
+	strcpy(c->source, "static");
+	c->probe_interval_ms = 1000;
+	strcpy(c->probe_user, "postgres");
+	strcpy(c->probe_dbname, "postgres");
+	c->max_lag = 16 * 1024 * 1024;
+}
+
+int config_load(const char *path, struct config *c, char *err, size_t errlen)
+{
+	defaults(c);
+	snprintf(c->path, sizeof(c->path), "%s", path);
+	struct parse_ctx p = { .c = c, .err = err, .errlen = errlen };
+	err[0] = 0;
+
+	p.f = fopen(path, "r");
+	if (!p.f) {
+		snprintf(err, errlen, "%s:0: file: %s", path, strerror(errno));
+		return -1;
+	}
+	/* long server lists need more than inih's default 200-byte line */
+	ini_use_stack = false;
+	ini_max_line = 8192;
+	int rc = ini_parse_stream(counting_reader, &p, handler, &p);
+	fclose(p.f);
+	if (rc != 0) {
+		if (!err[0])
+			snprintf(err, errlen, "%s:%d: syntax: expected [section] or key = value", path,
+				 rc > 0 ? rc : 0);
+		return -1;
+	}
+
+	/* whole-file checks, each pointing at the line that is wrong or missing */
+	if (strcmp(c->source, "static") == 0) {
+		if (c->nservers == 0) {
+			snprintf(err, errlen, "%s:%d: servers: source = static needs a server list",
+				 path, p.source_line);
+			return -1;
+		}
+		if (c->probe_interval_ms == 0) {
+			snprintf(err, errlen,
+				 "%s:%d: probe_interval: source = static learns roles only by probing; "
+				 "it cannot be 0",
+				 path, p.probe_interval_line);
+			return -1;
+		}
+	}
+	if (c->nlisteners == 0) {
+		snprintf(err, errlen, "%s:%d: listener: no [listener NAME] section", path, p.line);
+		return -1;
+	}
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		struct listener_config *l = &c->listeners[i];
+		if (!l->host[0]) {
+			snprintf(err, errlen, "%s:%d: listen: [listener %s] has no listen address",
+				 path, l->line, l->name);
+			return -1;
+		}
+		for (unsigned j = 0; j < i; j++)
+			if (strcmp(c->listeners[j].host, l->host) == 0 &&
+			    strcmp(c->listeners[j].port, l->port) == 0) {
+				snprintf(err, errlen, "%s:%d: listen: %s:%s is also [listener %s]",
+					 path, l->line, l->host, l->port, c->listeners[j].name);
+				return -1;
+			}
+	}
+	return 0;
+}

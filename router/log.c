@@ -1,0 +1,59 @@
+/* log.c — one line per event, written with one write(2) so threads never interleave. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+int log_level = LOG_INFO;
+
+static const char *const level_names[] = { "ERROR", "WARNING", "INFO", "DEBUG" };
+
+int log_level_parse(const char *s)
+{
+	if (strcasecmp(s, "error") == 0)
+		return LOG_ERROR;
+	if (strcasecmp(s, "warning") == 0 || strcasecmp(s, "warn") == 0)
+		return LOG_WARNING;
+	if (strcasecmp(s, "info") == 0)
+		return LOG_INFO;
+	if (strcasecmp(s, "debug") == 0)
+		return LOG_DEBUG;
+	return -1;
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+	if (!log_enabled(level))
+		return;
+	char line[2048];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ld UTC [%d] %s: ",
+			      ts.tv_nsec / 1000000, (int)getpid(), level_names[level]);
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+	va_end(ap);
+	if (m < 0)
+		m = 0;
+	n += (size_t)m;
+	if (n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	line[n++] = '\n';
+	ssize_t w = write(STDERR_FILENO, line, n);
+	(void)w;
+}

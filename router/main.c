@@ -1,0 +1,182 @@
+/*
+ * main.c — pgrouter's entry point. The main thread reads the configuration,
+ * binds the listeners, runs the discovery sources and handles signals; the
+ * workers (worker.c) carry the sessions.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "discovery/internal.h"
+#include "router/router.h"
+
+struct router router;
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: pgrouter -c FILE        run with configuration FILE\n"
+		   "       pgrouter --check -c FILE  validate FILE and exit (0 ok, 1 error)\n"
+		   "       pgrouter --version\n");
+}
+
+static void disc_log_bridge(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void disc_log_bridge(int level, const char *fmt, ...)
+{
+	if (!log_enabled(level))
+		return;
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	log_msg(level, "%s", buf);
+}
+
+static void raise_fd_limit(unsigned want)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t need = (rlim_t)want;
+	if (rl.rlim_cur >= need)
+		return;
+	rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need)
+		log_warning("open files limited to %llu; max_client_conn needs about %llu",
+			    (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+}
+
+static int stop_signal;
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct event_base *base = arg;
+	if (stop_signal) {
+		log_info("received %s again while shutting down; still draining",
+			 sig == SIGINT ? "SIGINT" : "SIGTERM");
+		return;
+	}
+	stop_signal = (int)sig;
+	log_info("received %s: no new sessions; open sessions close at their next transaction "
+		 "boundary or after shutdown_timeout (%u ms)",
+		 sig == SIGINT ? "SIGINT" : "SIGTERM", router.cfg->shutdown_timeout_ms);
+	event_base_loopexit(base, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 'k' },
+		{ "version", no_argument, NULL, 'V' },	    { "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = NULL;
+	bool check = false;
+	int o;
+	while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': path = optarg; break;
+		case 'k': check = true; break;
+		case 'V': printf("pgrouter %s\n", PGROUTER_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (!path || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	static struct config cfg;
+	char err[1024];
+	if (config_load(path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (check) {
+		printf("%s: ok\n", path);
+		return 0;
+	}
+	log_level = cfg.log_level;
+	disc_log = disc_log_bridge;
+	router.cfg = &cfg;
+	router.nworkers = cfg.workers;
+	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit(cfg.max_client_conn * 2 + 256);
+	if (evthread_use_pthreads() != 0) {
+		log_error("libevent has no pthreads support");
+		return 1;
+	}
+
+	int rc = 1;
+	struct event_base *base = event_base_new();
+	struct disc_static *src = NULL;
+	struct disc_server *servers[CONFIG_MAX_SERVERS];
+	for (unsigned i = 0; i < cfg.nservers; i++) {
+		char why[300];
+		servers[i] = disc_server_get(cfg.servers[i].host, cfg.servers[i].port, why, sizeof(why));
+		if (!servers[i]) {
+			log_error("%s:%d: servers: %s", path, cfg.servers[i].line, why);
+			goto out;
+		}
+	}
+	if (listeners_bind(&router, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		goto out;
+	}
+	static struct disc_probe_config pc;
+	pc = (struct disc_probe_config){ .interval_ms = cfg.probe_interval_ms,
+					 .timeout_ms = cfg.connect_timeout_ms,
+					 .user = cfg.probe_user,
+					 .password = cfg.probe_password,
+					 .dbname = cfg.probe_dbname,
+					 .max_lag = cfg.max_lag };
+	src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
+	if (!src) {
+		log_error("discovery: %s", err);
+		goto out;
+	}
+	if (workers_start(&router, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		workers_shutdown(&router);
+		goto out;
+	}
+	for (unsigned i = 0; i < cfg.nlisteners; i++) {
+		const struct listener_config *l = &cfg.listeners[i];
+		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s", l->name,
+			 l->host, l->port, tsa_name(l->tsa), lb_name(l->lb));
+	}
+	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
+		 cfg.workers, cfg.nservers, cfg.source);
+
+	struct event *sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
+	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, base);
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	event_base_dispatch(base);
+
+	/* the main loop has stopped: workers drain on their own, this thread waits */
+	workers_shutdown(&router);
+	workers_join(&router);
+	event_free(sigterm);
+	event_free(sigint);
+	log_info("pgrouter stopped");
+	rc = 0;
+out:
+	workers_join(&router);
+	disc_static_stop(src);
+	topo_reset();
+	disc_servers_free();
+	if (base)
+		event_base_free(base);
+	return rc;
+}

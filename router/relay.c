@@ -1,0 +1,184 @@
+/*
+ * relay.c — moving bytes between a client and its server.
+ *
+ *   readable(from)
+ *     to->out empty ──▶ read(from) into the worker's scratch ──▶ scan ──▶ write(to)
+ *        │                                                        │ partial write
+ *        │                                                        ▼
+ *     to->out busy ──▶ readv(from) straight into to->out ──▶ scan   to->out += rest, watch to
+ *                                                                 │ > high watermark
+ *                                                                 ▼
+ *                                                      stop reading from until to
+ *                                                      drains below the low watermark
+ *
+ * In the common case a round trip costs one read and one write per direction
+ * and no allocation: the bytes pass through a buffer the worker owns. Only
+ * when the peer's socket is full does anything stay in user space, and then
+ * reads go directly into the pending evbuffer's own chains (no copy). The
+ * scanner reads headers only; bodies are never touched or copied.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
+	      event_callback_fn wr)
+{
+	e->fd = fd;
+	event_assign(&e->rd, s->w->base, fd, EV_READ | EV_PERSIST, rd, s);
+	event_assign(&e->wr, s->w->base, fd, EV_WRITE | EV_PERSIST, wr, s);
+	e->rd_on = e->wr_on = e->paused = false;
+}
+
+void end_read(struct end *e, bool on)
+{
+	if (e->fd < 0 || e->rd_on == on)
+		return;
+	e->rd_on = on;
+	if (on)
+		event_add(&e->rd, NULL);
+	else
+		event_del(&e->rd);
+}
+
+void end_write(struct end *e, bool on)
+{
+	if (e->fd < 0 || e->wr_on == on)
+		return;
+	e->wr_on = on;
+	if (on)
+		event_add(&e->wr, NULL);
+	else
+		event_del(&e->wr);
+}
+
+void end_close(struct end *e)
+{
+	if (e->fd >= 0) {
+		end_read(e, false);
+		end_write(e, false);
+		close(e->fd);
+		e->fd = -1;
+	}
+	if (e->out) {
+		evbuffer_free(e->out);
+		e->out = NULL;
+	}
+}
+
+static bool ensure_out(struct end *e)
+{
+	if (!e->out)
+		e->out = evbuffer_new();
+	return e->out != NULL;
+}
+
+bool end_queue(struct end *e, const void *p, size_t n)
+{
+	return ensure_out(e) && evbuffer_add(e->out, p, n) == 0;
+}
+
+ssize_t end_flush(struct end *e)
+{
+	if (!e->out)
+		return 0;
+	size_t len = evbuffer_get_length(e->out);
+	if (len && e->fd >= 0) {
+		int n = evbuffer_write(e->out, e->fd);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -1;
+		len = evbuffer_get_length(e->out);
+	}
+	end_write(e, len > 0);
+	return (ssize_t)len;
+}
+
+void relay_resume(struct end *from, struct end *to)
+{
+	if (from->paused && (!to->out || evbuffer_get_length(to->out) < RELAY_LOW_WATERMARK)) {
+		from->paused = false;
+		end_read(from, true);
+	}
+}
+
+static int scan(struct end *from, const uint8_t *p, size_t n)
+{
+	return pgw_scan(&from->scan, p, n) == 0 ? 0 : -2;
+}
+
+int relay_move(struct session *s, struct end *from, struct end *to)
+{
+	ssize_t n;
+
+	if (to->fd >= 0 && (!to->out || evbuffer_get_length(to->out) == 0)) {
+		/* fast path: through the worker's scratch buffer */
+		uint8_t *buf = s->w->scratch;
+		n = read(from->fd, buf, sizeof(s->w->scratch));
+		if (n <= 0)
+			goto read_failed;
+		if (scan(from, buf, (size_t)n) != 0)
+			return -2;
+		ssize_t w = send(to->fd, buf, (size_t)n, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				return -1;
+			w = 0;
+		}
+		if (w == n)
+			return 0;
+		/* the peer is slower: keep the rest and watch it */
+		if (!end_queue(to, buf + w, (size_t)(n - w)))
+			return -1;
+		end_write(to, true);
+	} else {
+		/* slow path: the peer has a backlog (or no socket yet), append to it */
+		if (!ensure_out(to))
+			return -1;
+		struct evbuffer_iovec v[2];
+		int nv = evbuffer_reserve_space(to->out, 32 * 1024, v, 2);
+		if (nv <= 0)
+			return -1;
+		struct iovec iov[2];
+		for (int i = 0; i < nv; i++)
+			iov[i] = (struct iovec){ v[i].iov_base, v[i].iov_len };
+		n = readv(from->fd, iov, nv);
+		if (n <= 0) {
+			evbuffer_commit_space(to->out, v, 0);
+			goto read_failed;
+		}
+		size_t left = (size_t)n;
+		int used = 0;
+		for (; used < nv && left; used++) {
+			size_t k = v[used].iov_len < left ? v[used].iov_len : left;
+			v[used].iov_len = k;
+			left -= k;
+			if (scan(from, v[used].iov_base, k) != 0) {
+				evbuffer_commit_space(to->out, v, 0);
+				return -2;
+			}
+		}
+		evbuffer_commit_space(to->out, v, used);
+		if (to->fd >= 0 && end_flush(to) < 0)
+			return -1;
+	}
+	if (to->out && evbuffer_get_length(to->out) > RELAY_HIGH_WATERMARK) {
+		from->paused = true;
+		end_read(from, false);
+	}
+	return 0;
+
+read_failed:
+	if (n == 0) {
+		errno = 0;
+		return -1;
+	}
+	if (errno == EAGAIN || errno == EINTR)
+		return 0;
+	return -1;
+}

@@ -1,0 +1,272 @@
+/*
+ * router — the daemon: configuration, listeners, sessions, relay, server
+ * selection, cancel routing, logging. This is the folder's one header.
+ */
+#ifndef ROUTER_ROUTER_H
+#define ROUTER_ROUTER_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/types.h>
+
+#include "discovery/discovery.h"
+#include "pgwire/pgwire.h"
+
+struct evbuffer;
+struct evconnlistener;
+
+/* ---- log.c ------------------------------------------------------------ */
+
+enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+extern int log_level;
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_enabled(l) ((l) <= log_level)
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_info(...) \
+	do { if (log_enabled(LOG_INFO)) log_msg(LOG_INFO, __VA_ARGS__); } while (0)
+#define log_debug(...) \
+	do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+int log_level_parse(const char *s);
+uint64_t now_ms(void); /* monotonic */
+
+/* ---- config.c --------------------------------------------------------- */
+
+enum tsa {
+	TSA_ANY,
+	TSA_READ_WRITE,
+	TSA_READ_ONLY,
+	TSA_PRIMARY,
+	TSA_STANDBY,
+	TSA_PREFER_STANDBY,
+};
+const char *tsa_name(enum tsa t);
+
+enum lb {
+	LB_ROUND_ROBIN,
+	LB_RANDOM,
+	LB_LEAST_CONNECTIONS,
+};
+const char *lb_name(enum lb b);
+
+struct listener_config {
+	char name[64];
+	char host[256];
+	char port[8];
+	enum tsa tsa;
+	enum lb lb;
+	int line;
+	atomic_uint rr; /* round-robin cursor, shared by the workers */
+};
+
+struct server_config {
+	char host[256];
+	char port[8];
+	int line;
+};
+
+#define CONFIG_MAX_LISTENERS 32
+#define CONFIG_MAX_SERVERS 64
+
+struct config {
+	char path[512];
+	unsigned workers;
+	int log_level;
+	unsigned connect_timeout_ms;
+	unsigned queue_timeout_ms;
+	unsigned startup_timeout_ms;
+	unsigned shutdown_timeout_ms;
+	unsigned max_client_conn;
+
+	char source[16];
+	unsigned nservers;
+	struct server_config servers[CONFIG_MAX_SERVERS];
+	unsigned probe_interval_ms;
+	char probe_user[64];
+	char probe_password[256];
+	char probe_dbname[64];
+	int64_t max_lag;
+
+	unsigned nlisteners;
+	struct listener_config listeners[CONFIG_MAX_LISTENERS];
+};
+
+/*
+ * Read and validate path into *c (defaults first). Returns 0, or -1 with err
+ * holding "FILE:LINE: key: reason" (errlen bytes).
+ */
+int config_load(const char *path, struct config *c, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Parse "3s", "250ms", "1m" into ms; "16MB", "512kB" into bytes. 0 on success. */
+int parse_duration_ms(const char *s, unsigned *out);
+int parse_size(const char *s, int64_t *out);
+
+/* ---- select.c --------------------------------------------------------- */
+
+/* Does entry e fit policy t? standby_pass: prefer-standby's first pass. */
+bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag);
+
+/*
+ * Pick a server for policy t among topo's entries not in tried (bit i = server
+ * id i, ids >= 64 are never marked). Returns the entry index or -1. rr is the
+ * listener's round-robin cursor.
+ */
+int select_server(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,
+		  atomic_uint *rr, uint64_t tried);
+
+/* After authentication: do the server's reported parameters fit policy t?
+ * hot_standby / read_only: 1 on, 0 off, -1 not reported. */
+bool select_params_fit(enum tsa t, int hot_standby, int read_only);
+
+/* Counts for error messages: how many servers are known / reachable / primary. */
+void select_describe(const struct topology *topo, char *buf, size_t len);
+
+/* ---- cancel.c --------------------------------------------------------- */
+
+/* Register the backend key of a live session routed to srv. Returns a handle
+ * to pass to cancel_unregister, or NULL (out of memory). */
+struct cancel_entry *cancel_register(uint32_t pid, const uint8_t *key, uint32_t key_len,
+				     struct disc_server *srv);
+void cancel_unregister(struct cancel_entry *e);
+/* Which server owns this key? NULL if no live session has it. */
+struct disc_server *cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len);
+
+/* ---- worker.c / listener.c / session.c / relay.c ---------------------- */
+
+struct session;
+TAILQ_HEAD(session_list, session);
+
+struct worker {
+	unsigned id;
+	pthread_t thread;
+	struct event_base *base;
+	struct event notify;   /* a new topology snapshot was published */
+	struct event shutdown; /* main thread asks to drain */
+	struct event drain_deadline;
+	struct topology *topo; /* this worker's reference to the current snapshot */
+	struct evconnlistener **listeners;
+	struct session_list sessions; /* every session */
+	struct session_list queued;   /* waiting for an eligible server */
+	unsigned nsessions;
+	bool draining;
+	bool started;
+	struct accept_arg *accept_args;
+	uint8_t scratch[64 * 1024]; /* relay read buffer, see relay.c */
+};
+
+struct router {
+	struct config *cfg;
+	unsigned nworkers;
+	struct worker *workers;
+	atomic_uint clients; /* open client connections, all workers */
+	atomic_uint_fast64_t next_session_id;
+	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener] */
+};
+extern struct router router;
+
+int listeners_bind(struct router *r, char *err, size_t errlen);
+int workers_start(struct router *r, char *err, size_t errlen);
+void workers_shutdown(struct router *r);
+void workers_join(struct router *r);
+
+/*
+ * A session: one client connection and, once routed, one server connection.
+ * States change only through session_set_state() (session.c). Transaction
+ * status and copy mode are not states of their own: the server stream's
+ * scanner (s.scan) already knows them.
+ */
+enum sess_state {
+	SS_STARTUP,    /* reading the client's first packet(s) */
+	SS_QUEUED,     /* no eligible server yet: waiting for a new snapshot */
+	SS_CONNECTING, /* TCP connect to the chosen server */
+	SS_AUTH,       /* startup packet sent; server messages read whole until ReadyForQuery */
+	SS_RELAY,      /* bytes move both ways */
+	SS_CANCEL,     /* forwarding a CancelRequest to the server that owns the key */
+	SS_CLOSING,    /* flushing a final message to the client, then lingering for its EOF */
+};
+const char *sess_state_name(enum sess_state st);
+
+/* One side of a session. `out` holds what could not be written to fd yet. */
+struct end {
+	int fd;
+	struct event rd, wr;
+	struct evbuffer *out;     /* created on first use */
+	struct pgw_scanner scan;  /* over the bytes read from fd */
+	bool rd_on, wr_on, paused;
+};
+
+struct session {
+	TAILQ_ENTRY(session) link;  /* worker->sessions */
+	TAILQ_ENTRY(session) qlink; /* worker->queued while SS_QUEUED */
+	uint64_t id;
+	struct worker *w;
+	struct listener_config *l;
+	struct end c, s;
+	struct event timer; /* startup, queue, connect or linger deadline, by state */
+	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
+	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays */
+	uint32_t startup_len;
+	struct disc_server *srv;
+	struct cancel_entry *cancel;
+	uint64_t tried;       /* servers that refused this session (bit = server id) */
+	uint64_t deadline_ms; /* end of queue_timeout */
+	enum sess_state state;
+	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
+	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered 'N' */
+	unsigned server_spoke : 1;     /* a byte from the server arrived */
+	unsigned client_saw : 1;       /* a server message was passed to the client */
+	unsigned draining : 1;         /* close at the next transaction boundary */
+	unsigned dead : 1;             /* free at the end of the current callback */
+	unsigned queued : 1;
+	char peer[48];
+	char who[96]; /* user@database */
+};
+
+/* session.c */
+void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
+		   int salen);
+void session_set_state(struct session *s, enum sess_state st);
+/* Send FATAL sqlstate + message to the client (when the stream allows it) and close. */
+void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Close without a message; client_gone: the client already left (no lingering). */
+void session_close(struct session *s, bool client_gone);
+void sessions_topology_changed(struct worker *w);
+void sessions_drain(struct worker *w);
+void sessions_close_all(struct worker *w, const char *why);
+void sessions_free_all(struct worker *w);
+#define slog(level, s, fmt, ...) \
+	do { \
+		if (log_enabled(level)) \
+			log_msg(level, "session %llu %s %s listener %s%s%s: " fmt, \
+				(unsigned long long)(s)->id, (s)->peer, \
+				(s)->who[0] ? (s)->who : "-", (s)->l->name, \
+				(s)->srv ? " server " : "", (s)->srv ? (s)->srv->name : "", \
+				##__VA_ARGS__); \
+	} while (0)
+
+/* relay.c */
+#define RELAY_HIGH_WATERMARK (256 * 1024)
+#define RELAY_LOW_WATERMARK (64 * 1024)
+void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
+	      event_callback_fn wr);
+void end_close(struct end *e);
+void end_read(struct end *e, bool on);
+void end_write(struct end *e, bool on);
+/* Queue bytes (copied) for e. Returns false on out of memory. */
+bool end_queue(struct end *e, const void *p, size_t n);
+/* Write what e->out holds. Returns -1 on a hard error, else bytes still queued. */
+ssize_t end_flush(struct end *e);
+/* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
+ * error (errno 0 for EOF), -2 on a framing error, else 0. */
+int relay_move(struct session *s, struct end *from, struct end *to);
+/* After `to` drained: resume `from` if it was paused at the high watermark. */
+void relay_resume(struct end *from, struct end *to);
+
+#endif

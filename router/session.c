@@ -1,0 +1,888 @@
+/*
+ * session.c — one client, from its first byte to its last.
+ *
+ *   accept ─▶ STARTUP ──SSLRequest/GSSENCRequest──▶ answer 'N', read again
+ *                │  └──CancelRequest──▶ CANCEL: forward to the key's server, close
+ *                ▼ StartupMessage
+ *             (select) ──none eligible──▶ QUEUED ──new snapshot──▶ (select)
+ *                │                          └── queue_timeout ──▶ FATAL 08001
+ *                ▼
+ *           CONNECTING ──refused / timeout / 57P03──▶ next eligible server
+ *                ▼ connected: startup packet forwarded
+ *              AUTH: server messages read whole; authentication passes through;
+ *                │   BackendKeyData registered for cancels; ParameterStatus
+ *                │   recorded; ReadyForQuery held until the server's reported
+ *                │   in_hot_standby / default_transaction_read_only fit the policy
+ *                ▼
+ *              RELAY (relay.c) ──server EOF / FATAL / drain──▶ CLOSING ──▶ freed
+ *
+ * Callbacks never free the session they run for: they set s->dead and the
+ * session is freed as the callback returns (finish()).
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+#define LINGER_MS 2000
+#define AUTH_MESSAGE_MAX (1u << 20) /* largest single message accepted before RELAY */
+
+static const char *const state_names[] = { "startup", "queued",  "connecting", "auth",
+					   "relay",   "cancel",  "closing" };
+
+const char *sess_state_name(enum sess_state st)
+{
+	return state_names[st];
+}
+
+static void client_rd_cb(evutil_socket_t fd, short what, void *arg);
+static void client_wr_cb(evutil_socket_t fd, short what, void *arg);
+static void server_rd_cb(evutil_socket_t fd, short what, void *arg);
+static void server_wr_cb(evutil_socket_t fd, short what, void *arg);
+static void timer_cb(evutil_socket_t fd, short what, void *arg);
+static void route(struct session *s);
+
+static void timer_set(struct session *s, uint64_t ms)
+{
+	struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+	evtimer_add(&s->timer, &tv);
+}
+
+static void unqueue(struct session *s)
+{
+	if (s->queued) {
+		TAILQ_REMOVE(&s->w->queued, s, qlink);
+		s->queued = false;
+	}
+}
+
+void session_set_state(struct session *s, enum sess_state st)
+{
+	if (s->state == st)
+		return;
+	slog(LOG_DEBUG, s, "%s -> %s", state_names[s->state], state_names[st]);
+	if (s->state == SS_QUEUED)
+		unqueue(s);
+	s->state = st;
+	if (st == SS_QUEUED) {
+		TAILQ_INSERT_TAIL(&s->w->queued, s, qlink);
+		s->queued = true;
+	}
+}
+
+/* Which client events to watch: while no server is attached only a close
+ * matters (EV_CLOSED), so nothing the client sends is read before the server
+ * can take it. */
+static void client_watch(struct session *s, short what)
+{
+	struct end *c = &s->c;
+	if (c->fd < 0)
+		return;
+	end_read(c, false);
+	event_assign(&c->rd, s->w->base, c->fd, what | EV_PERSIST, client_rd_cb, s);
+	end_read(c, true);
+}
+
+static void session_free(struct session *s)
+{
+	struct worker *w = s->w;
+	unqueue(s);
+	TAILQ_REMOVE(&w->sessions, s, link);
+	evtimer_del(&s->timer);
+	end_close(&s->c);
+	end_close(&s->s);
+	if (s->in)
+		evbuffer_free(s->in);
+	free(s->startup);
+	cancel_unregister(s->cancel);
+	if (s->srv)
+		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
+	w->nsessions--;
+	slog(LOG_DEBUG, s, "closed");
+	free(s);
+	if (w->draining && w->nsessions == 0)
+		event_base_loopexit(w->base, NULL);
+}
+
+/* Free the session if a callback marked it dead. */
+static void finish(struct session *s)
+{
+	if (s->dead)
+		session_free(s);
+}
+
+static void detach_server(struct session *s)
+{
+	if (s->s.fd >= 0 || s->s.out)
+		end_close(&s->s);
+	if (s->srv) {
+		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
+		s->srv = NULL;
+	}
+	if (s->in)
+		evbuffer_drain(s->in, evbuffer_get_length(s->in));
+	cancel_unregister(s->cancel);
+	s->cancel = NULL;
+}
+
+/* Best effort: tell the server we are leaving if the stream sits between messages. */
+static void say_goodbye(struct session *s)
+{
+	if (s->s.fd < 0 || (s->s.out && evbuffer_get_length(s->s.out)) ||
+	    !pgw_scan_at_boundary(&s->c.scan) || s->state != SS_RELAY)
+		return;
+	uint8_t x[5];
+	size_t n = pgw_build_terminate(x, sizeof(x));
+	ssize_t w = send(s->s.fd, x, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)w;
+}
+
+static void enter_closing(struct session *s)
+{
+	say_goodbye(s);
+	session_set_state(s, SS_CLOSING);
+	detach_server(s);
+	evtimer_del(&s->timer);
+	timer_set(s, LINGER_MS);
+	/* flush what the client is owed, then half-close and wait for its EOF so
+	 * the final message is not destroyed by a reset */
+	client_watch(s, EV_READ);
+	ssize_t left = end_flush(&s->c);
+	if (left < 0) {
+		s->dead = true;
+		return;
+	}
+	if (left == 0)
+		shutdown(s->c.fd, SHUT_WR);
+}
+
+void session_close(struct session *s, bool client_gone)
+{
+	if (client_gone || s->c.fd < 0) {
+		s->dead = true;
+		return;
+	}
+	if (s->state != SS_CLOSING)
+		enter_closing(s);
+}
+
+/* Can an ErrorResponse be put on the client stream without cutting a message? */
+static bool client_stream_clean(struct session *s)
+{
+	if (s->state != SS_RELAY)
+		return true; /* before RELAY, server messages reach the client whole */
+	return pgw_scan_at_boundary(&s->s.scan);
+}
+
+void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	slog(LOG_WARNING, s, "FATAL %s: %s", sqlstate, msg);
+	if (s->state == SS_CLOSING || s->dead)
+		return;
+	if (s->state != SS_CANCEL && client_stream_clean(s)) {
+		uint8_t buf[700];
+		size_t n = pgw_build_error(buf, sizeof(buf), "FATAL", sqlstate, msg, NULL, NULL);
+		if (!end_queue(&s->c, buf, n)) {
+			s->dead = true;
+			return;
+		}
+	}
+	session_close(s, false);
+}
+
+/* ---- routing ---------------------------------------------------------- */
+
+static void server_failed(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void connect_server(struct session *s, struct disc_server *srv)
+{
+	s->srv = srv;
+	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
+	s->server_spoke = false;
+	int fd = socket(srv->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		server_failed(s, "socket: %s", strerror(errno));
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	pgw_scanner_init(&s->s.scan, 0, false);
+	if (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS) {
+		server_failed(s, "connect: %s", strerror(errno));
+		return;
+	}
+	if (s->state != SS_QUEUED)
+		client_watch(s, EV_CLOSED);
+	session_set_state(s, SS_CONNECTING);
+	evtimer_del(&s->timer);
+	timer_set(s, router.cfg->connect_timeout_ms);
+	end_write(&s->s, true);
+}
+
+static void no_server(struct session *s)
+{
+	char desc[160];
+	select_describe(s->w->topo, desc, sizeof(desc));
+	session_fail(s, "08001",
+		     "pgrouter: no server satisfies target_session_attrs=%s for listener \"%s\" "
+		     "after %.1fs (%s)",
+		     tsa_name(s->l->tsa), s->l->name, router.cfg->queue_timeout_ms / 1000.0, desc);
+}
+
+static void route(struct session *s)
+{
+	const struct config *cfg = router.cfg;
+	struct worker *w = s->w;
+	if (w->draining) {
+		session_fail(s, "57P01", "pgrouter is shutting down");
+		return;
+	}
+	int i = select_server(w->topo, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
+	if (i >= 0) {
+		connect_server(s, w->topo->e[i].srv);
+		return;
+	}
+	uint64_t now = now_ms();
+	if (now >= s->deadline_ms) {
+		no_server(s);
+		return;
+	}
+	if (s->state != SS_QUEUED) {
+		char desc[160];
+		select_describe(w->topo, desc, sizeof(desc));
+		slog(LOG_INFO, s, "waiting up to %llu ms for a server with target_session_attrs=%s (%s)",
+		     (unsigned long long)(s->deadline_ms - now), tsa_name(s->l->tsa), desc);
+		if (s->state != SS_CONNECTING)
+			client_watch(s, EV_CLOSED);
+		session_set_state(s, SS_QUEUED);
+	}
+	evtimer_del(&s->timer);
+	timer_set(s, s->deadline_ms - now);
+}
+
+static void server_failed(struct session *s, const char *fmt, ...)
+{
+	char why[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	slog(LOG_WARNING, s, "server attempt failed: %s; trying another", why);
+	if (s->srv && s->srv->id < 64)
+		s->tried |= 1ull << s->srv->id;
+	detach_server(s);
+	if (s->state == SS_CANCEL) {
+		session_close(s, false);
+		return;
+	}
+	route(s);
+}
+
+/* ---- STARTUP: the client's first packet(s) --------------------------- */
+
+static void start_cancel(struct session *s, const struct pgw_first *f);
+
+static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const struct pgw_first *f)
+{
+	s->startup = malloc(len);
+	if (!s->startup) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	memcpy(s->startup, p, len);
+	s->startup_len = len;
+	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
+	evtimer_del(&s->timer);
+	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
+	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
+	if (s->in) {
+		/* p pointed into s->in; it is copied, drop it there */
+		evbuffer_drain(s->in, len);
+		/* a client that pipelines past its startup packet: keep those bytes */
+		size_t extra = evbuffer_get_length(s->in);
+		if (extra) {
+			if (!end_queue(&s->s, evbuffer_pullup(s->in, -1), extra)) {
+				session_fail(s, "53200", "pgrouter: out of memory");
+				return;
+			}
+		}
+		evbuffer_free(s->in);
+		s->in = NULL;
+	}
+	route(s);
+}
+
+static void startup_read(struct session *s)
+{
+	if (!s->in && !(s->in = evbuffer_new())) {
+		s->dead = true;
+		return;
+	}
+	int n = evbuffer_read(s->in, s->c.fd, PGW_STARTUP_MAX);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		/* as PostgreSQL: silence for a bare connect (port checks), a line for a
+		 * client that left halfway through its packet */
+		if (evbuffer_get_length(s->in))
+			slog(LOG_INFO, s, "incomplete startup packet");
+		s->dead = true;
+		return;
+	}
+	for (;;) {
+		uint8_t hdr[4];
+		size_t have = evbuffer_get_length(s->in);
+		if (evbuffer_copyout(s->in, hdr, have < 4 ? have : 4) < 0)
+			return;
+		int len = pgw_first_len(hdr, have < 4 ? have : 4);
+		if (len == PGW_NEED_MORE)
+			return;
+		if (len < 0) {
+			session_fail(s, "08P01", "invalid length of startup packet (%u bytes; at most %u)",
+				     pgw_get32(hdr), PGW_STARTUP_MAX);
+			return;
+		}
+		if (have < (size_t)len)
+			return;
+		const uint8_t *p = evbuffer_pullup(s->in, len);
+		struct pgw_first f;
+		int r = pgw_first_parse(p, (size_t)len, &f);
+		if (r == PGW_BAD_VERSION) {
+			session_fail(s, "0A000",
+				     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.2",
+				     PGW_PROTO_MAJOR(f.version ? f.version : pgw_get32(p + 4)),
+				     PGW_PROTO_MINOR(pgw_get32(p + 4)));
+			return;
+		}
+		if (r < 0) {
+			session_fail(s, "08P01", "invalid startup packet layout");
+			return;
+		}
+		switch (f.kind) {
+		case PGW_FIRST_SSL:
+		case PGW_FIRST_GSSENC:
+			if (s->negotiations == 2) {
+				session_fail(s, "08P01", "too many encryption requests");
+				return;
+			}
+			s->negotiations++;
+			evbuffer_drain(s->in, (size_t)len);
+			/* This build does not terminate TLS or GSSAPI: 'N' lets libpq continue
+			 * in plaintext unless the client requires encryption. */
+			if (!end_queue(&s->c, "N", 1) || end_flush(&s->c) < 0) {
+				s->dead = true;
+				return;
+			}
+			continue;
+		case PGW_FIRST_CANCEL:
+			start_cancel(s, &f);
+			return;
+		case PGW_FIRST_STARTUP:
+			got_startup(s, p, (uint32_t)len, &f);
+			return;
+		}
+	}
+}
+
+/* ---- CANCEL ----------------------------------------------------------- */
+
+static void start_cancel(struct session *s, const struct pgw_first *f)
+{
+	struct disc_server *srv = cancel_lookup(f->cancel_pid, f->cancel_key, f->cancel_key_len);
+	snprintf(s->who, sizeof(s->who), "cancel pid %u", f->cancel_pid);
+	if (!srv) {
+		/* PostgreSQL answers an unknown key with silence, and so do we */
+		slog(LOG_INFO, s, "cancel request for a key no live session holds; ignored");
+		s->dead = true;
+		return;
+	}
+	const uint8_t *p = evbuffer_pullup(s->in, f->len);
+	evtimer_del(&s->timer);
+	session_set_state(s, SS_CANCEL);
+	end_read(&s->c, false);
+	s->srv = srv;
+	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
+	int fd = socket(srv->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		s->dead = true;
+		return;
+	}
+	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	if (!end_queue(&s->s, p, f->len) ||
+	    (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS)) {
+		slog(LOG_WARNING, s, "cannot forward cancel request: %s", strerror(errno));
+		s->dead = true;
+		return;
+	}
+	slog(LOG_INFO, s, "forwarding cancel request");
+	timer_set(s, router.cfg->connect_timeout_ms);
+	end_write(&s->s, true);
+}
+
+/* ---- AUTH: server messages until ReadyForQuery ------------------------ */
+
+static void enter_relay(struct session *s, char txn_status)
+{
+	session_set_state(s, SS_RELAY);
+	free(s->startup);
+	s->startup = NULL;
+	evtimer_del(&s->timer);
+	/* the server stream now sits right after a ReadyForQuery; the client's
+	 * requests are counted from here */
+	pgw_scanner_init(&s->s.scan, 0, false);
+	s->s.scan.last_type = PGW_MSG_READY;
+	s->s.scan.txn_status = txn_status;
+	s->c.scan.sync_points = 0;
+	slog(LOG_DEBUG, s, "connected (in_hot_standby=%s, default_transaction_read_only=%s)",
+	     s->hot_standby < 0 ? "?" : s->hot_standby ? "on" : "off",
+	     s->read_only < 0 ? "?" : s->read_only ? "on" : "off");
+	if (s->in) {
+		size_t left = evbuffer_get_length(s->in);
+		if (left) {
+			/* the server spoke past ReadyForQuery; pass it on, scanned */
+			if (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
+			    evbuffer_remove_buffer(s->in, s->c.out, left) < 0) {
+				session_fail(s, "08P01", "server sent an invalid message");
+				return;
+			}
+		}
+		evbuffer_free(s->in);
+		s->in = NULL;
+	}
+	if (s->draining)
+		session_fail(s, "57P01", "pgrouter is shutting down");
+}
+
+static bool param_on(const char *v)
+{
+	return strcmp(v, "on") == 0 || strcmp(v, "true") == 0;
+}
+
+/* One whole server message during AUTH. Returns false when it ended the attempt. */
+static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
+{
+	switch (type) {
+	case PGW_MSG_ERROR: {
+		struct pgw_error_fields ef;
+		if (pgw_error_parse(body, len, &ef) != 0)
+			memset(&ef, 0, sizeof(ef));
+		const char *code = ef.sqlstate ? ef.sqlstate : "";
+		if (!s->client_saw && (strcmp(code, "57P03") == 0 || strcmp(code, "53300") == 0)) {
+			/* starting up, shutting down, in recovery, or full: another server may
+			 * take the session, and the client has seen nothing yet */
+			server_failed(s, "server answered %s: %s", code, ef.message ? ef.message : "");
+			return false;
+		}
+		slog(LOG_INFO, s, "server refused the session: %s %s", code,
+		     ef.message ? ef.message : "");
+		break;
+	}
+	case PGW_MSG_BACKEND_KEY: {
+		uint32_t pid, klen;
+		const uint8_t *key;
+		if (pgw_backend_key(body, len, &pid, &key, &klen) == 0 && !s->cancel)
+			s->cancel = cancel_register(pid, key, klen, s->srv);
+		break;
+	}
+	case PGW_MSG_PARAMETER_STATUS: {
+		const char *name, *value;
+		if (pgw_parameter_status(body, len, &name, &value) != 0)
+			break;
+		if (strcmp(name, "in_hot_standby") == 0)
+			s->hot_standby = param_on(value);
+		else if (strcmp(name, "default_transaction_read_only") == 0)
+			s->read_only = param_on(value);
+		break;
+	}
+	case PGW_MSG_READY:
+		if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
+			/* The topology said this server fits; the server says otherwise. The
+			 * client has authenticated with it, so there is no silent retry. */
+			session_fail(s, "08001",
+				     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
+				     "listener \"%s\" (it reports in_hot_standby=%s, "
+				     "default_transaction_read_only=%s); the cluster changed, reconnect",
+				     s->srv->name, tsa_name(s->l->tsa), s->l->name,
+				     s->hot_standby == 1 ? "on" : "off", s->read_only == 1 ? "on" : "off");
+			return false;
+		}
+		break;
+	}
+	return true;
+}
+
+static void auth_read(struct session *s)
+{
+	if (!s->in && !(s->in = evbuffer_new())) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	int n = evbuffer_read(s->in, s->s.fd, 16384);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		if (!s->client_saw) {
+			server_failed(s, "server closed the connection during startup");
+			return;
+		}
+		/* the server ended authentication (its error, if any, is already queued) */
+		end_flush(&s->c);
+		session_close(s, false);
+		return;
+	}
+	if (!s->server_spoke) {
+		s->server_spoke = true;
+		evtimer_del(&s->timer); /* the server is alive; auth is bounded by the server */
+	}
+	for (;;) {
+		size_t have = evbuffer_get_length(s->in);
+		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint32_t body;
+		if (have < PGW_HEADER_LEN)
+			break;
+		evbuffer_copyout(s->in, hdr, sizeof(hdr));
+		if (pgw_header(hdr, AUTH_MESSAGE_MAX, &type, &body) != 0) {
+			session_fail(s, "08P01", "server %s sent an invalid message during startup",
+				     s->srv->name);
+			return;
+		}
+		if (have < PGW_HEADER_LEN + body)
+			break;
+		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
+		if (!auth_message(s, type, m + PGW_HEADER_LEN, body))
+			return;
+		if (!s->c.out && !(s->c.out = evbuffer_new())) {
+			s->dead = true;
+			return;
+		}
+		evbuffer_remove_buffer(s->in, s->c.out, PGW_HEADER_LEN + body);
+		s->client_saw = true;
+		if (type == PGW_MSG_READY) {
+			enter_relay(s, (char)m[PGW_HEADER_LEN]);
+			break;
+		}
+	}
+	if (end_flush(&s->c) < 0)
+		s->dead = true;
+}
+
+/* ---- transaction boundaries ------------------------------------------- */
+
+/* Between transactions with nothing in flight: the server's last word was
+ * ReadyForQuery 'I' and the client has sent no request since. */
+static bool at_boundary(const struct session *s)
+{
+	return s->state == SS_RELAY && pgw_scan_idle(&s->s.scan) &&
+	       pgw_scan_at_boundary(&s->c.scan) &&
+	       s->c.scan.sync_points == s->s.scan.sync_points;
+}
+
+static void check_drain(struct session *s)
+{
+	if (s->draining && at_boundary(s))
+		session_fail(s, "57P01", "terminating connection: pgrouter is shutting down");
+}
+
+/* ---- callbacks -------------------------------------------------------- */
+
+static void relay_failed(struct session *s, int r, bool from_client)
+{
+	if (r == -2) {
+		if (from_client)
+			session_fail(s, "08P01", "invalid message length from client");
+		else {
+			slog(LOG_WARNING, s, "server sent an invalid message length; closing");
+			session_close(s, false);
+		}
+		return;
+	}
+	if (from_client) {
+		if (errno)
+			slog(LOG_DEBUG, s, "client read: %s", strerror(errno));
+		session_close(s, true);
+	} else {
+		if (errno)
+			slog(LOG_INFO, s, "server connection lost: %s", strerror(errno));
+		else
+			slog(LOG_DEBUG, s, "server closed the connection");
+		session_close(s, false);
+	}
+}
+
+static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	switch (s->state) {
+	case SS_STARTUP:
+		startup_read(s);
+		break;
+	case SS_QUEUED:
+	case SS_CONNECTING:
+	case SS_CANCEL:
+		if (what & EV_CLOSED) {
+			slog(LOG_INFO, s, "client left while %s", state_names[s->state]);
+			s->dead = true;
+		}
+		break;
+	case SS_AUTH:
+	case SS_RELAY: {
+		int r = relay_move(s, &s->c, &s->s);
+		if (r < 0)
+			relay_failed(s, r, true);
+		break;
+	}
+	case SS_CLOSING: {
+		ssize_t n = read(fd, s->w->scratch, sizeof(s->w->scratch));
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			s->dead = true;
+		break;
+	}
+	}
+	finish(s);
+}
+
+static void client_wr_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	ssize_t left = end_flush(&s->c);
+	if (left < 0) {
+		session_close(s, true);
+	} else if (s->state == SS_CLOSING) {
+		if (left == 0)
+			shutdown(fd, SHUT_WR);
+	} else if (left < RELAY_LOW_WATERMARK) {
+		relay_resume(&s->s, &s->c);
+		if (left == 0)
+			check_drain(s);
+	}
+	finish(s);
+}
+
+static void server_connected(struct session *s)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+	if (getsockopt(s->s.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+		err = errno;
+	if (err) {
+		server_failed(s, "connect to %s: %s", s->srv->name, strerror(err));
+		return;
+	}
+	if (s->state == SS_CANCEL) {
+		end_read(&s->s, true);
+		return;
+	}
+	session_set_state(s, SS_AUTH);
+	/* startup packet first, then anything the client pipelined behind it */
+	if (!s->s.out && !(s->s.out = evbuffer_new())) {
+		s->dead = true;
+		return;
+	}
+	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
+	pgw_scanner_init(&s->c.scan, 0, true);
+	s->hot_standby = s->read_only = -1;
+	s->client_saw = false;
+	end_read(&s->s, true);
+	client_watch(s, EV_READ);
+}
+
+static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	if (s->state == SS_CONNECTING || (s->state == SS_CANCEL && !s->s.rd_on))
+		server_connected(s);
+	if (!s->dead && s->s.fd >= 0) {
+		ssize_t left = end_flush(&s->s);
+		if (left < 0) {
+			if (s->state == SS_AUTH && !s->client_saw)
+				server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+			else
+				session_close(s, false);
+		} else if (left < RELAY_LOW_WATERMARK) {
+			relay_resume(&s->c, &s->s);
+		}
+	}
+	finish(s);
+}
+
+static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	switch (s->state) {
+	case SS_AUTH:
+		auth_read(s);
+		break;
+	case SS_RELAY: {
+		int r = relay_move(s, &s->s, &s->c);
+		if (r < 0)
+			relay_failed(s, r, false);
+		else
+			check_drain(s);
+		break;
+	}
+	case SS_CANCEL: {
+		/* the server closes a cancel connection when it is done with it */
+		ssize_t n = read(fd, s->w->scratch, sizeof(s->w->scratch));
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			s->dead = true;
+		break;
+	}
+	default:
+		break;
+	}
+	finish(s);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	switch (s->state) {
+	case SS_STARTUP:
+		session_fail(s, "08P01", "startup packet not received within %.1fs",
+			     router.cfg->startup_timeout_ms / 1000.0);
+		break;
+	case SS_QUEUED:
+		no_server(s);
+		break;
+	case SS_CONNECTING:
+	case SS_AUTH:
+		server_failed(s, "%s did not answer within %u ms", s->srv->name,
+			      router.cfg->connect_timeout_ms);
+		break;
+	case SS_CANCEL:
+		slog(LOG_WARNING, s, "cancel forward to %s timed out", s->srv->name);
+		s->dead = true;
+		break;
+	case SS_CLOSING:
+		s->dead = true;
+		break;
+	case SS_RELAY:
+		break;
+	}
+	finish(s);
+}
+
+/* ---- worker-wide events ----------------------------------------------- */
+
+void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
+		   int salen)
+{
+	unsigned n = atomic_fetch_add_explicit(&router.clients, 1, memory_order_relaxed) + 1;
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
+		close(fd);
+		return;
+	}
+	s->id = atomic_fetch_add_explicit(&router.next_session_id, 1, memory_order_relaxed) + 1;
+	s->w = w;
+	s->l = l;
+	s->hot_standby = s->read_only = -1;
+	s->s.fd = -1;
+	evutil_make_socket_nonblocking(fd);
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+	if (sa->sa_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)sa;
+		evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+		evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+	}
+	snprintf(s->peer, sizeof(s->peer), sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
+		 port);
+	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
+	evtimer_assign(&s->timer, w->base, timer_cb, s);
+	TAILQ_INSERT_TAIL(&w->sessions, s, link);
+	w->nsessions++;
+	s->state = SS_STARTUP;
+
+	if (n > router.cfg->max_client_conn) {
+		session_fail(s, "53300", "sorry, too many clients already (max_client_conn=%u)",
+			     router.cfg->max_client_conn);
+		finish(s);
+		return;
+	}
+	if (w->draining) {
+		session_fail(s, "57P01", "pgrouter is shutting down");
+		finish(s);
+		return;
+	}
+	slog(LOG_DEBUG, s, "accepted");
+	timer_set(s, router.cfg->startup_timeout_ms);
+	end_read(&s->c, true);
+}
+
+void sessions_topology_changed(struct worker *w)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
+		next = TAILQ_NEXT(s, qlink);
+		s->tried = 0; /* a new view: servers that refused may be back */
+		route(s);
+		finish(s);
+	}
+}
+
+void sessions_drain(struct worker *w)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		s->draining = true;
+		switch (s->state) {
+		case SS_STARTUP:
+		case SS_QUEUED:
+			session_fail(s, "57P01", "pgrouter is shutting down");
+			break;
+		case SS_RELAY:
+			check_drain(s);
+			break;
+		default:
+			break;
+		}
+		finish(s);
+	}
+}
+
+void sessions_close_all(struct worker *w, const char *why)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (s->state == SS_CLOSING)
+			s->dead = true;
+		else
+			session_fail(s, "57P01", "%s", why);
+		finish(s);
+	}
+}
+
+void sessions_free_all(struct worker *w)
+{
+	struct session *s;
+	while ((s = TAILQ_FIRST(&w->sessions)) != NULL)
+		session_free(s);
+}

@@ -1,0 +1,190 @@
+/*
+ * worker.c — worker threads. Each owns an event_base, its listening sockets,
+ * its sessions and its reference to the topology snapshot. Other threads talk
+ * to a worker only by activating its events (notify, shutdown).
+ */
+#include <errno.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+struct accept_arg {
+	struct worker *w;
+	struct listener_config *l;
+};
+
+static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa,
+		      int salen, void *arg)
+{
+	struct accept_arg *a = arg;
+	session_start(a->w, a->l, fd, sa, salen);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	evconnlistener_enable(arg);
+}
+
+static void accept_error_cb(struct evconnlistener *el, void *arg)
+{
+	int e = EVUTIL_SOCKET_ERROR();
+	/* EMFILE and friends: back off briefly instead of spinning */
+	log_error("accept: %s; pausing accepts for 100 ms", evutil_socket_error_to_string(e));
+	evconnlistener_disable(el);
+	struct timeval tv = { 0, 100000 };
+	event_base_once(evconnlistener_get_base(el), -1, EV_TIMEOUT, accept_resume_cb, el, &tv);
+}
+
+static void notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct topology *t = topo_acquire();
+	if (t == w->topo) {
+		topo_release(t);
+		return;
+	}
+	topo_release(w->topo);
+	w->topo = t;
+	sessions_topology_changed(w);
+}
+
+static void topo_notify(void *arg)
+{
+	struct worker *w = arg;
+	event_active(&w->notify, EV_READ, 0);
+}
+
+static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	if (w->nsessions)
+		log_info("worker %u: shutdown_timeout reached, closing %u session(s)", w->id,
+			 w->nsessions);
+	sessions_close_all(w, "terminating connection: pgrouter is shutting down");
+}
+
+static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	if (w->draining)
+		return;
+	w->draining = true;
+	for (unsigned i = 0; i < router.cfg->nlisteners; i++)
+		if (w->listeners[i]) {
+			evconnlistener_free(w->listeners[i]);
+			w->listeners[i] = NULL;
+		}
+	sessions_drain(w);
+	if (w->nsessions == 0) {
+		event_base_loopexit(w->base, NULL);
+		return;
+	}
+	struct timeval tv = { router.cfg->shutdown_timeout_ms / 1000,
+			      (router.cfg->shutdown_timeout_ms % 1000) * 1000 };
+	evtimer_add(&w->drain_deadline, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	event_base_dispatch(w->base);
+	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
+	return NULL;
+}
+
+int workers_start(struct router *r, char *err, size_t errlen)
+{
+	const struct config *c = r->cfg;
+	r->workers = calloc(r->nworkers, sizeof(*r->workers));
+	if (!r->workers) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (unsigned i = 0; i < r->nworkers; i++) {
+		struct worker *w = &r->workers[i];
+		w->id = i;
+		TAILQ_INIT(&w->sessions);
+		TAILQ_INIT(&w->queued);
+		struct event_config *ec = event_config_new();
+		event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+		w->base = event_base_new_with_config(ec);
+		event_config_free(ec);
+		if (!w->base) {
+			snprintf(err, errlen, "cannot create an event base with early-close support");
+			return -1;
+		}
+		event_assign(&w->notify, w->base, -1, 0, notify_cb, w);
+		event_assign(&w->shutdown, w->base, -1, 0, shutdown_cb, w);
+		evtimer_assign(&w->drain_deadline, w->base, drain_deadline_cb, w);
+		w->topo = topo_acquire();
+		w->listeners = calloc(c->nlisteners, sizeof(*w->listeners));
+		struct accept_arg *args = calloc(c->nlisteners, sizeof(*args));
+		if (!w->listeners || !args) {
+			free(args);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		w->accept_args = args;
+		for (unsigned l = 0; l < c->nlisteners; l++) {
+			args[l] = (struct accept_arg){ w, &r->cfg->listeners[l] };
+			w->listeners[l] = evconnlistener_new(w->base, accept_cb, &args[l],
+							     LEV_OPT_CLOSE_ON_FREE, 0,
+							     r->listen_fds[i][l]);
+			if (!w->listeners[l]) {
+				snprintf(err, errlen, "cannot listen: %s", strerror(errno));
+				return -1;
+			}
+			r->listen_fds[i][l] = -1; /* owned by the evconnlistener now */
+			evconnlistener_set_error_cb(w->listeners[l], accept_error_cb);
+		}
+		topo_subscribe(topo_notify, w);
+	}
+	for (unsigned i = 0; i < r->nworkers; i++) {
+		int rc = pthread_create(&r->workers[i].thread, NULL, worker_main, &r->workers[i]);
+		if (rc != 0) {
+			snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+			return -1;
+		}
+		r->workers[i].started = true;
+	}
+	return 0;
+}
+
+void workers_shutdown(struct router *r)
+{
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->workers[i].base)
+			event_active(&r->workers[i].shutdown, EV_READ, 0);
+}
+
+void workers_join(struct router *r)
+{
+	for (unsigned i = 0; r->workers && i < r->nworkers; i++) {
+		struct worker *w = &r->workers[i];
+		if (w->started)
+			pthread_join(w->thread, NULL);
+		for (unsigned l = 0; w->listeners && l < r->cfg->nlisteners; l++)
+			if (w->listeners[l])
+				evconnlistener_free(w->listeners[l]);
+		free(w->listeners);
+		free(w->accept_args);
+		topo_release(w->topo);
+		if (w->base) {
+			event_del(&w->drain_deadline);
+			event_base_free(w->base);
+		}
+	}
+	free(r->workers);
+	r->workers = NULL;
+	for (unsigned i = 0; r->listen_fds && i < r->nworkers; i++)
+		for (unsigned l = 0; l < CONFIG_MAX_LISTENERS; l++)
+			if (r->listen_fds[i][l] >= 0)
+				close(r->listen_fds[i][l]);
+	free(r->listen_fds);
+	r->listen_fds = NULL;
+}

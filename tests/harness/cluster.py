@@ -1,0 +1,309 @@
+"""Real components on loopback for pgrouter's tests, benchmarks and demo.
+
+PgCluster starts a PostgreSQL 15 primary and streaming replicas (initdb,
+pg_basebackup) on free 127.0.0.1 ports in a private temp directory; Router
+starts pgrouter with a generated configuration. Everything is stopped by PID.
+Runs under Debian's /usr/bin/python3 (psycopg2 comes from python3-psycopg2).
+"""
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PGROUTER = os.environ.get("PGROUTER", os.path.join(ROOT, "build", "pgrouter"))
+
+
+def free_port():
+    """A port nobody listens on right now (127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres():
+    """Command prefix: PostgreSQL refuses to run as root, so drop to 'postgres'."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+
+def chown_postgres(path):
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def wait_for(cond, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def stop_pid(pid, sig=signal.SIGTERM, timeout=30):
+    """Signal pid and wait for it to exit; SIGKILL after timeout."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), 10, "pid %d to die" % pid)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kw)
+
+
+class PgServer:
+    """One PostgreSQL instance (primary or standby) started by PID."""
+
+    def __init__(self, cluster, name, datadir, port):
+        self.cluster = cluster
+        self.name = name
+        self.datadir = datadir
+        self.port = port
+        self.proc = None
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def dsn(self, **kw):
+        parts = {"host": "127.0.0.1", "port": self.port, "user": "postgres",
+                 "dbname": "postgres", "connect_timeout": 5}
+        parts.update(kw)
+        return " ".join("%s=%s" % (k, v) for k, v in parts.items())
+
+    def start(self, wait=True):
+        log = open(os.path.join(self.cluster.dir, "%s.log" % self.name), "ab")
+        self.proc = subprocess.Popen(as_postgres() + [os.path.join(PG_BIN, "postgres"), "-D",
+                                                      self.datadir],
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("postgres %s exited; see %s.log" % (self.name, self.name))
+            r = subprocess.run([os.path.join(PG_BIN, "pg_isready"), "-q", "-h", "127.0.0.1",
+                                "-p", str(self.port)])
+            return r.returncode == 0
+        wait_for(ready, timeout, "postgres %s on port %d" % (self.name, self.port), 0.1)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, mode="fast"):
+        """fast: SIGINT (disconnect clients, clean shutdown); immediate: SIGQUIT."""
+        if not self.running():
+            return
+        stop_pid(self.proc.pid, signal.SIGINT if mode == "fast" else signal.SIGQUIT)
+        self.proc.wait()
+
+    def sql(self, query, dbname="postgres"):
+        r = run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d",
+                 self.dsn(dbname=dbname), "-c", query])
+        return r.stdout.strip()
+
+    def promote(self):
+        run(as_postgres() + [os.path.join(PG_BIN, "pg_ctl"), "promote", "-w", "-D",
+                             self.datadir])
+
+
+class PgCluster:
+    """A primary and n streaming replicas on loopback."""
+
+    def __init__(self, replicas=2, conf=None, workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-pg-")
+        os.chmod(self.dir, 0o755)
+        chown_postgres(self.dir)
+        self.nreplicas = replicas
+        self.conf = conf or {}
+        self.primary = None
+        self.replicas = []
+
+    @property
+    def servers(self):
+        return [self.primary] + self.replicas
+
+    def _base_conf(self, port):
+        c = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": port,
+            "unix_socket_directories": "'%s'" % self.dir,
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "32MB",
+            "max_connections": 200,
+            "wal_level": "replica",
+            "max_wal_senders": 10,
+            "hot_standby": "on",
+            "wal_retrieve_retry_interval": "'500ms'",
+            "logging_collector": "off",
+            "log_min_messages": "warning",
+        }
+        c.update(self.conf)
+        return c
+
+    def _write_conf(self, datadir, port):
+        with open(os.path.join(datadir, "postgresql.auto.conf"), "a") as f:
+            for k, v in self._base_conf(port).items():
+                f.write("%s = %s\n" % (k, v))
+
+    def start(self):
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
+        pdir = os.path.join(self.dir, "primary")
+        run(as_postgres() + [os.path.join(PG_BIN, "initdb"), "-D", pdir, "-U", "postgres",
+                             "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        with open(os.path.join(pdir, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\n"
+                    "host all all 127.0.0.1/32 trust\n"
+                    "host replication all 127.0.0.1/32 trust\n")
+        self.primary = PgServer(self, "primary", pdir, free_port())
+        self._write_conf(pdir, self.primary.port)
+        self.primary.start()
+        for i in range(self.nreplicas):
+            self.add_replica("replica%d" % (i + 1))
+
+    def add_replica(self, name):
+        rdir = os.path.join(self.dir, name)
+        run(as_postgres() + [os.path.join(PG_BIN, "pg_basebackup"), "-D", rdir, "-h",
+                             "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
+                             "-R", "-X", "stream", "--no-sync", "-c", "fast"])
+        r = PgServer(self, name, rdir, free_port())
+        # pg_basebackup copied the primary's settings; the port must differ
+        with open(os.path.join(rdir, "postgresql.auto.conf"), "a") as f:
+            f.write("port = %d\n" % r.port)
+        r.start()
+        self.replicas.append(r)
+        wait_for(lambda: self.primary.sql(
+            "select count(*) from pg_stat_replication where state = 'streaming'") ==
+            str(len(self.replicas)), 30, "%s streaming" % name)
+        return r
+
+    def stop(self):
+        for s in self.servers:
+            if s:
+                s.stop("immediate")
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Router:
+    """pgrouter with a generated configuration, its log in the work dir."""
+
+    def __init__(self, servers, listeners, workdir, pgrouter=None, **settings):
+        self.dir = workdir
+        self.servers = servers
+        self.listeners = listeners  # name -> dict(target_session_attrs=..., ...)
+        self.ports = {}
+        self.settings = {"workers": 2, "log_level": "info", "connect_timeout": "2s",
+                         "queue_timeout": "5s", "startup_timeout": "3s",
+                         "shutdown_timeout": "5s", "probe_interval": "250ms"}
+        self.settings.update(settings)
+        self.binary = pgrouter or PGROUTER
+        self.proc = None
+        self.conf_path = os.path.join(workdir, "pgrouter-%d.ini" % id(self))
+        self.log_path = os.path.join(workdir, "pgrouter-%d.log" % id(self))
+
+    def write_conf(self):
+        s = dict(self.settings)
+        cluster_keys = ("probe_interval", "probe_user", "probe_password", "probe_dbname",
+                        "max_lag")
+        lines = ["[pgrouter]"]
+        lines += ["%s = %s" % (k, v) for k, v in s.items() if k not in cluster_keys]
+        lines += ["[cluster]", "source = static",
+                  "servers = " + ", ".join(self.servers)]
+        lines += ["%s = %s" % (k, v) for k, v in s.items() if k in cluster_keys]
+        for name, opts in self.listeners.items():
+            port = self.ports.setdefault(name, free_port())
+            lines += ["[listener %s]" % name, "listen = 127.0.0.1:%d" % port]
+            lines += ["%s = %s" % (k, v) for k, v in opts.items()]
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start(self, wait_topology=True):
+        self.write_conf()
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        for name in self.listeners:
+            wait_for(lambda: self._accepts(self.ports[name]), 10, "pgrouter listener " + name)
+        if wait_topology:
+            # every server probed at least once
+            wait_for(lambda: self.log_text().count("topology:") >= len(self.servers), 10,
+                     "first probe round")
+        return self
+
+    def _accepts(self, port):
+        if self.proc.poll() is not None:
+            raise RuntimeError("pgrouter exited (%s): %s" % (self.proc.returncode,
+                                                             self.log_text()[-2000:]))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def port(self, listener):
+        return self.ports[listener]
+
+    def dsn(self, listener, **kw):
+        parts = {"host": "127.0.0.1", "port": self.ports[listener], "user": "postgres",
+                 "dbname": "postgres", "connect_timeout": 10}
+        parts.update(kw)
+        return " ".join("%s=%s" % (k, v) for k, v in parts.items())
+
+    def log_text(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            stop_pid(self.proc.pid, sig, timeout)
+            self.proc.wait()
+        if self.proc:
+            self.log.close()
+        return self.proc.returncode if self.proc else None

@@ -1,0 +1,126 @@
+/* tests router/config.c */
+#include "../test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "router/router.h"
+
+static char path[64];
+
+static int load(const char *text, struct config *c, char *err)
+{
+	strcpy(path, "/tmp/pgrouter-config-test-XXXXXX");
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	int rc = config_load(path, c, err, 512);
+	unlink(path);
+	return rc;
+}
+
+static const char good[] = "[pgrouter]\n"
+			   "workers = 3            ; comment\n"
+			   "log_level = debug\n"
+			   "connect_timeout = 250ms\n"
+			   "queue_timeout = 1m\n"
+			   "max_client_conn = 50\n"
+			   "[cluster]\n"
+			   "source = static\n"
+			   "servers = 127.0.0.1:5432, [::1]:5433 ,db3\n"
+			   "probe_interval = 2s\n"
+			   "max_lag = 4MB\n"
+			   "[listener rw]\n"
+			   "listen = 127.0.0.1:6432\n"
+			   "target_session_attrs = read-write\n"
+			   "load_balance = least-connections\n"
+			   "[listener ro]\n"
+			   "listen = 127.0.0.1:6433\n"
+			   "target_session_attrs = prefer-standby\n";
+
+static void loads(void **state)
+{
+	static struct config c;
+	char err[512];
+	assert_int_equal(load(good, &c, err), 0);
+	assert_int_equal(c.workers, 3);
+	assert_int_equal(c.log_level, LOG_DEBUG);
+	assert_int_equal(c.connect_timeout_ms, 250);
+	assert_int_equal(c.queue_timeout_ms, 60000);
+	assert_int_equal(c.startup_timeout_ms, 10000); /* default */
+	assert_int_equal(c.max_client_conn, 50);
+	assert_int_equal(c.nservers, 3);
+	assert_string_equal(c.servers[1].host, "::1");
+	assert_string_equal(c.servers[1].port, "5433");
+	assert_string_equal(c.servers[2].host, "db3");
+	assert_string_equal(c.servers[2].port, "5432");
+	assert_int_equal(c.probe_interval_ms, 2000);
+	assert_int_equal(c.max_lag, 4 << 20);
+	assert_int_equal(c.nlisteners, 2);
+	assert_string_equal(c.listeners[0].name, "rw");
+	assert_int_equal(c.listeners[0].tsa, TSA_READ_WRITE);
+	assert_int_equal(c.listeners[0].lb, LB_LEAST_CONNECTIONS);
+	assert_int_equal(c.listeners[1].tsa, TSA_PREFER_STANDBY);
+	assert_int_equal(c.listeners[1].lb, LB_ROUND_ROBIN);
+}
+
+static void expect_error(const char *text, const char *want)
+{
+	static struct config c;
+	char err[512];
+	assert_int_equal(load(text, &c, err), -1);
+	/* the message starts with the file name; compare what follows it */
+	const char *rest = err + strlen(path);
+	if (strncmp(rest, want, strlen(want)) != 0)
+		fail_msg("got \"%s\", want \"%s...\"", rest, want);
+}
+
+static void errors(void **state)
+{
+	expect_error("[pgrouter]\nworkers = 0\n", ":2: workers: must be an integer 1..256");
+	expect_error("[pgrouter]\n\nconnect_timeout = 3 fortnights\n",
+		     ":3: connect_timeout: invalid duration");
+	expect_error("[pgrouter]\nlog_levle = info\n", ":2: log_levle: unknown key in [pgrouter]");
+	expect_error("[cluster]\nservers = 127.0.0.1:99999\n", ":2: servers: \"127.0.0.1:99999\"");
+	expect_error("[cluster]\nservers = ::1:5432\n", ":2: servers: \"::1:5432\": IPv6");
+	expect_error("[cluster]\nsource = consul\n", ":2: source: unknown source");
+	expect_error("[cluster]\nservers = a\n[listener x]\nlisten = 127.0.0.1:1\n"
+		     "target_session_attrs = writable\n",
+		     ":5: target_session_attrs: must be any");
+	expect_error("[cluster]\nservers = a\n[listener x]\nlisten = 127.0.0.1:1\n"
+		     "[listener y]\nlisten = 127.0.0.1:1\n",
+		     ":6: listen: 127.0.0.1:1 is also [listener x]");
+	expect_error("[cluster]\nservers = a\n", ":2: listener: no [listener NAME] section");
+	expect_error("[cluster]\nservers = a\nprobe_interval = 0\n[listener x]\nlisten = :1\n",
+		     ":5: listen: \":1\": missing");
+	expect_error("[cluster]\nservers = a\nprobe_interval = 0\n[listener x]\nlisten = h:1\n",
+		     ":3: probe_interval: source = static learns roles only by probing");
+	expect_error("this is not ini\n", ":1: syntax");
+	expect_error("[weird]\nx = 1\n", ":2: x: unknown section [weird]");
+}
+
+static void units(void **state)
+{
+	unsigned ms;
+	int64_t b;
+	assert_int_equal(parse_duration_ms("1.5s", &ms), 0);
+	assert_int_equal(ms, 1500);
+	assert_int_equal(parse_duration_ms("0", &ms), 0);
+	assert_int_equal(ms, 0);
+	assert_int_equal(parse_duration_ms("10", &ms), -1);
+	assert_int_equal(parse_duration_ms("-1s", &ms), -1);
+	assert_int_equal(parse_size("512kB", &b), 0);
+	assert_int_equal(b, 512 * 1024);
+	assert_int_equal(parse_size("1GB", &b), 0);
+	assert_int_equal(b, 1 << 30);
+	assert_int_equal(parse_size("12 parsecs", &b), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
+					    cmocka_unit_test(units) };
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
