@@ -224,6 +224,7 @@ struct session {
 	unsigned draining : 1;         /* close at the next transaction boundary */
 	unsigned dead : 1;             /* free at the end of the current callback */
 	unsigned queued : 1;
+	unsigned over_limit : 1;       /* accepted past max_client_conn */
 	char peer[48];
 	char who[96]; /* user@database */
 };

@@ -395,6 +395,13 @@ static void startup_read(struct session *s)
 			start_cancel(s, &f);
 			return;
 		case PGW_FIRST_STARTUP:
+			if (s->over_limit) {
+				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
+				session_fail(s, "53300",
+					     "sorry, too many clients already (max_client_conn=%u)",
+					     router.cfg->max_client_conn);
+				return;
+			}
 			got_startup(s, p, (uint32_t)len, &f);
 			return;
 		}
@@ -819,12 +826,17 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	w->nsessions++;
 	s->state = SS_STARTUP;
 
-	if (n > router.cfg->max_client_conn) {
-		session_fail(s, "53300", "sorry, too many clients already (max_client_conn=%u)",
-			     router.cfg->max_client_conn);
+	if (n > 2 * router.cfg->max_client_conn) {
+		/* far past the limit: not even an error message */
+		slog(LOG_WARNING, s, "closed at once: %u clients (max_client_conn=%u)", n - 1,
+		     router.cfg->max_client_conn);
+		s->dead = true;
 		finish(s);
 		return;
 	}
+	/* Past max_client_conn the client still gets its SSLRequest answered and its
+	 * cancels forwarded; its StartupMessage gets 53300, as from PostgreSQL. */
+	s->over_limit = n > router.cfg->max_client_conn;
 	if (w->draining) {
 		session_fail(s, "57P01", "pgrouter is shutting down");
 		finish(s);

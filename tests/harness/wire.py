@@ -1,0 +1,89 @@
+"""A minimal PostgreSQL wire client for tests that libpq cannot express:
+bad packets, protocol 3.2 startup, pipelined extended-protocol messages."""
+import socket
+import struct
+
+
+def startup_packet(user="postgres", database="postgres", version=(3, 0), **params):
+    body = struct.pack("!I", (version[0] << 16) | version[1])
+    kv = dict(user=user, database=database, **params)
+    for k, v in kv.items():
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def msg(t, body=b""):
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def cstr(s):
+    return s.encode() + b"\0"
+
+
+class Wire:
+    def __init__(self, port, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed with %d bytes buffered" % len(self.buf))
+            self.buf += chunk
+
+    def read_byte(self):
+        self._fill(1)
+        b, self.buf = self.buf[:1], self.buf[1:]
+        return b
+
+    def read_msg(self):
+        """(type, body) of the next message."""
+        self._fill(5)
+        t = self.buf[:1]
+        (n,) = struct.unpack("!I", self.buf[1:5])
+        self._fill(1 + n)
+        body = self.buf[5:1 + n]
+        self.buf = self.buf[1 + n:]
+        return t, body
+
+    def read_until_ready(self):
+        msgs = []
+        while True:
+            t, b = self.read_msg()
+            msgs.append((t, b))
+            if t == b"Z":
+                return msgs
+
+    def closed(self, timeout=5):
+        """True once the peer closed (reads EOF), discarding any bytes."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def login(self, **kw):
+        """Startup with trust auth; returns the messages up to ReadyForQuery."""
+        self.send(startup_packet(**kw))
+        return self.read_until_ready()
+
+    def close(self):
+        self.sock.close()
+
+
+def error_fields(body):
+    """ErrorResponse body → {code: value}."""
+    out = {}
+    for field in body.split(b"\0"):
+        if field:
+            out[chr(field[0])] = field[1:].decode(errors="replace")
+    return out
