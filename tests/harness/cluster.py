@@ -5,6 +5,7 @@ pg_basebackup) on free 127.0.0.1 ports in a private temp directory; Router
 starts pgrouter with a generated configuration. Everything is stopped by PID.
 Runs under Debian's /usr/bin/python3 (psycopg2 comes from python3-psycopg2).
 """
+import atexit
 import os
 import pwd
 import shutil
@@ -17,6 +18,27 @@ import time
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PGROUTER = os.environ.get("PGROUTER", os.path.join(ROOT, "build", "pgrouter"))
+
+
+# Every process the harness starts, so that nothing outlives a failed test run.
+_started = {}
+
+
+def track(proc, sig=signal.SIGTERM):
+    _started[proc.pid] = (proc, sig)
+    return proc
+
+
+def untrack(proc):
+    _started.pop(proc.pid, None)
+
+
+@atexit.register
+def _stop_everything():
+    for pid, (proc, sig) in list(_started.items()):
+        if proc.poll() is None:
+            stop_pid(pid, sig, timeout=10)
+            proc.wait()
 
 
 def free_port():
@@ -102,6 +124,7 @@ class PgServer:
                                                       self.datadir],
                                      stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        track(self.proc, signal.SIGQUIT)
         log.close()
         if wait:
             self.wait_ready()
@@ -128,6 +151,7 @@ class PgServer:
             return
         stop_pid(self.proc.pid, signal.SIGINT if mode == "fast" else signal.SIGQUIT)
         self.proc.wait()
+        untrack(self.proc)
 
     def sql(self, query, dbname="postgres"):
         r = run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d",
@@ -264,14 +288,19 @@ class Router:
     def start(self, wait_topology=True):
         self.write_conf()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        for name in self.listeners:
-            wait_for(lambda: self._accepts(self.ports[name]), 10, "pgrouter listener " + name)
-        if wait_topology:
-            # every server probed at least once
-            wait_for(lambda: self.log_text().count("topology:") >= len(self.servers), 10,
-                     "first probe round")
+        self.proc = track(subprocess.Popen([self.binary, "-c", self.conf_path],
+                                           stdout=self.log, stderr=subprocess.STDOUT))
+        try:
+            for name in self.listeners:
+                wait_for(lambda: self._accepts(self.ports[name]), 10,
+                         "pgrouter listener " + name)
+            if wait_topology and self.settings.get("log_level") in ("info", "debug"):
+                # every server probed at least once
+                wait_for(lambda: self.log_text().count("topology:") >= len(self.servers), 10,
+                         "first probe round")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _accepts(self, port):
@@ -305,5 +334,6 @@ class Router:
             stop_pid(self.proc.pid, sig, timeout)
             self.proc.wait()
         if self.proc:
+            untrack(self.proc)
             self.log.close()
         return self.proc.returncode if self.proc else None

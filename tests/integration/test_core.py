@@ -114,6 +114,7 @@ class CoreTest(RouterCase):
     @classmethod
     def setUpClass(cls):
         cls.cluster = PgCluster(2, conf={"password_encryption": "'scram-sha-256'"}).start()
+        cls.addClassCleanup(cls.cluster.cleanup)
         cls.setup_auth_users(cls.cluster)
         cls.router = Router([s.addr for s in cls.cluster.servers],
                             dict(all_policy_listeners(),
@@ -127,7 +128,6 @@ class CoreTest(RouterCase):
     def tearDownClass(cls):
         rc = cls.router.stop()
         log = cls.router.log_text()
-        cls.cluster.cleanup()
         if rc != 0:
             raise AssertionError("pgrouter exited with %s:\n%s" % (rc, log[-3000:]))
         for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
@@ -497,6 +497,7 @@ class RoleChangeTest(RouterCase):
 
     def setUp(self):
         self.cluster = PgCluster(2).start()
+        self.addCleanup(self.cluster.cleanup)
         self.router = Router([s.addr for s in self.cluster.servers], all_policy_listeners(),
                              self.cluster.dir, probe_interval="%dms" % (PROBE * 1000),
                              queue_timeout="20s").start()
@@ -504,7 +505,6 @@ class RoleChangeTest(RouterCase):
     def tearDown(self):
         rc = self.router.stop()
         self.assert_clean_log(self.router)
-        self.cluster.cleanup()
         self.assertEqual(rc, 0)
 
     def test_stopped_standby_leaves_rotation(self):
@@ -590,9 +590,7 @@ class RoleChangeTest(RouterCase):
 class ShutdownTest(RouterCase):
     def setUp(self):
         self.cluster = PgCluster(0).start()
-
-    def tearDown(self):
-        self.cluster.cleanup()
+        self.addCleanup(self.cluster.cleanup)
 
     def _router(self, **kw):
         return Router([self.cluster.primary.addr], {"rw": {"target_session_attrs": "read-write"}},

@@ -1,0 +1,346 @@
+"""pgrouter benchmark: the same PostgreSQL cluster reached four ways in one run —
+direct, through pgrouter, through HAProxy (TCP mode) and through PgBouncer
+(session mode) — with pgbench select-only at several client counts, with and
+without -C (a new connection per transaction).
+
+Reports TPS and each proxy's ratio to direct, the CPU time each proxy process
+used per transaction (utime+stime from /proc/PID/stat), and its memory per idle
+session (RSS growth with N idle sessions open / N).
+
+Usage: /usr/bin/python3 bench/run.py [--duration 10] [--clients 1,8,32]
+                                     [--idle 1000] [--workers 1] [--out FILE]
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "harness"))
+from cluster import (PG_BIN, PgCluster, Router, as_postgres, chown_postgres,  # noqa: E402
+                     free_port, stop_pid, track, untrack, wait_for)
+from wire import Wire  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class HAProxy:
+    name = "haproxy"
+
+    def __init__(self, workdir, backend_port):
+        self.port = free_port()
+        self.conf = os.path.join(workdir, "haproxy.cfg")
+        # TCP mode as in the usual Patroni setup (here a plain TCP check: there is
+        # no Patroni REST API in this cluster)
+        with open(self.conf, "w") as f:
+            f.write("""global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+listen pg
+    bind 127.0.0.1:%d
+    maxconn 8000
+    server primary 127.0.0.1:%d check inter 1s fall 2 rise 1
+""" % (self.port, backend_port))
+
+    def start(self):
+        self.proc = subprocess.Popen(["haproxy", "-f", self.conf, "-db"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=raise_nofile)
+        track(self.proc)
+        wait_for(lambda: accepts(self.port), 10, "haproxy")
+        return self
+
+    def stop(self):
+        stop_pid(self.proc.pid)
+        self.proc.wait()
+        untrack(self.proc)
+
+
+class PgBouncer:
+    name = "pgbouncer"
+
+    def __init__(self, workdir, backend_port):
+        self.dir = os.path.join(workdir, "pgbouncer")
+        os.makedirs(self.dir, exist_ok=True)
+        chown_postgres(self.dir)
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "pgbouncer.ini")
+        with open(os.path.join(self.dir, "users.txt"), "w") as f:
+            f.write('"postgres" ""\n')
+        with open(self.conf, "w") as f:
+            f.write("""[databases]
+* = host=127.0.0.1 port=%d
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s/users.txt
+pool_mode = session
+max_client_conn = 5000
+default_pool_size = 2000
+max_db_connections = 0
+ignore_startup_parameters = extra_float_digits
+logfile = %s/pgbouncer.log
+pidfile =
+log_connections = 0
+log_disconnections = 0
+""" % (backend_port, self.port, self.dir, self.dir))
+        for p in ("users.txt", "pgbouncer.ini"):
+            chown_postgres(os.path.join(self.dir, p))
+
+    def start(self):
+        self.proc = subprocess.Popen(as_postgres() + ["pgbouncer", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=raise_nofile)
+        track(self.proc)
+        wait_for(lambda: accepts(self.port), 10, "pgbouncer")
+        return self
+
+    def stop(self):
+        stop_pid(self.proc.pid)
+        self.proc.wait()
+        untrack(self.proc)
+
+
+class PgRouterTarget:
+    name = "pgrouter"
+
+    def __init__(self, workdir, cluster, workers):
+        self.router = Router([s.addr for s in cluster.servers],
+                             {"rw": {"target_session_attrs": "read-write"}}, workdir,
+                             workers=workers, log_level="warning", max_client_conn=5000,
+                             probe_interval="1s")
+
+    def start(self):
+        old = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise_nofile()  # inherited by pgrouter
+        self.router.start(wait_topology=False)
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+        wait_for(lambda: "topology" in self.router.log_text() or self._routes(), 10,
+                 "pgrouter routing")
+        self.port = self.router.port("rw")
+        self.proc = self.router.proc
+        return self
+
+    def _routes(self):
+        try:
+            w = Wire(self.router.port("rw"), timeout=2)
+            w.login()
+            w.close()
+            return True
+        except Exception:
+            return False
+
+    def stop(self):
+        self.router.stop()
+
+
+def pgbench(port, clients, duration, connect_each, extra=()):
+    threads = min(clients, 2)
+    cmd = [os.path.join(PG_BIN, "pgbench"), "-n", "-S", "-T", str(duration), "-c", str(clients),
+           "-j", str(threads), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    if connect_each:
+        cmd.append("-C")
+    cmd += list(extra) + ["postgres"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("pgbench failed: %s\n%s" % (" ".join(cmd), r.stderr[-2000:]))
+    tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))
+    txns = int(re.search(r"number of transactions actually processed: (\d+)", r.stdout).group(1))
+    failed = int(re.search(r"number of failed transactions: (\d+)", r.stdout).group(1))
+    return tps, txns, failed
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def idle_rss_per_session(port, pid, n):
+    """RSS growth of pid per idle session, with n fully started sessions open."""
+    warm = [Wire(port) for _ in range(20)]
+    for w in warm:
+        w.login()
+    for w in warm:
+        w.close()
+    time.sleep(0.5)
+    before = rss_kb(pid)
+    held = []
+    try:
+        for _ in range(n):
+            w = Wire(port)
+            w.login()
+            held.append(w)
+        time.sleep(0.5)
+        after = rss_kb(pid)
+    finally:
+        for w in held:
+            w.close()
+    return (after - before) * 1024.0 / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count(),
+                    help="pgrouter worker threads (default: CPUs, as HAProxy's nbthread)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per cell; the median is reported (this machine is noisy)")
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--only", default="direct,pgrouter,haproxy,pgbouncer")
+    ap.add_argument("--out", default=None, help="write results as JSON here")
+    args = ap.parse_args()
+    raise_nofile()
+    clients = [int(c) for c in args.clients.split(",")]
+    only = args.only.split(",")
+
+    cluster = PgCluster(2, conf={"max_connections": args.idle + 300}).start()
+    targets = []
+    results = {"runs": [], "idle_bytes": {}, "config": vars(args)}
+    try:
+        subprocess.run([os.path.join(PG_BIN, "pgbench"), "-i", "-q", "-s", str(args.scale),
+                        "-h", "127.0.0.1", "-p", str(cluster.primary.port), "-U", "postgres",
+                        "postgres"], check=True, capture_output=True)
+        cluster.primary.sql("vacuum analyze")
+        backend = cluster.primary.port
+        if "pgrouter" in only:
+            targets.append(PgRouterTarget(cluster.dir, cluster, args.workers).start())
+        if "haproxy" in only and shutil.which("haproxy"):
+            targets.append(HAProxy(cluster.dir, backend).start())
+        if "pgbouncer" in only and shutil.which("pgbouncer"):
+            targets.append(PgBouncer(cluster.dir, backend).start())
+        ways = ([("direct", backend, None)] if "direct" in only else []) + \
+            [(t.name, t.port, t.proc.pid) for t in targets]
+
+        for connect_each in (False, True):
+            for c in clients:
+                samples = {name: [] for name, _, _ in ways}
+                # interleave the ways so drift on this shared machine hits all alike
+                for _ in range(args.repeat):
+                    for name, port, pid in ways:
+                        cpu0 = cpu_seconds(pid) if pid else 0
+                        tps, txns, failed = pgbench(port, c, args.duration, connect_each)
+                        cpu = (cpu_seconds(pid) - cpu0) if pid else 0
+                        samples[name].append((tps, txns, failed, cpu))
+                for name, port, pid in ways:
+                    ss = samples[name]
+                    tps = median([x[0] for x in ss])
+                    cpu_per = median([x[3] * 1e6 / x[1] for x in ss if x[1]]) if pid else None
+                    run = {"way": name, "clients": c, "connect_each": connect_each,
+                           "tps": tps, "tps_samples": [x[0] for x in ss],
+                           "failed": sum(x[2] for x in ss), "cpu_us_per_txn": cpu_per}
+                    results["runs"].append(run)
+                    print("%-10s c=%-3d %-3s tps=%10.1f  cpu/txn=%s" % (
+                        name, c, "-C" if connect_each else "", tps,
+                        "%.2f us" % run["cpu_us_per_txn"] if run["cpu_us_per_txn"] else "-"),
+                        flush=True)
+        if args.idle:
+            for t in targets:
+                results["idle_bytes"][t.name] = idle_rss_per_session(t.port, t.proc.pid,
+                                                                     args.idle)
+                print("%-10s %.0f bytes RSS per idle session (%d open)" % (
+                    t.name, results["idle_bytes"][t.name], args.idle), flush=True)
+    finally:
+        for t in targets:
+            t.stop()
+        cluster.cleanup()
+
+    report(results, clients)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def report(results, clients):
+    runs = results["runs"]
+    ways = []
+    for r in runs:
+        if r["way"] not in ways:
+            ways.append(r["way"])
+
+    def get(way, c, ce):
+        for r in runs:
+            if r["way"] == way and r["clients"] == c and r["connect_each"] == ce:
+                return r
+        return None
+
+    print()
+    print("pgbench -S (select-only), TPS and ratio to direct")
+    hdr = "| mode | clients | " + " | ".join(ways) + " |"
+    print(hdr)
+    print("|" + "---|" * (2 + len(ways)))
+    for ce in (False, True):
+        for c in clients:
+            d = get("direct", c, ce)
+            cells = []
+            for w in ways:
+                r = get(w, c, ce)
+                if not r:
+                    cells.append("-")
+                elif w == "direct" or not d:
+                    cells.append("%.0f" % r["tps"])
+                else:
+                    cells.append("%.0f (%.2f)" % (r["tps"], r["tps"] / d["tps"]))
+            print("| %s | %d | %s |" % ("-C" if ce else "persistent", c, " | ".join(cells)))
+    print()
+    print("proxy CPU per transaction (µs, utime+stime of the proxy process)")
+    proxies = [w for w in ways if w != "direct"]
+    print("| mode | clients | " + " | ".join(proxies) + " |")
+    print("|" + "---|" * (2 + len(proxies)))
+    for ce in (False, True):
+        for c in clients:
+            cells = []
+            for w in proxies:
+                r = get(w, c, ce)
+                cells.append("%.2f" % r["cpu_us_per_txn"] if r and r["cpu_us_per_txn"] else "-")
+            print("| %s | %d | %s |" % ("-C" if ce else "persistent", c, " | ".join(cells)))
+    if results["idle_bytes"]:
+        print()
+        print("memory per idle session (RSS growth / sessions)")
+        for w, b in results["idle_bytes"].items():
+            print("| %s | %.0f bytes |" % (w, b))
+
+
+if __name__ == "__main__":
+    main()
