@@ -57,7 +57,22 @@ def accepts(port):
         return False
 
 
-class HAProxy:
+class Proxy:
+    """A proxy process started from its configuration file, stopped by PID."""
+
+    def spawn(self, cmd):
+        self.proc = track(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, preexec_fn=raise_nofile))
+        wait_for(lambda: accepts(self.port), 10, self.name)
+        return self
+
+    def stop(self):
+        stop_pid(self.proc.pid)
+        self.proc.wait()
+        untrack(self.proc)
+
+
+class HAProxy(Proxy):
     name = "haproxy"
 
     def __init__(self, workdir, backend_port):
@@ -80,20 +95,10 @@ listen pg
 """ % (self.port, backend_port))
 
     def start(self):
-        self.proc = subprocess.Popen(["haproxy", "-f", self.conf, "-db"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=raise_nofile)
-        track(self.proc)
-        wait_for(lambda: accepts(self.port), 10, "haproxy")
-        return self
-
-    def stop(self):
-        stop_pid(self.proc.pid)
-        self.proc.wait()
-        untrack(self.proc)
+        return self.spawn(["haproxy", "-f", self.conf, "-db"])
 
 
-class PgBouncer:
+class PgBouncer(Proxy):
     name = "pgbouncer"
 
     def __init__(self, workdir, backend_port):
@@ -127,17 +132,7 @@ log_disconnections = 0
             chown_postgres(os.path.join(self.dir, p))
 
     def start(self):
-        self.proc = subprocess.Popen(as_postgres() + ["pgbouncer", self.conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=raise_nofile)
-        track(self.proc)
-        wait_for(lambda: accepts(self.port), 10, "pgbouncer")
-        return self
-
-    def stop(self):
-        stop_pid(self.proc.pid)
-        self.proc.wait()
-        untrack(self.proc)
+        return self.spawn(as_postgres() + ["pgbouncer", self.conf])
 
 
 class PgRouterTarget:

@@ -12,17 +12,92 @@ struct probe_result {
 	char error[160];   /* why it is unreachable */
 };
 
-typedef void (*probe_done_fn)(void *arg, unsigned index, const struct probe_result *r);
+typedef void (*probe_done_fn)(void *arg, struct disc_server *srv, const struct probe_result *r);
 
 /*
  * A SQL probe of one server: a persistent libpq connection driven by base,
  * queried every pc->interval_ms, each round bounded by pc->timeout_ms. done(arg,
- * index, result) runs on base's thread after every round. pc must outlive it.
+ * srv, result) runs on base's thread after every round. pc must outlive it.
+ * probe_kick() starts a round now (unless one is under way).
  */
 struct probe;
-struct probe *probe_new(struct event_base *base, struct disc_server *srv, unsigned index,
+struct probe *probe_new(struct event_base *base, struct disc_server *srv,
 			const struct disc_probe_config *pc, probe_done_fn done, void *arg);
+void probe_kick(struct probe *p);
 void probe_free(struct probe *p);
+
+/* ---- cluster.c: a source's view, checked by probes, published ---- */
+
+struct disc_view_entry {
+	struct disc_server *srv;
+	enum disc_role role;  /* ignored when roles come from the probes */
+	bool routable;        /* the source says sessions may go there */
+	bool noloadbalance;
+	int64_t lag_bytes;    /* the source's own measure; -1 unknown */
+	char why[96];         /* why not routable, for logs */
+};
+
+struct disc_cluster;
+struct disc_cluster *disc_cluster_new(struct event_base *base, const char *source,
+				      const struct disc_probe_config *pc, bool roles_from_probes);
+/* Replace the set of servers (probes start and stop to match) and publish. */
+int disc_cluster_set(struct disc_cluster *c, const struct disc_view_entry *v, unsigned n);
+/* The source lost (or regained) its view of the cluster. */
+void disc_cluster_set_stale(struct disc_cluster *c, bool stale);
+void disc_cluster_free(struct disc_cluster *c);
+
+/* ---- patroni.c: Patroni's keys ---- */
+
+struct patroni_kv {
+	char *key; /* relative to /<namespace>/<scope>/, e.g. "members/pg1" */
+	char *value;
+	size_t len;
+};
+
+/* The keys a DCS source holds for one cluster; small, so a flat array. */
+struct patroni_keys {
+	struct patroni_kv *kv;
+	unsigned n, cap;
+};
+void patroni_keys_init(struct patroni_keys *k);
+void patroni_keys_clear(struct patroni_keys *k);
+int patroni_keys_put(struct patroni_keys *k, const char *key, const char *value, size_t len);
+void patroni_keys_del(struct patroni_keys *k, const char *key);
+const char *patroni_keys_get(const struct patroni_keys *k, const char *key);
+
+enum patroni_route {
+	PATRONI_NONE = 0, /* not routable */
+	PATRONI_PRIMARY,
+	PATRONI_STANDBY,
+};
+const char *patroni_route_name(enum patroni_route r);
+
+struct patroni_member {
+	char name[128];
+	char conn_url[512];
+	char host[256];
+	char port[8];
+	char role[32];
+	char state[48];
+	int64_t xlog_location; /* -1 unknown */
+	int64_t timeline;
+	int64_t lag_bytes;     /* status.optime - xlog_location; -1 unknown */
+	bool noloadbalance, nofailover, legacy;
+	enum patroni_route route;
+};
+
+#define PATRONI_MAX_MEMBERS 64
+struct patroni_cluster {
+	char leader[128];
+	int64_t optime; /* leader's WAL position; -1 unknown */
+	bool paused;
+	unsigned n, skipped; /* members parsed / members that could not be read */
+	struct patroni_member m[PATRONI_MAX_MEMBERS];
+};
+/* Parse the keys into members with their routing role. Returns 0. */
+int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c);
+int patroni_parse_conn_url(const char *url, char *host, size_t hostlen, char *port,
+			   size_t portlen);
 
 /* Log hook for discovery messages (set by the daemon); printf-style. */
 extern void (*disc_log)(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

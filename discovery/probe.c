@@ -31,7 +31,6 @@ enum probe_state { P_IDLE, P_CONNECTING, P_QUERYING };
 struct probe {
 	struct event_base *base;
 	struct disc_server *srv;
-	unsigned index;
 	const struct disc_probe_config *pc;
 	probe_done_fn done;
 	void *arg;
@@ -72,7 +71,7 @@ static void finish_round(struct probe *p, struct probe_result *r, bool keep)
 	p->state = P_IDLE;
 	struct timeval tv = ms_tv(p->pc->interval_ms);
 	event_add(p->tick, &tv);
-	p->done(p->arg, p->index, r);
+	p->done(p->arg, p->srv, r);
 }
 
 static void fail(struct probe *p, const char *why)
@@ -199,14 +198,21 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	watch(p, EV_WRITE);
 }
 
-struct probe *probe_new(struct event_base *base, struct disc_server *srv, unsigned index,
+void probe_kick(struct probe *p)
+{
+	if (p->state != P_IDLE)
+		return;
+	event_del(p->tick);
+	event_active(p->tick, EV_TIMEOUT, 0);
+}
+
+struct probe *probe_new(struct event_base *base, struct disc_server *srv,
 			const struct disc_probe_config *pc, probe_done_fn done, void *arg)
 {
 	struct probe *p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
-	*p = (struct probe){ .base = base, .srv = srv, .index = index, .pc = pc, .done = done,
-			     .arg = arg };
+	*p = (struct probe){ .base = base, .srv = srv, .pc = pc, .done = done, .arg = arg };
 	p->tick = evtimer_new(base, tick_cb, p);
 	p->deadline = evtimer_new(base, deadline_cb, p);
 	if (!p->tick || !p->deadline) {

@@ -64,16 +64,26 @@ __attribute__((format(printf, 4, 5))) static int fail(struct parse_ctx *p, int l
 	return 0; /* inih: stop with an error */
 }
 
-int parse_duration_ms(const char *s, unsigned *out)
+/* "<non-negative number><spaces><unit>": the number and where the unit starts. */
+static int split_number(const char *s, double *v, const char **unit)
 {
 	char *end;
 	errno = 0;
-	double v = strtod(s, &end);
-	if (end == s || errno || v < 0)
+	*v = strtod(s, &end);
+	if (end == s || errno || *v < 0)
 		return -1;
 	while (isspace((unsigned char)*end))
 		end++;
-	double mult;
+	*unit = end;
+	return 0;
+}
+
+int parse_duration_ms(const char *s, unsigned *out)
+{
+	double v, mult;
+	const char *end;
+	if (split_number(s, &v, &end) != 0)
+		return -1;
 	if (strcmp(end, "ms") == 0)
 		mult = 1;
 	else if (strcmp(end, "s") == 0)
@@ -95,14 +105,10 @@ int parse_duration_ms(const char *s, unsigned *out)
 
 int parse_size(const char *s, int64_t *out)
 {
-	char *end;
-	errno = 0;
-	double v = strtod(s, &end);
-	if (end == s || errno || v < 0)
+	double v, mult;
+	const char *end;
+	if (split_number(s, &v, &end) != 0)
 		return -1;
-	while (isspace((unsigned char)*end))
-		end++;
-	double mult;
 	if (*end == 0 || strcmp(end, "B") == 0)
 		mult = 1;
 	else if (strcmp(end, "kB") == 0 || strcasecmp(end, "KB") == 0)

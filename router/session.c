@@ -713,8 +713,15 @@ static void server_connected(struct session *s)
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
-	if (s->state == SS_CONNECTING || (s->state == SS_CANCEL && !s->s.rd_on))
+	if (s->state == SS_CONNECTING || (s->state == SS_CANCEL && !s->s.rd_on)) {
 		server_connected(s);
+		/* a failed connect may already have started the next attempt on a new
+		 * socket, whose write event must stay armed until it connects */
+		if (s->state != SS_AUTH && s->state != SS_CANCEL) {
+			finish(s);
+			return;
+		}
+	}
 	if (!s->dead && s->s.fd >= 0) {
 		ssize_t left = end_flush(&s->s);
 		if (left < 0) {
