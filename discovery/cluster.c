@@ -97,6 +97,7 @@ static void publish(struct disc_cluster *c)
 		const struct member *m = &c->m[i];
 		e->srv = m->v.srv;
 		e->noloadbalance = m->v.noloadbalance;
+		e->draining = m->v.draining;
 		e->lag_bytes = -1;
 		if (c->roles_from_probes)
 			fill_from_probes(e, m, primary_wal);
@@ -109,12 +110,13 @@ static void publish(struct disc_cluster *c)
 		const struct topo_entry *e = &t->e[i];
 		const struct member *m = &c->m[i];
 		if (e->reachable)
-			disc_log(DISC_LOG_INFO, "topology: %s %s%s%s%s lag=%lld%s", e->srv->name,
+			disc_log(DISC_LOG_INFO, "topology: %s %s%s%s%s%s lag=%lld%s", e->srv->name,
 				 disc_role_name(e->role),
 				 e->role == DISC_ROLE_PRIMARY && e->in_hot_standby ? " (in recovery)" : "",
 				 e->default_read_only ? " read-only" : "",
-				 e->noloadbalance ? " noloadbalance" : "", (long long)e->lag_bytes,
-				 t->stale ? " (stale)" : "");
+				 e->noloadbalance ? " noloadbalance" : "",
+				 e->draining ? " draining (switchover pending)" : "",
+				 (long long)e->lag_bytes, t->stale ? " (stale)" : "");
 		else
 			disc_log(DISC_LOG_INFO, "topology: %s not routable (%s)%s", e->srv->name,
 				 !m->v.routable ? m->v.why : m->last.error,

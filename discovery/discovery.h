@@ -55,6 +55,8 @@ struct topo_entry {
 	bool in_hot_standby;        /* pg_is_in_recovery() */
 	bool default_read_only;     /* default_transaction_read_only = on */
 	bool noloadbalance;
+	bool draining;              /* about to change role (planned switchover): no new
+				       sessions; existing ones close at a transaction boundary */
 	int64_t lag_bytes;          /* replay lag behind the primary; -1 unknown */
 };
 
@@ -108,5 +110,24 @@ struct disc_static *disc_static_start(struct event_base *base, struct disc_serve
 				      unsigned n, const struct disc_probe_config *pc, char *err,
 				      size_t errlen);
 void disc_static_stop(struct disc_static *s);
+
+/*
+ * etcd v3 source for a Patroni cluster: reads /<namespace>/<scope>/ and
+ * watches it (libcurl multi-socket on base). Roles come from Patroni's keys;
+ * probes (pc->interval_ms > 0) veto writes to servers they find unreachable
+ * or in recovery. cfg's strings must outlive the source.
+ */
+#define DISC_MAX_ENDPOINTS 16
+struct disc_etcd_config {
+	const char *endpoints[DISC_MAX_ENDPOINTS];
+	unsigned nendpoints;
+	const char *namespace_, *scope;
+	const char *user, *password, *cacert;
+	unsigned timeout_ms;
+};
+struct disc_etcd;
+struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etcd_config *cfg,
+				  const struct disc_probe_config *pc, char *err, size_t errlen);
+void disc_etcd_stop(struct disc_etcd *e);
 
 #endif

@@ -33,6 +33,7 @@ struct disc_view_entry {
 	enum disc_role role;  /* ignored when roles come from the probes */
 	bool routable;        /* the source says sessions may go there */
 	bool noloadbalance;
+	bool draining;        /* about to change role: no new sessions, close at boundaries */
 	int64_t lag_bytes;    /* the source's own measure; -1 unknown */
 	char why[96];         /* why not routable, for logs */
 };
@@ -83,6 +84,7 @@ struct patroni_member {
 	int64_t timeline;
 	int64_t lag_bytes;     /* status.optime - xlog_location; -1 unknown */
 	bool noloadbalance, nofailover, legacy;
+	bool draining; /* the leader a pending switchover is about to demote */
 	enum patroni_route route;
 };
 
@@ -91,6 +93,7 @@ struct patroni_cluster {
 	char leader[128];
 	int64_t optime; /* leader's WAL position; -1 unknown */
 	bool paused;
+	bool switchover_pending; /* a failover key asks to move the leader away now */
 	unsigned n, skipped; /* members parsed / members that could not be read */
 	struct patroni_member m[PATRONI_MAX_MEMBERS];
 };

@@ -224,6 +224,22 @@ int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c)
 	const char *legacy_optime = patroni_keys_get(k, "optime/leader");
 	if (c->optime < 0 && legacy_optime)
 		c->optime = strtoll(legacy_optime, NULL, 10);
+	/* patronictl switchover/failover writes {"leader": old, "member": new}; the
+	 * leader acts on it within loop_wait. A scheduled one ("scheduled_at") is
+	 * not treated as pending: its time is not ours to judge. */
+	const char *failover = patroni_keys_get(k, "failover");
+	if (failover && c->leader[0]) {
+		json_t *j = json_loads(failover, JSON_DECODE_ANY, NULL);
+		if (json_is_object(j) && !json_object_get(j, "scheduled_at")) {
+			const char *from = json_string_value(json_object_get(j, "leader"));
+			const char *to = json_string_value(json_object_get(j, "member"));
+			/* moving away from the current leader (named, or implied by a target) */
+			if ((from && strcmp(from, c->leader) == 0) ||
+			    (!from && to && strcmp(to, c->leader) != 0))
+				c->switchover_pending = true;
+		}
+		json_decref(j);
+	}
 	const char *config = patroni_keys_get(k, "config");
 	if (config) {
 		json_t *j = json_loads(config, JSON_DECODE_ANY, NULL);
@@ -262,6 +278,7 @@ int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c)
 		} else {
 			m->route = PATRONI_NONE; /* promoted, demoted, uninitialized, unknown */
 		}
+		m->draining = m->route == PATRONI_PRIMARY && c->switchover_pending;
 		if (m->route == PATRONI_STANDBY && c->optime >= 0 && m->xlog_location >= 0)
 			m->lag_bytes = c->optime > m->xlog_location ? c->optime - m->xlog_location : 0;
 		c->n++;

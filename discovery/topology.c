@@ -152,7 +152,8 @@ static bool entry_same(const struct topo_entry *a, const struct topo_entry *b, i
 	return a->srv == b->srv && a->role == b->role && a->reachable == b->reachable &&
 	       a->in_hot_standby == b->in_hot_standby &&
 	       a->default_read_only == b->default_read_only &&
-	       a->noloadbalance == b->noloadbalance && lagging_a == lagging_b &&
+	       a->noloadbalance == b->noloadbalance && a->draining == b->draining &&
+	       lagging_a == lagging_b &&
 	       (a->lag_bytes < 0) == (b->lag_bytes < 0);
 }
 

@@ -223,6 +223,8 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_duration(p, k, v, &c->startup_timeout_ms, false);
 	if (strcmp(k, "shutdown_timeout") == 0)
 		return set_duration(p, k, v, &c->shutdown_timeout_ms, true);
+	if (strcmp(k, "shed_grace") == 0)
+		return set_duration(p, k, v, &c->shed_grace_ms, true);
 	if (strcmp(k, "max_client_conn") == 0) {
 		if (parse_uint(v, 1, 1000000, &c->max_client_conn) != 0)
 			return fail(p, p->line, k, "must be an integer 1..1000000");
@@ -256,12 +258,38 @@ static int parse_servers(struct parse_ctx *p, const char *k, const char *v)
 	return 1;
 }
 
+static int parse_endpoints(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	char buf[4096];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, p->line, k, "list too long");
+	strcpy(buf, v);
+	c->netcd = 0;
+	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		if (c->netcd == sizeof(c->etcd_endpoints) / sizeof(c->etcd_endpoints[0]))
+			return fail(p, p->line, k, "too many endpoints");
+		if (strncmp(tok, "http://", 7) != 0 && strncmp(tok, "https://", 8) != 0)
+			return fail(p, p->line, k, "\"%s\": must start with http:// or https://", tok);
+		size_t n = strlen(tok);
+		while (n && tok[n - 1] == '/')
+			tok[--n] = 0; /* paths are appended to it */
+		if (n >= sizeof(c->etcd_endpoints[0]))
+			return fail(p, p->line, k, "\"%s\": too long", tok);
+		strcpy(c->etcd_endpoints[c->netcd++], tok);
+	}
+	if (c->netcd == 0)
+		return fail(p, p->line, k, "empty endpoint list");
+	return 1;
+}
+
 static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
 	if (strcmp(k, "source") == 0) {
-		if (strcmp(v, "static") != 0)
-			return fail(p, p->line, k, "unknown source \"%s\" (supported: static)", v);
+		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0)
+			return fail(p, p->line, k, "unknown source \"%s\" (supported: static, etcd)", v);
 		p->source_line = p->line;
 		return set_string(p, k, v, c->source, sizeof(c->source));
 	}
@@ -277,6 +305,24 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_string(p, k, v, c->probe_password, sizeof(c->probe_password));
 	if (strcmp(k, "probe_dbname") == 0)
 		return set_string(p, k, v, c->probe_dbname, sizeof(c->probe_dbname));
+	if (strcmp(k, "etcd_endpoints") == 0)
+		return parse_endpoints(p, k, v);
+	if (strcmp(k, "namespace") == 0)
+		return set_string(p, k, v, c->namespace_, sizeof(c->namespace_));
+	if (strcmp(k, "scope") == 0) {
+		if (!*v || strchr(v, '/'))
+			return fail(p, p->line, k, "must be a Patroni scope name without '/'");
+		return set_string(p, k, v, c->scope, sizeof(c->scope));
+	}
+	if (strcmp(k, "etcd_user") == 0)
+		return set_string(p, k, v, c->etcd_user, sizeof(c->etcd_user));
+	if (strcmp(k, "etcd_password") == 0)
+		return set_string(p, k, v, c->etcd_password, sizeof(c->etcd_password));
+	if (strcmp(k, "etcd_cacert") == 0) {
+		if (*v && access(v, R_OK) != 0)
+			return fail(p, p->line, k, "cannot read %s: %s", v, strerror(errno));
+		return set_string(p, k, v, c->etcd_cacert, sizeof(c->etcd_cacert));
+	}
 	if (strcmp(k, "max_lag") == 0) {
 		if (parse_size(v, &c->max_lag) != 0)
 			return fail(p, p->line, k, "invalid size \"%s\" (use kB, MB, GB)", v);
@@ -362,11 +408,15 @@ static void defaults(struct config *c)
 	c->queue_timeout_ms = 10000;
 	c->startup_timeout_ms = 10000;
 	c->shutdown_timeout_ms = 30000;
+	c->shed_grace_ms = 5000;
 	c->max_client_conn = 10000;
 	strcpy(c->source, "static");
 	c->probe_interval_ms = 1000;
 	strcpy(c->probe_user, "postgres");
 	strcpy(c->probe_dbname, "postgres");
+	strcpy(c->namespace_, "/service/");
+	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
+	c->netcd = 1;
 	c->max_lag = 16 * 1024 * 1024;
 }
 
@@ -408,6 +458,16 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 				 path, p.probe_interval_line);
 			return -1;
 		}
+	}
+	if (strcmp(c->source, "etcd") == 0 && !c->scope[0]) {
+		snprintf(err, errlen, "%s:%d: scope: source = etcd needs the Patroni scope (cluster name)",
+			 path, p.source_line);
+		return -1;
+	}
+	if (strcmp(c->source, "static") != 0 && c->nservers) {
+		snprintf(err, errlen, "%s:%d: servers: source = %s finds servers itself; remove servers",
+			 path, c->servers[0].line, c->source);
+		return -1;
 	}
 	if (c->nlisteners == 0) {
 		snprintf(err, errlen, "%s:%d: listener: no [listener NAME] section", path, p.line);

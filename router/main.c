@@ -120,6 +120,7 @@ int main(int argc, char **argv)
 	int rc = 1;
 	struct event_base *base = event_base_new();
 	struct disc_static *src = NULL;
+	struct disc_etcd *etcd = NULL;
 	struct disc_server *servers[CONFIG_MAX_SERVERS];
 	for (unsigned i = 0; i < cfg.nservers; i++) {
 		char why[300];
@@ -140,8 +141,22 @@ int main(int argc, char **argv)
 					 .password = cfg.probe_password,
 					 .dbname = cfg.probe_dbname,
 					 .max_lag = cfg.max_lag };
-	src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
-	if (!src) {
+	if (strcmp(cfg.source, "etcd") == 0) {
+		static struct disc_etcd_config ec;
+		ec = (struct disc_etcd_config){ .nendpoints = cfg.netcd,
+						.namespace_ = cfg.namespace_,
+						.scope = cfg.scope,
+						.user = cfg.etcd_user,
+						.password = cfg.etcd_password,
+						.cacert = cfg.etcd_cacert,
+						.timeout_ms = cfg.connect_timeout_ms };
+		for (unsigned i = 0; i < cfg.netcd; i++)
+			ec.endpoints[i] = cfg.etcd_endpoints[i];
+		etcd = disc_etcd_start(base, &ec, &pc, err, sizeof(err));
+	} else {
+		src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
+	}
+	if (!src && !etcd) {
 		log_error("discovery: %s", err);
 		goto out;
 	}
@@ -174,6 +189,7 @@ int main(int argc, char **argv)
 out:
 	workers_join(&router);
 	disc_static_stop(src);
+	disc_etcd_stop(etcd);
 	topo_reset();
 	disc_servers_free();
 	if (base)

@@ -82,6 +82,7 @@ struct config {
 	unsigned queue_timeout_ms;
 	unsigned startup_timeout_ms;
 	unsigned shutdown_timeout_ms;
+	unsigned shed_grace_ms;
 	unsigned max_client_conn;
 
 	char source[16];
@@ -92,6 +93,15 @@ struct config {
 	char probe_password[256];
 	char probe_dbname[64];
 	int64_t max_lag;
+
+	/* source = etcd */
+	unsigned netcd;
+	char etcd_endpoints[16][256];
+	char namespace_[128];
+	char scope[128];
+	char etcd_user[128];
+	char etcd_password[256];
+	char etcd_cacert[512];
 
 	unsigned nlisteners;
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];
@@ -119,6 +129,12 @@ bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag);
  */
 int select_server(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,
 		  atomic_uint *rr, uint64_t tried);
+
+/* Does a session already on e still fit policy t? Role only: lag and
+ * noloadbalance decide where new sessions go, they do not end sessions. */
+bool select_still_fits(enum tsa t, const struct topo_entry *e);
+/* Policies whose sessions write: shed at once when their server stops fitting. */
+bool tsa_writes(enum tsa t);
 
 /* After authentication: do the server's reported parameters fit policy t?
  * hot_standby / read_only: 1 on, 0 off, -1 not reported. */
@@ -225,6 +241,8 @@ struct session {
 	unsigned dead : 1;             /* free at the end of the current callback */
 	unsigned queued : 1;
 	unsigned over_limit : 1;       /* accepted past max_client_conn */
+	unsigned shedding : 1;         /* server no longer fits: close at the next boundary */
+	unsigned srv_role : 2;         /* enum disc_role of the server when the session started */
 	char peer[48];
 	char who[96]; /* user@database */
 };

@@ -25,7 +25,7 @@ static bool standby_usable(const struct topo_entry *e, int64_t max_lag)
 
 bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag)
 {
-	if (!e->reachable)
+	if (!e->reachable || e->draining)
 		return false;
 	bool known = e->role != DISC_ROLE_UNKNOWN;
 	switch (t) {
@@ -46,6 +46,31 @@ bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag)
 		return known && e->in_hot_standby && standby_usable(e, max_lag);
 	}
 	return false;
+}
+
+bool select_still_fits(enum tsa t, const struct topo_entry *e)
+{
+	if (!e->reachable)
+		return false;
+	switch (t) {
+	case TSA_ANY:
+	case TSA_PREFER_STANDBY:
+		return true;
+	case TSA_READ_WRITE:
+		return e->role != DISC_ROLE_UNKNOWN && !e->in_hot_standby && !e->default_read_only;
+	case TSA_READ_ONLY:
+		return e->role != DISC_ROLE_UNKNOWN && (e->in_hot_standby || e->default_read_only);
+	case TSA_PRIMARY:
+		return e->role != DISC_ROLE_UNKNOWN && !e->in_hot_standby;
+	case TSA_STANDBY:
+		return e->role != DISC_ROLE_UNKNOWN && e->in_hot_standby;
+	}
+	return false;
+}
+
+bool tsa_writes(enum tsa t)
+{
+	return t == TSA_READ_WRITE || t == TSA_PRIMARY;
 }
 
 static bool tried(uint64_t mask, const struct disc_server *s)

@@ -257,6 +257,7 @@ static void route(struct session *s)
 	}
 	int i = select_server(w->topo, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
 	if (i >= 0) {
+		s->srv_role = w->topo->e[i].role;
 		connect_server(s, w->topo->e[i].srv);
 		return;
 	}
@@ -445,6 +446,8 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 
 /* ---- AUTH: server messages until ReadyForQuery ------------------------ */
 
+static void check_fit(struct session *s);
+
 static void enter_relay(struct session *s, char txn_status)
 {
 	session_set_state(s, SS_RELAY);
@@ -475,6 +478,8 @@ static void enter_relay(struct session *s, char txn_status)
 	}
 	if (s->draining)
 		session_fail(s, "57P01", "pgrouter is shutting down");
+	else
+		check_fit(s); /* a snapshot may have arrived while it authenticated */
 }
 
 static bool param_on(const char *v)
@@ -601,10 +606,89 @@ static bool at_boundary(const struct session *s)
 	       s->c.scan.sync_points == s->s.scan.sync_points;
 }
 
+static const struct topo_entry *entry_for(const struct topology *t, const struct disc_server *srv)
+{
+	for (unsigned i = 0; t && i < t->n; i++)
+		if (t->e[i].srv == srv)
+			return &t->e[i];
+	return NULL;
+}
+
+static void describe_entry(const struct topo_entry *e, char *buf, size_t len)
+{
+	if (!e)
+		snprintf(buf, len, "gone from the cluster");
+	else if (!e->reachable)
+		snprintf(buf, len, "not routable");
+	else if (e->role == DISC_ROLE_PRIMARY && e->in_hot_standby)
+		snprintf(buf, len, "in recovery");
+	else if (e->draining)
+		snprintf(buf, len, "%s, switchover pending", disc_role_name(e->role));
+	else
+		snprintf(buf, len, "%s%s", disc_role_name(e->role),
+			 e->default_read_only ? " (read-only)" : "");
+}
+
+/* Close a session whose server no longer fits, with FATAL 57P01 where the
+ * stream allows a message; mid-message the connection is just closed. */
+static void shed(struct session *s)
+{
+	char now[64];
+	describe_entry(entry_for(s->w->topo, s->srv), now, sizeof(now));
+	const char *was = disc_role_name((enum disc_role)s->srv_role);
+	if (!pgw_scan_at_boundary(&s->s.scan)) {
+		slog(LOG_WARNING, s, "shed mid-message: server was %s, now %s; closing", was, now);
+		s->dead = true;
+		return;
+	}
+	session_fail(s, "57P01",
+		     "pgrouter: server %s changed role (was %s, now %s) and no longer satisfies "
+		     "target_session_attrs=%s for listener \"%s\"; reconnect",
+		     s->srv->name, was, now, tsa_name(s->l->tsa), s->l->name);
+}
+
 static void check_drain(struct session *s)
 {
-	if (s->draining && at_boundary(s))
+	if (!at_boundary(s))
+		return;
+	if (s->draining)
 		session_fail(s, "57P01", "terminating connection: pgrouter is shutting down");
+	else if (s->shedding)
+		shed(s);
+}
+
+/* A new snapshot: does this relaying session's server still fit? */
+static void check_fit(struct session *s)
+{
+	const struct topo_entry *e = entry_for(s->w->topo, s->srv);
+	bool fits = e && select_still_fits(s->l->tsa, e);
+	if (fits && !e->draining) {
+		if (s->shedding) {
+			/* it fits again before its grace ran out (a transient probe failure) */
+			s->shedding = false;
+			evtimer_del(&s->timer);
+			slog(LOG_INFO, s, "server fits its policy again; session kept");
+		}
+		return;
+	}
+	if (!fits && tsa_writes(s->l->tsa)) {
+		shed(s); /* no write may go to a demoted or vanished primary */
+		return;
+	}
+	/* a read session on a server that changed role, or any session on a
+	 * server about to be switched over, goes at its next transaction boundary */
+	if (s->shedding)
+		return;
+	s->shedding = true;
+	if (at_boundary(s)) {
+		shed(s);
+		return;
+	}
+	char now[64];
+	describe_entry(e, now, sizeof(now));
+	slog(LOG_INFO, s, "server now %s: closing at the next transaction boundary or in %u ms",
+	     now, router.cfg->shed_grace_ms);
+	timer_set(s, router.cfg->shed_grace_ms);
 }
 
 /* ---- callbacks -------------------------------------------------------- */
@@ -788,6 +872,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		s->dead = true;
 		break;
 	case SS_RELAY:
+		if (s->shedding)
+			shed(s); /* shed_grace is over */
 		break;
 	}
 	finish(s);
@@ -857,6 +943,12 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 void sessions_topology_changed(struct worker *w)
 {
 	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (s->state == SS_RELAY)
+			check_fit(s);
+		finish(s);
+	}
 	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
 		next = TAILQ_NEXT(s, qlink);
 		s->tried = 0; /* a new view: servers that refused may be back */

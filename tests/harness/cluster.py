@@ -255,9 +255,11 @@ class PgCluster:
 class Router:
     """pgrouter with a generated configuration, its log in the work dir."""
 
-    def __init__(self, servers, listeners, workdir, pgrouter=None, **settings):
+    def __init__(self, servers, listeners, workdir, pgrouter=None, cluster=None, **settings):
+        """servers: static list; or cluster={"source": "etcd", "etcd_endpoints": ...}."""
         self.dir = workdir
-        self.servers = servers
+        self.servers = servers or []
+        self.cluster = cluster
         self.listeners = listeners  # name -> dict(target_session_attrs=..., ...)
         self.ports = {}
         self.settings = {"workers": 2, "log_level": "info", "connect_timeout": "2s",
@@ -275,8 +277,10 @@ class Router:
                         "max_lag")
         lines = ["[pgrouter]"]
         lines += ["%s = %s" % (k, v) for k, v in s.items() if k not in cluster_keys]
-        lines += ["[cluster]", "source = static",
-                  "servers = " + ", ".join(self.servers)]
+        if self.cluster:
+            lines += ["[cluster]"] + ["%s = %s" % kv for kv in self.cluster.items()]
+        else:
+            lines += ["[cluster]", "source = static", "servers = " + ", ".join(self.servers)]
         lines += ["%s = %s" % (k, v) for k, v in s.items() if k in cluster_keys]
         for name, opts in self.listeners.items():
             port = self.ports.setdefault(name, free_port())
@@ -294,7 +298,8 @@ class Router:
             for name in self.listeners:
                 wait_for(lambda: self._accepts(self.ports[name]), 10,
                          "pgrouter listener " + name)
-            if wait_topology and self.settings.get("log_level") in ("info", "debug"):
+            if wait_topology and self.servers and \
+                    self.settings.get("log_level") in ("info", "debug"):
                 # every server probed at least once
                 wait_for(lambda: self.log_text().count("topology:") >= len(self.servers), 10,
                          "first probe round")

@@ -1,0 +1,648 @@
+/*
+ * etcd.c — Patroni's cluster state from etcd v3 through its JSON gateway.
+ *
+ *   VERSION (GET /version: /v3, /v3beta or /v3alpha)
+ *      ▼
+ *   AUTH (only with etcd_user: POST auth/authenticate → token)
+ *      ▼
+ *   RANGE (POST kv/range over /<namespace>/<scope>/) ──▶ view published
+ *      ▼
+ *   WATCH (POST watch from revision+1: one long stream of JSON objects)
+ *      │ events ──▶ keys updated ──▶ view published
+ *      ▼ stream ends, error, canceled (compaction)
+ *   BACKOFF (100 ms doubling to 2 s, next endpoint) ──▶ VERSION ...
+ *
+ * libcurl's multi-socket API runs on the main thread's event_base: curl tells
+ * us which sockets and timeouts to watch, libevent tells curl when they fire.
+ * No thread, no blocking call. While etcd cannot be read the last view stays,
+ * marked stale; the probes keep guarding writes meanwhile.
+ */
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "discovery/internal.h"
+
+enum etcd_step { E_IDLE, E_VERSION, E_AUTH, E_RANGE, E_WATCH };
+
+struct buf {
+	char *p;
+	size_t len, cap;
+};
+
+struct disc_etcd {
+	struct event_base *base;
+	struct disc_etcd_config cfg; /* strings owned by the caller */
+	struct disc_cluster *cluster;
+	CURLM *multi;
+	struct event *timer;   /* curl's timeout */
+	struct event *backoff; /* next attempt */
+	CURL *easy;            /* the one request under way */
+	struct curl_slist *headers;
+	enum etcd_step step;
+	unsigned endpoint; /* index into cfg.endpoints */
+	char api[16];      /* "/v3" */
+	char token[512];
+	char prefix[512];  /* "/service/demo/" */
+	char *key_b64, *end_b64;
+	struct buf body;   /* response, or the watch stream's unparsed tail */
+	char *post;        /* request body */
+	int64_t revision;
+	unsigned delay_ms;
+	bool have_view;    /* a range succeeded at least once */
+	bool stale;
+	char leader[128];  /* for "leader changed" log lines */
+	struct patroni_keys keys;
+};
+
+/* ---- small helpers ---- */
+
+static const char b64chars[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const uint8_t *p, size_t n)
+{
+	char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+			     (i + 2 < n ? p[i + 2] : 0);
+		*o++ = b64chars[v >> 18 & 63];
+		*o++ = b64chars[v >> 12 & 63];
+		*o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
+		*o++ = i + 2 < n ? b64chars[v & 63] : '=';
+	}
+	*o = 0;
+	return out;
+}
+
+/* Decode into a new NUL-terminated buffer; *n gets its length. NULL if invalid. */
+static char *etcd_b64_decode(const char *s, size_t *n)
+{
+	size_t len = strlen(s);
+	char *out = malloc(len / 4 * 3 + 4);
+	if (!out)
+		return NULL;
+	uint32_t acc = 0;
+	int bits = 0;
+	size_t o = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (c == '=')
+			break;
+		const char *pos = strchr(b64chars, c);
+		if (!pos || !c) {
+			free(out);
+			return NULL;
+		}
+		acc = acc << 6 | (uint32_t)(pos - b64chars);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[o++] = (char)(acc >> bits & 0xff);
+		}
+	}
+	out[o] = 0;
+	*n = o;
+	return out;
+}
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg);
+static void start(struct disc_etcd *e);
+static void fail(struct disc_etcd *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static const char *endpoint(const struct disc_etcd *e)
+{
+	return e->cfg.endpoints[e->endpoint];
+}
+
+static void end_request(struct disc_etcd *e)
+{
+	if (e->easy) {
+		curl_multi_remove_handle(e->multi, e->easy);
+		curl_easy_cleanup(e->easy);
+		e->easy = NULL;
+	}
+	curl_slist_free_all(e->headers);
+	e->headers = NULL;
+	free(e->post);
+	e->post = NULL;
+	e->body.len = 0;
+}
+
+/* Start one request: path under the endpoint, POST body (NULL: GET). */
+static int request(struct disc_etcd *e, enum etcd_step step, const char *path, char *post,
+		   bool stream)
+{
+	end_request(e);
+	e->step = step;
+	e->post = post;
+	char url[1024];
+	snprintf(url, sizeof(url), "%s%s", endpoint(e), path);
+	CURL *c = curl_easy_init();
+	if (!c)
+		return -1;
+	e->easy = c;
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PRIVATE, e);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, e);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)e->cfg.timeout_ms);
+	/* a watch stream has no end; a dead peer is found by TCP keepalive */
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, stream ? 0L : (long)e->cfg.timeout_ms);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+	if (e->cfg.cacert && *e->cfg.cacert)
+		curl_easy_setopt(c, CURLOPT_CAINFO, e->cfg.cacert);
+	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (e->token[0]) {
+		char h[600];
+		snprintf(h, sizeof(h), "Authorization: %s", e->token);
+		e->headers = curl_slist_append(e->headers, h);
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
+	if (post)
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+	if (curl_multi_add_handle(e->multi, c) != CURLM_OK)
+		return -1;
+	return 0;
+}
+
+static char *json_body(json_t *j)
+{
+	char *s = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	return s;
+}
+
+/* ---- turning keys into a view ---- */
+
+static void publish_view(struct disc_etcd *e)
+{
+	static struct patroni_cluster pc; /* main thread only; large */
+	patroni_parse(&e->keys, &pc);
+	if (strcmp(pc.leader, e->leader) != 0) {
+		disc_log(DISC_LOG_INFO, "etcd: leader key %s%s (revision %lld)",
+			 pc.leader[0] ? "now names " : "is gone", pc.leader,
+			 (long long)e->revision);
+		snprintf(e->leader, sizeof(e->leader), "%s", pc.leader);
+	}
+	struct disc_view_entry v[PATRONI_MAX_MEMBERS];
+	unsigned n = 0;
+	for (unsigned i = 0; i < pc.n; i++) {
+		const struct patroni_member *m = &pc.m[i];
+		char err[300];
+		struct disc_server *srv = disc_server_get(m->host, m->port, err, sizeof(err));
+		if (!srv) {
+			disc_log(DISC_LOG_WARNING, "etcd: member %s: %s", m->name, err);
+			continue;
+		}
+		/* a name Patroni gives is what operators know the server by */
+		struct disc_view_entry *ve = &v[n++];
+		*ve = (struct disc_view_entry){
+			.srv = srv,
+			.role = m->route == PATRONI_PRIMARY   ? DISC_ROLE_PRIMARY
+				: m->route == PATRONI_STANDBY ? DISC_ROLE_STANDBY
+							      : DISC_ROLE_UNKNOWN,
+			.routable = m->route != PATRONI_NONE,
+			.noloadbalance = m->noloadbalance,
+			.draining = m->draining,
+			.lag_bytes = m->lag_bytes,
+		};
+		snprintf(ve->why, sizeof(ve->why), "member %s role=%s state=%s%s", m->name,
+			 m->role[0] ? m->role : "?", m->state,
+			 m->role[0] && (strcmp(m->role, "master") == 0 ||
+					strcmp(m->role, "primary") == 0) &&
+					 m->route == PATRONI_NONE && strcmp(m->state, "running") == 0
+				 ? ", not the leader"
+				 : "");
+	}
+	if (pc.skipped)
+		disc_log(DISC_LOG_WARNING, "etcd: %u member key(s) could not be read", pc.skipped);
+	disc_cluster_set(e->cluster, v, n);
+}
+
+/* key bytes (full path) → relative key, or NULL if outside our prefix */
+static const char *relative(const struct disc_etcd *e, const char *key)
+{
+	size_t pl = strlen(e->prefix);
+	return strncmp(key, e->prefix, pl) == 0 ? key + pl : NULL;
+}
+
+static void apply_kv(struct disc_etcd *e, json_t *kv, bool deleted)
+{
+	const char *k64 = json_string_value(json_object_get(kv, "key"));
+	if (!k64)
+		return;
+	size_t klen, vlen = 0;
+	char *key = etcd_b64_decode(k64, &klen);
+	if (!key)
+		return;
+	const char *rel = relative(e, key);
+	if (rel && *rel) {
+		if (deleted) {
+			patroni_keys_del(&e->keys, rel);
+		} else {
+			const char *v64 = json_string_value(json_object_get(kv, "value"));
+			char *val = etcd_b64_decode(v64 ? v64 : "", &vlen);
+			if (val)
+				patroni_keys_put(&e->keys, rel, val, vlen);
+			free(val);
+		}
+	}
+	free(key);
+}
+
+static int64_t header_revision(json_t *j)
+{
+	json_t *rev = json_object_get(json_object_get(j, "header"), "revision");
+	if (json_is_string(rev))
+		return strtoll(json_string_value(rev), NULL, 10);
+	if (json_is_integer(rev))
+		return (int64_t)json_integer_value(rev);
+	return -1;
+}
+
+/* ---- steps ---- */
+
+static void do_range(struct disc_etcd *e)
+{
+	json_t *j = json_pack("{s:s, s:s}", "key", e->key_b64, "range_end", e->end_b64);
+	char path[64];
+	snprintf(path, sizeof(path), "%s/kv/range", e->api);
+	if (request(e, E_RANGE, path, json_body(j), false) != 0)
+		fail(e, "cannot start a range request");
+}
+
+static void do_watch(struct disc_etcd *e)
+{
+	char rev[32];
+	snprintf(rev, sizeof(rev), "%lld", (long long)(e->revision + 1));
+	json_t *j = json_pack("{s:{s:s, s:s, s:s}}", "create_request", "key", e->key_b64,
+			      "range_end", e->end_b64, "start_revision", rev);
+	char path[64];
+	snprintf(path, sizeof(path), "%s/watch", e->api);
+	if (request(e, E_WATCH, path, json_body(j), true) != 0)
+		fail(e, "cannot start a watch");
+}
+
+static void do_auth(struct disc_etcd *e)
+{
+	json_t *j = json_pack("{s:s, s:s}", "name", e->cfg.user, "password",
+			      e->cfg.password ? e->cfg.password : "");
+	char path[64];
+	snprintf(path, sizeof(path), "%s/auth/authenticate", e->api);
+	e->token[0] = 0;
+	if (request(e, E_AUTH, path, json_body(j), false) != 0)
+		fail(e, "cannot start an auth request");
+}
+
+static void got_version(struct disc_etcd *e, json_t *j)
+{
+	const char *cl = json_string_value(json_object_get(j, "etcdcluster"));
+	if (!cl)
+		cl = json_string_value(json_object_get(j, "etcdserver"));
+	if (cl && strncmp(cl, "3.2", 3) == 0)
+		snprintf(e->api, sizeof(e->api), "/v3alpha");
+	else if (cl && strncmp(cl, "3.3", 3) == 0)
+		snprintf(e->api, sizeof(e->api), "/v3beta");
+	else
+		snprintf(e->api, sizeof(e->api), "/v3");
+	if (e->cfg.user && *e->cfg.user)
+		do_auth(e);
+	else
+		do_range(e);
+}
+
+static void got_auth(struct disc_etcd *e, json_t *j)
+{
+	const char *t = json_string_value(json_object_get(j, "token"));
+	if (!t) {
+		fail(e, "authentication failed: %s",
+		     json_string_value(json_object_get(j, "error"))
+			     ? json_string_value(json_object_get(j, "error"))
+			     : "no token in the answer");
+		return;
+	}
+	snprintf(e->token, sizeof(e->token), "%s", t);
+	do_range(e);
+}
+
+static void got_range(struct disc_etcd *e, json_t *j)
+{
+	int64_t rev = header_revision(j);
+	if (rev < 0) {
+		const char *err = json_string_value(json_object_get(j, "error"));
+		fail(e, "range failed: %s", err ? err : "no revision in the answer");
+		return;
+	}
+	patroni_keys_clear(&e->keys);
+	json_t *kvs = json_object_get(j, "kvs");
+	size_t i;
+	json_t *kv;
+	json_array_foreach(kvs, i, kv)
+		apply_kv(e, kv, false);
+	e->revision = rev;
+	e->delay_ms = 0;
+	if (e->stale || !e->have_view)
+		disc_log(DISC_LOG_INFO, "etcd: read %u key(s) under %s from %s (revision %lld)",
+			 e->keys.n, e->prefix, endpoint(e), (long long)rev);
+	e->have_view = true;
+	if (e->stale) {
+		e->stale = false;
+		disc_cluster_set_stale(e->cluster, false);
+	}
+	publish_view(e);
+	do_watch(e);
+}
+
+/* One object of the watch stream. Returns false when the watch must restart. */
+static bool got_watch_object(struct disc_etcd *e, json_t *j)
+{
+	json_t *res = json_object_get(j, "result");
+	if (!res) {
+		json_t *err = json_object_get(j, "error");
+		fail(e, "watch error: %s",
+		     json_string_value(json_object_get(err, "message"))
+			     ? json_string_value(json_object_get(err, "message"))
+			     : "unknown");
+		return false;
+	}
+	if (json_is_true(json_object_get(res, "canceled"))) {
+		/* typically compaction: the revision we asked for is gone */
+		disc_log(DISC_LOG_INFO, "etcd: watch canceled (%s); reading again",
+			 json_string_value(json_object_get(res, "cancel_reason"))
+				 ? json_string_value(json_object_get(res, "cancel_reason"))
+				 : "no reason given");
+		do_range(e);
+		return false;
+	}
+	json_t *events = json_object_get(res, "events");
+	int64_t rev = header_revision(res);
+	if (rev > e->revision)
+		e->revision = rev;
+	if (!json_is_array(events) || json_array_size(events) == 0)
+		return true;
+	size_t i;
+	json_t *ev;
+	json_array_foreach(events, i, ev)
+	{
+		const char *type = json_string_value(json_object_get(ev, "type"));
+		apply_kv(e, json_object_get(ev, "kv"), type && strcmp(type, "DELETE") == 0);
+	}
+	publish_view(e);
+	return true;
+}
+
+/* Parse whole objects from the stream buffer; keep a partial one for later. */
+static void parse_stream(struct disc_etcd *e)
+{
+	size_t off = 0;
+	while (off < e->body.len) {
+		while (off < e->body.len && (e->body.p[off] == '\n' || e->body.p[off] == '\r' ||
+					     e->body.p[off] == ' '))
+			off++;
+		if (off == e->body.len)
+			break;
+		json_error_t jerr;
+		json_t *j = json_loadb(e->body.p + off, e->body.len - off, JSON_DISABLE_EOF_CHECK,
+				       &jerr);
+		if (!j)
+			break; /* incomplete: wait for more (a real error ends the stream) */
+		off += jerr.position;
+		bool go_on = got_watch_object(e, j);
+		json_decref(j);
+		if (!go_on)
+			return; /* the request was replaced; its buffer is gone */
+	}
+	memmove(e->body.p, e->body.p + off, e->body.len - off);
+	e->body.len -= off;
+	if (e->body.len > (8u << 20))
+		fail(e, "watch stream: unparseable data");
+}
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct disc_etcd *e = arg;
+	size_t n = size * nmemb;
+	if (e->body.len + n + 1 > e->body.cap) {
+		size_t cap = (e->body.len + n + 1) * 2;
+		char *p = realloc(e->body.p, cap);
+		if (!p)
+			return 0; /* curl aborts the transfer */
+		e->body.p = p;
+		e->body.cap = cap;
+	}
+	memcpy(e->body.p + e->body.len, ptr, n);
+	e->body.len += n;
+	e->body.p[e->body.len] = 0;
+	return n;
+}
+
+/* A request finished (or a stream ended). */
+static void done(struct disc_etcd *e, CURLcode rc)
+{
+	long status = 0;
+	curl_easy_getinfo(e->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (e->step == E_WATCH) {
+		fail(e, "watch stream ended: %s", rc == CURLE_OK ? "closed by etcd" :
+			curl_easy_strerror(rc));
+		return;
+	}
+	if (rc != CURLE_OK) {
+		fail(e, "%s", curl_easy_strerror(rc));
+		return;
+	}
+	json_error_t jerr;
+	json_t *j = json_loadb(e->body.p ? e->body.p : "", e->body.len, 0, &jerr);
+	if (!j || status >= 400) {
+		fail(e, "HTTP %ld: %.200s", status, e->body.p ? e->body.p : "");
+		json_decref(j);
+		return;
+	}
+	switch (e->step) {
+	case E_VERSION: got_version(e, j); break;
+	case E_AUTH: got_auth(e, j); break;
+	case E_RANGE: got_range(e, j); break;
+	default: break;
+	}
+	json_decref(j);
+}
+
+static void check_multi(struct disc_etcd *e)
+{
+	CURLMsg *msg;
+	int left;
+	while ((msg = curl_multi_info_read(e->multi, &left))) {
+		if (msg->msg == CURLMSG_DONE && msg->easy_handle == e->easy)
+			done(e, msg->data.result);
+	}
+}
+
+static void fail(struct disc_etcd *e, const char *fmt, ...)
+{
+	char why[400];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	end_request(e);
+	e->step = E_IDLE;
+	e->token[0] = 0;
+	if (e->have_view && !e->stale) {
+		e->stale = true;
+		disc_log(DISC_LOG_WARNING,
+			 "etcd: %s: %s; keeping the last cluster state (stale) and retrying", endpoint(e),
+			 why);
+		disc_cluster_set_stale(e->cluster, true);
+	} else {
+		disc_log(e->delay_ms >= 1000 ? DISC_LOG_INFO : DISC_LOG_WARNING, "etcd: %s: %s",
+			 endpoint(e), why);
+	}
+	e->endpoint = (e->endpoint + 1) % e->cfg.nendpoints;
+	/* the first retry is quick (a stream that simply ended); then back off */
+	e->delay_ms = e->delay_ms ? (e->delay_ms * 2 > 2000 ? 2000 : e->delay_ms * 2) : 100;
+	struct timeval tv = { e->delay_ms / 1000, (e->delay_ms % 1000) * 1000 };
+	event_add(e->backoff, &tv);
+}
+
+static void start(struct disc_etcd *e)
+{
+	if (request(e, E_VERSION, "/version", NULL, false) != 0)
+		fail(e, "cannot start a request");
+}
+
+/* ---- libcurl ↔ libevent ---- */
+
+static void socket_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disc_etcd *e = arg;
+	int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+	int running;
+	curl_multi_socket_action(e->multi, fd, flags, &running);
+	check_multi(e);
+	/* a watch stream delivers data in pieces: parse what arrived */
+	if (e->step == E_WATCH && e->body.len)
+		parse_stream(e);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct disc_etcd *e = userp;
+	struct event *ev = socketp;
+	if (what == CURL_POLL_REMOVE) {
+		if (ev)
+			event_free(ev);
+		curl_multi_assign(e->multi, s, NULL);
+		return 0;
+	}
+	short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
+		     (what & CURL_POLL_OUT ? EV_WRITE : 0);
+	if (ev) {
+		event_del(ev);
+		event_assign(ev, e->base, s, kind, socket_event_cb, e);
+	} else {
+		ev = event_new(e->base, s, kind, socket_event_cb, e);
+		curl_multi_assign(e->multi, s, ev);
+	}
+	event_add(ev, NULL);
+	return 0;
+}
+
+static void timer_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disc_etcd *e = arg;
+	int running;
+	curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	check_multi(e);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct disc_etcd *e = userp;
+	if (timeout_ms < 0) {
+		event_del(e->timer);
+		return 0;
+	}
+	struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+	event_add(e->timer, &tv);
+	return 0;
+}
+
+static void backoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+	start(arg);
+}
+
+struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etcd_config *cfg,
+				  const struct disc_probe_config *pc, char *err, size_t errlen)
+{
+	static bool curl_ready;
+	if (!curl_ready) {
+		curl_global_init(CURL_GLOBAL_DEFAULT);
+		curl_ready = true;
+	}
+	struct disc_etcd *e = calloc(1, sizeof(*e));
+	if (!e) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	e->base = base;
+	e->cfg = *cfg;
+	patroni_keys_init(&e->keys);
+	/* "/service/" + "demo" + "/" */
+	const char *ns = cfg->namespace_ && *cfg->namespace_ ? cfg->namespace_ : "/service/";
+	snprintf(e->prefix, sizeof(e->prefix), "%s%s%s%s/", ns[0] == '/' ? "" : "/", ns,
+		 ns[strlen(ns) - 1] == '/' ? "" : "/", cfg->scope);
+	size_t pl = strlen(e->prefix);
+	char end[sizeof(e->prefix)];
+	memcpy(end, e->prefix, pl);
+	end[pl - 1]++; /* range_end: the prefix with its last byte + 1 */
+	e->key_b64 = b64_encode((const uint8_t *)e->prefix, pl);
+	e->end_b64 = b64_encode((const uint8_t *)end, pl);
+	e->multi = curl_multi_init();
+	e->timer = evtimer_new(base, timer_event_cb, e);
+	e->backoff = evtimer_new(base, backoff_cb, e);
+	e->cluster = disc_cluster_new(base, "etcd", pc, false);
+	if (!e->key_b64 || !e->end_b64 || !e->multi || !e->timer || !e->backoff || !e->cluster) {
+		snprintf(err, errlen, "out of memory");
+		disc_etcd_stop(e);
+		return NULL;
+	}
+	curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+	curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+	curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+	/* nothing is routable until etcd answers: publish the empty view */
+	disc_cluster_set(e->cluster, NULL, 0);
+	disc_log(DISC_LOG_INFO, "etcd: watching %s on %s%s", e->prefix, endpoint(e),
+		 cfg->nendpoints > 1 ? " (and others on failure)" : "");
+	start(e);
+	return e;
+}
+
+void disc_etcd_stop(struct disc_etcd *e)
+{
+	if (!e)
+		return;
+	end_request(e);
+	if (e->multi)
+		curl_multi_cleanup(e->multi);
+	if (e->timer)
+		event_free(e->timer);
+	if (e->backoff)
+		event_free(e->backoff);
+	disc_cluster_free(e->cluster);
+	patroni_keys_clear(&e->keys);
+	free(e->key_b64);
+	free(e->end_b64);
+	free(e->body.p);
+	free(e);
+}

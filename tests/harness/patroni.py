@@ -1,0 +1,308 @@
+"""A real Patroni cluster on loopback: etcd (single node) and N Patroni nodes,
+each with its own PostgreSQL 15, free ports, one temp dir, stopped by PID."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from cluster import (PG_BIN, as_postgres, chown_postgres, free_port, pid_alive, stop_pid,
+                     track, untrack, wait_for)
+
+
+def http_json(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+class Etcd:
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "etcd")
+        os.makedirs(self.dir, exist_ok=True)
+        chown_postgres(self.dir)
+        self.port = free_port()
+        self.peer = free_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self):
+        log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        self.proc = track(subprocess.Popen(
+            as_postgres() + ["etcd", "--name", "n1", "--data-dir", os.path.join(self.dir, "data"),
+                             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                             "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                             "--initial-cluster", "n1=http://127.0.0.1:%d" % self.peer,
+                             "--initial-cluster-state", "new" if not os.path.exists(
+                                 os.path.join(self.dir, "data")) else "existing",
+                             "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+        wait_for(self.healthy, 20, "etcd healthy")
+        return self
+
+    def healthy(self):
+        try:
+            return http_json(self.url + "/health", 0.5).get("health") == "true"
+        except Exception:
+            return False
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            stop_pid(self.proc.pid, sig)
+            self.proc.wait()
+        if self.proc:
+            untrack(self.proc)
+
+    def get_prefix(self, prefix):
+        """{key: value} under prefix, through etcdctl (v3)."""
+        r = subprocess.run(["etcdctl", "--endpoints", self.url, "get", "--prefix", prefix,
+                            "-w", "json"], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, ETCDCTL_API="3"))
+        import base64
+        out = {}
+        for kv in json.loads(r.stdout).get("kvs", []):
+            out[base64.b64decode(kv["key"]).decode()] = base64.b64decode(kv["value"]).decode()
+        return out
+
+
+class PatroniNode:
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.dir = os.path.join(cluster.dir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        chown_postgres(self.dir)
+        self.pg_port = free_port()
+        self.api_port = free_port()
+        self.conf = os.path.join(self.dir, "patroni.yml")
+        self.proc = None
+
+    @property
+    def pg_addr(self):
+        return "127.0.0.1:%d" % self.pg_port
+
+    @property
+    def api(self):
+        return "http://127.0.0.1:%d" % self.api_port
+
+    def write_conf(self):
+        c = self.cluster
+        dcs = c.dcs_yaml()
+        with open(self.conf, "w") as f:
+            f.write("""scope: %(scope)s
+namespace: /service/
+name: %(name)s
+restapi:
+  listen: 127.0.0.1:%(api)d
+  connect_address: 127.0.0.1:%(api)d
+%(dcs)s
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 5
+    maximum_lag_on_failover: 16777216
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_retrieve_retry_interval: 500ms
+        fsync: 'off'
+        synchronous_commit: 'off'
+        full_page_writes: 'on'
+        shared_buffers: 32MB
+        max_connections: 200
+        wal_log_hints: 'on'
+        hot_standby: 'on'
+        wal_level: replica
+        max_wal_senders: 10
+        max_replication_slots: 10
+  initdb:
+  - encoding: UTF8
+  - locale: C
+postgresql:
+  listen: 127.0.0.1:%(pg)d
+  connect_address: 127.0.0.1:%(pg)d
+  data_dir: %(dir)s/data
+  bin_dir: %(bin)s
+  pgpass: %(dir)s/pgpass
+  authentication:
+    replication:
+      username: replicator
+      password: rep-pass
+    superuser:
+      username: postgres
+      password: postgres-pass
+    rewind:
+      username: postgres
+      password: postgres-pass
+  parameters:
+    unix_socket_directories: '%(dir)s'
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 trust
+  - host all all 127.0.0.1/32 trust
+watchdog:
+  mode: off
+tags:
+%(tags)s
+""" % {"scope": c.scope, "name": self.name, "api": self.api_port, "dcs": dcs,
+                "pg": self.pg_port, "dir": self.dir, "bin": PG_BIN,
+                "tags": "".join("  %s: %s\n" % kv for kv in self.cluster.tags.get(
+                    self.name, {}).items()) or "  {}\n"})
+        chown_postgres(self.conf)
+
+    def start(self):
+        self.write_conf()
+        log = open(os.path.join(self.dir, "patroni.log"), "ab")
+        self.proc = track(subprocess.Popen(
+            as_postgres() + ["env", "HOME=" + self.dir, "patroni", self.conf],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+        return self
+
+    def status(self):
+        try:
+            return http_json(self.api + "/patroni", 1)
+        except Exception:
+            return None
+
+    def postmaster_pid(self):
+        try:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                return int(f.readline())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def kill9(self):
+        """Crash: kill -9 of Patroni and of its postmaster."""
+        pm = self.postmaster_pid()
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            untrack(self.proc)
+        if pm and pid_alive(pm):
+            os.kill(pm, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pm), 10, "postmaster to die")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            stop_pid(self.proc.pid, signal.SIGTERM, timeout=30)
+            self.proc.wait()
+        if self.proc:
+            untrack(self.proc)
+        pm = self.postmaster_pid()
+        if pm and pid_alive(pm):  # a postmaster left behind (Patroni killed) stops on SIGINT
+            stop_pid(pm, signal.SIGINT)
+
+    def sql(self, query):
+        r = subprocess.run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d",
+                            "host=127.0.0.1 port=%d user=postgres dbname=postgres "
+                            "connect_timeout=3" % self.pg_port, "-c", query],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(r.stderr)
+        return r.stdout.strip()
+
+
+class PatroniCluster:
+    def __init__(self, nodes=3, scope=None, workdir=None, tags=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-patroni-")
+        os.chmod(self.dir, 0o755)
+        chown_postgres(self.dir)
+        self.scope = scope or "demo%d" % os.getpid()
+        self.tags = tags or {}
+        self.etcd = Etcd(self.dir)
+        self.nodes = [PatroniNode(self, "pg%d" % (i + 1)) for i in range(nodes)]
+
+    def dcs_yaml(self):
+        return "etcd3:\n  hosts: 127.0.0.1:%d\n  protocol: http" % self.etcd.port
+
+    def start(self, timeout=90):
+        try:
+            self.etcd.start()
+            self.nodes[0].start()
+            wait_for(lambda: self.role_of(self.nodes[0]) == "primary", timeout, "pg1 primary")
+            for n in self.nodes[1:]:
+                n.start()
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def role_of(self, node):
+        s = node.status()
+        if not s or s.get("state") != "running":
+            return None
+        return "primary" if s.get("role") in ("master", "primary") else s.get("role")
+
+    def leader(self):
+        for n in self.nodes:
+            if self.role_of(n) == "primary":
+                return n
+        return None
+
+    def replicas(self):
+        return [n for n in self.nodes if self.role_of(n) == "replica"]
+
+    def wait_healthy(self, timeout=90, nodes=None):
+        nodes = nodes or self.nodes
+
+        def ok():
+            leader = self.leader()
+            if not leader:
+                return False
+            others = [n for n in nodes if n is not leader]
+            if any(self.role_of(n) != "replica" for n in others):
+                return False
+            try:
+                names = leader.sql("select string_agg(application_name, ',') from "
+                                   "pg_stat_replication where state = 'streaming'").split(",")
+            except RuntimeError:
+                return False
+            return all(n.name in names for n in others)
+        wait_for(ok, timeout, "patroni cluster healthy", 0.2)
+        return self.leader()
+
+    def patronictl(self, *args):
+        node = self.nodes[0]
+        return subprocess.run(as_postgres() + ["env", "HOME=" + node.dir, "patronictl", "-c",
+                                               node.conf] + list(args),
+                              capture_output=True, text=True, timeout=120)
+
+    def switchover(self, candidate=None):
+        leader = self.leader()
+        args = ["switchover", "--force", "--leader", leader.name]
+        if candidate:
+            args += ["--candidate", candidate.name]
+        r = self.patronictl(*args)
+        if r.returncode:
+            raise RuntimeError("switchover failed: %s %s" % (r.stdout, r.stderr))
+        return r
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop()
+        self.etcd.stop()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # capture Patroni's keys from a real cluster (used for the parser's unit tests)
+    c = PatroniCluster(3).start()
+    try:
+        time.sleep(2)
+        print(json.dumps(c.etcd.get_prefix("/service/%s/" % c.scope), indent=1))
+    finally:
+        c.cleanup()

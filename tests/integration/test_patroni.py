@@ -1,0 +1,352 @@
+"""pgrouter following a real Patroni cluster (3 nodes, PostgreSQL 15) through
+its DCS. One suite, parameterised by the source: SOURCE = "etcd" here; the
+ZooKeeper and REST sources reuse it with their own cluster factory."""
+import calendar
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
+
+import psycopg2  # noqa: E402
+
+from cluster import PG_BIN, Router, wait_for  # noqa: E402
+from patroni import PatroniCluster  # noqa: E402
+from wire import Wire, cstr, error_fields, msg  # noqa: E402
+
+LISTENERS = {
+    "rw": {"target_session_attrs": "read-write"},
+    "ro": {"target_session_attrs": "standby"},
+    "any": {"target_session_attrs": "any"},
+}
+
+
+def port_of(dsn):
+    c = psycopg2.connect(dsn)
+    try:
+        cur = c.cursor()
+        cur.execute("select inet_server_port()")
+        return cur.fetchone()[0]
+    finally:
+        c.close()
+
+
+def try_port(dsn):
+    try:
+        return port_of(dsn)
+    except psycopg2.Error:
+        return None
+
+
+def log_time(log, needle):
+    """Wall-clock time (seconds since the epoch) of the first log line with needle."""
+    for line in log.splitlines():
+        if needle in line:
+            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) UTC", line)
+            if m:
+                return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
+                    int(m.group(2)) / 1000.0
+    return None
+
+
+class Writer(threading.Thread):
+    """Inserts increasing numbers through the read-write port, one short
+    session per insert (like pgbench -C), and remembers which commits it saw
+    acknowledged and how long it ever had to wait."""
+
+    def __init__(self, dsn):
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.acked = []
+        self.failed = []
+        self.longest = 0.0
+        self.ports = set()
+
+    def run(self):
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            t = time.monotonic()
+            started = time.time()
+            try:
+                c = psycopg2.connect(self.dsn + " connect_timeout=30")
+                c.autocommit = True
+                cur = c.cursor()
+                cur.execute("insert into acked values (%s) returning inet_server_port()", (i,))
+                self.ports.add(cur.fetchone()[0])
+                c.close()
+                self.acked.append(i)
+            except psycopg2.Error as e:
+                self.failed.append((i, started, str(e).strip()))
+            self.longest = max(self.longest, time.monotonic() - t)
+            time.sleep(0.01)
+
+
+class PatroniSuite:
+    """Mixed into a unittest.TestCase with SOURCE and make_cluster()."""
+
+    SOURCE = None
+    PROBE = "500ms"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pc = cls.make_cluster()
+        cls.addClassCleanup(cls.pc.cleanup)
+        cls.router = cls.start_router()
+        cls.addClassCleanup(cls.router.stop)
+        leader = cls.pc.leader()
+        leader.sql("create table if not exists acked(i int primary key)")
+
+    @classmethod
+    def start_router(cls, **kw):
+        r = Router(None, LISTENERS, cls.pc.dir, cluster=cls.cluster_conf(),
+                   probe_interval=cls.PROBE, queue_timeout="40s", shed_grace="2s", **kw)
+        r.start()
+        return r
+
+    def setUp(self):
+        # every test starts from a healthy cluster that pgrouter already follows
+        leader = self.pc.wait_healthy(120)
+        wait_for(lambda: try_port(self.router.dsn("rw", connect_timeout=5)) == leader.pg_port,
+                 30, "pgrouter routing writes to %s" % leader.name)
+
+    def tearDown(self):
+        log = self.router.log_text()
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            self.assertNotIn(bad, log)
+
+    def session_on(self, listener, node, tries=20):
+        """A logged-in raw session through listener that landed on node."""
+        for _ in range(tries):
+            w = Wire(self.router.port(listener))
+            w.login()
+            w.send(msg(b"Q", cstr("select inet_server_port()")))
+            rows = [b for t, b in w.read_until_ready() if t == b"D"]
+            if int(rows[0][6:]) == node.pg_port:
+                return w
+            w.close()
+        self.fail("no %s session landed on %s" % (listener, node.name))
+
+    def assert_placement(self):
+        """Read-write goes to the leader, standby sessions to running replicas."""
+        leader = self.pc.leader()
+        self.assertEqual(port_of(self.router.dsn("rw")), leader.pg_port)
+        reps = {n.pg_port for n in self.pc.replicas()}
+        got = {port_of(self.router.dsn("ro")) for _ in range(12)}
+        self.assertTrue(got and got <= reps, (got, reps))
+
+    def test_a_routing_follows_cluster_on_start(self):
+        self.assert_placement()
+        self.assertEqual({port_of(self.router.dsn("ro")) for _ in range(12)},
+                         {n.pg_port for n in self.pc.replicas()})
+
+    def test_b_switchover_under_load(self):
+        old = self.pc.leader()
+        candidate, bystander = self.pc.replicas()[:2]
+        # an idle write session on the old primary; an idle "any" session on the
+        # replica that stays a replica (its server keeps fitting: untouched)
+        rw = Wire(self.router.port("rw"))
+        rw.login()
+        kept = self.session_on("any", bystander)
+        writer = Writer(self.router.dsn("rw"))
+        writer.start()
+        time.sleep(1)
+        script = os.path.join(self.pc.dir, "select1.sql")
+        with open(script, "w") as f:
+            f.write("select 1;\n")
+        pgbench = subprocess.Popen([os.path.join(PG_BIN, "pgbench"), "-n", "-C", "-c", "4",
+                                    "-T", "12", "-f", script, self.router.dsn("rw")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        t0 = time.monotonic()
+        self.pc.switchover(candidate)
+        new = self.pc.wait_healthy(60)
+        self.assertIs(new, candidate)
+        time.sleep(2)
+        writer.stop.set()
+        writer.join(60)
+        out, err = pgbench.communicate(timeout=60)
+
+        # the write session on the old primary was told, with 57P01 (here usually
+        # by PostgreSQL itself: Patroni's demote stops it before etcd says so)
+        t, body = rw.read_msg()
+        self.assertEqual(t, b"E")
+        f = error_fields(body)
+        self.assertEqual(f["C"], "57P01", f)
+        self.assertTrue(rw.closed())
+        # the session whose server still fits is untouched
+        kept.send(msg(b"Q", cstr("select inet_server_port()")))
+        self.assertEqual(kept.read_until_ready()[-1][0], b"Z")
+        kept.close()
+        # Sessions opened once pgrouter saw the switchover coming (Patroni's
+        # failover key) waited and succeeded. A session already on the old
+        # primary may be cut: at most the one the writer had in flight.
+        seen = log_time(self.router.log_text(), "switchover pending")
+        self.assertIsNotNone(seen, "pgrouter never saw the pending switchover")
+        late = [f for f in writer.failed if f[1] >= seen]
+        self.assertEqual(late, [], "sessions opened during the switchover failed")
+        self.assertLessEqual(len(writer.failed), 1, writer.failed)
+        self.assertGreater(len(writer.acked), 20)
+        self.assertEqual(writer.ports, {old.pg_port, new.pg_port})
+        self.assertIn("transaction type", out, err[-2000:])  # pgbench ran (load only)
+        # no acknowledged write was lost: every one is on the new primary
+        have = {int(x) for x in new.sql("select i from acked").split()}
+        self.assertEqual(set(writer.acked) - have, set())
+        print("\n  switchover: %d writes acked, %d in-flight cut, longest wait %.2fs, "
+              "total %.1fs; pgbench: %s" % (
+                  len(writer.acked), len(writer.failed), writer.longest,
+                  time.monotonic() - t0, " ".join(
+                      l.strip() for l in out.splitlines() if "failed" in l or "aborted" in l)),
+              file=sys.stderr)
+        self.assert_placement()
+
+    def test_c_replica_stopped_and_restarted(self):
+        victim = self.pc.replicas()[0]
+        other = [n for n in self.pc.replicas() if n is not victim][0]
+        on_victim = self.session_on("ro", victim)
+        victim.stop()
+        # the session ends (its server is gone), new ones avoid the victim
+        self.assertTrue(on_victim.closed(10))
+        wait_for(lambda: {port_of(self.router.dsn("ro")) for _ in range(8)} ==
+                 {other.pg_port}, 10, "reads only on %s" % other.name)
+        victim.start()
+        self.pc.wait_healthy(120)
+        wait_for(lambda: victim.pg_port in {port_of(self.router.dsn("ro")) for _ in range(8)},
+                 30, "%s back in rotation" % victim.name)
+
+    def test_d_dcs_stopped_and_restarted(self):
+        self.stop_dcs()
+        try:
+            wait_for(lambda: "stale" in self.router.log_text(), 15, "stale cluster state logged")
+            # routing goes on from the last view, guarded by the probes
+            self.assert_placement()
+        finally:
+            self.start_dcs()
+        mark = len(self.router.log_text())
+        wait_for(lambda: "read " in self.router.log_text()[mark:], 30, "resync after DCS return")
+        self.assert_placement()
+
+    def test_e_started_while_dcs_down(self):
+        self.stop_dcs()
+        r2 = None
+        try:
+            r2 = Router(None, LISTENERS, self.pc.dir, cluster=self.cluster_conf(),
+                        probe_interval=self.PROBE, queue_timeout="30s")
+            r2.start()
+            result = {}
+
+            def connect():
+                t = time.monotonic()
+                result["port"] = try_port(r2.dsn("rw", connect_timeout=40))
+                result["waited"] = time.monotonic() - t
+            th = threading.Thread(target=connect)
+            th.start()
+            time.sleep(2)
+            self.assertTrue(th.is_alive(), "a session did not wait while the DCS was down")
+            self.start_dcs()
+            th.join(40)
+            self.assertEqual(result.get("port"), self.pc.leader().pg_port)
+            self.assertGreater(result["waited"], 1.5)
+        finally:
+            if r2:
+                self.assertEqual(r2.stop(), 0)
+            if not self.dcs_running():
+                self.start_dcs()
+
+    def test_f_kill9_primary(self):
+        old = self.pc.leader()
+        rw = Wire(self.router.port("rw"))
+        rw.login()
+        t0 = time.monotonic()
+        old.kill9()
+        # the session on the crashed primary ends at once
+        self.assertTrue(rw.closed(10))
+        # a new write session waits for the new primary and gets it
+        port = try_port(self.router.dsn("rw", connect_timeout=60))
+        waited = time.monotonic() - t0
+        new = self.pc.leader()
+        self.assertIsNotNone(new)
+        self.assertEqual(port, new.pg_port)
+        print("\n  kill -9: new write session served after %.1fs" % waited, file=sys.stderr)
+        # no read session goes to the dead node
+        ports = {try_port(self.router.dsn("ro")) for _ in range(8)}
+        self.assertNotIn(old.pg_port, ports)
+        old.start()  # rejoins as a replica (pg_rewind)
+        self.pc.wait_healthy(180)
+
+    def test_h_patroni_dies_postgres_lives(self):
+        """Split brain: Patroni on the primary is killed, its PostgreSQL keeps
+        running as a writable primary, and after the TTL another node takes the
+        lead. pgrouter sheds the write sessions on the old one itself and sends
+        no new write there."""
+        old = self.pc.leader()
+        rw = Wire(self.router.port("rw"))
+        rw.login()
+        os.kill(old.proc.pid, signal.SIGKILL)
+        old.proc.wait()
+        t0 = time.monotonic()
+        t, body = rw.read_msg()  # blocks until pgrouter sheds the session
+        shed_after = time.monotonic() - t0
+        f = error_fields(body)
+        self.assertEqual((t, f["C"]), (b"E", "57P01"), f)
+        self.assertIn("changed role", f["M"])
+        self.assertIn("was primary", f["M"])
+        self.assertEqual(old.sql("select pg_is_in_recovery()"), "f")  # still writable
+        new = self.pc.wait_healthy(60, nodes=[n for n in self.pc.nodes if n is not old])
+        self.assertIsNot(new, old)
+        for _ in range(10):
+            self.assertEqual(port_of(self.router.dsn("rw")), new.pg_port)
+        print("\n  split brain: write session on the old primary shed %.1fs after Patroni died"
+              % shed_after, file=sys.stderr)
+        old.stop()  # the orphaned postmaster
+        old.start()
+        self.pc.wait_healthy(180)
+
+    def test_g_noloadbalance(self):
+        node = self.pc.replicas()[0]
+        self.pc.tags[node.name] = {"noloadbalance": "true"}
+        node.write_conf()
+        os.kill(node.proc.pid, signal.SIGHUP)  # Patroni reloads its tags
+        try:
+            wait_for(lambda: {port_of(self.router.dsn("ro")) for _ in range(10)} ==
+                     {n.pg_port for n in self.pc.replicas() if n is not node}, 20,
+                     "noloadbalance member out of the read rotation")
+            # it is still a server for "any"
+            self.assertIn(node.pg_port, {port_of(self.router.dsn("any")) for _ in range(15)})
+        finally:
+            self.pc.tags.pop(node.name)
+            node.write_conf()
+            os.kill(node.proc.pid, signal.SIGHUP)
+        wait_for(lambda: node.pg_port in {port_of(self.router.dsn("ro")) for _ in range(10)},
+                 20, "back in the read rotation")
+
+
+class EtcdTest(PatroniSuite, unittest.TestCase):
+    SOURCE = "etcd"
+
+    @classmethod
+    def make_cluster(cls):
+        return PatroniCluster(3).start()
+
+    @classmethod
+    def cluster_conf(cls):
+        return {"source": "etcd", "etcd_endpoints": cls.pc.etcd.url, "scope": cls.pc.scope}
+
+    def stop_dcs(self):
+        self.pc.etcd.stop()
+
+    def start_dcs(self):
+        self.pc.etcd.start()
+
+    def dcs_running(self):
+        return self.pc.etcd.proc.poll() is None
+
+
+if __name__ == "__main__":
+    unittest.main()
