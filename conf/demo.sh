@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Local demo: installs dependencies, builds pgrouter, starts a PostgreSQL primary
-# and two streaming replicas on loopback with pgrouter in front, prints the DSNs.
+# Local demo: installs dependencies, builds pgrouter, starts etcd and a 3-node
+# Patroni cluster (PostgreSQL 15) on loopback with pgrouter in front following it
+# through etcd, and prints the DSNs. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/deps.sh

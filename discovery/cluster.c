@@ -64,6 +64,11 @@ static void fill_from_dcs(struct topo_entry *e, const struct member *m, int64_t 
 	bool probe_says = m->probed && m->probes_on;
 	e->role = m->v.role;
 	e->reachable = m->v.routable && (!probe_says || r->reachable);
+	if (m->v.needs_probe && !(probe_says && r->reachable && !r->in_hot_standby)) {
+		/* promoting: not a primary until its own server says so */
+		e->reachable = false;
+		return;
+	}
 	e->in_hot_standby = m->v.role != DISC_ROLE_PRIMARY ||
 			    (probe_says && r->reachable && r->in_hot_standby);
 	e->default_read_only = probe_says && r->reachable && r->default_read_only;
@@ -119,7 +124,9 @@ static void publish(struct disc_cluster *c)
 				 (long long)e->lag_bytes, t->stale ? " (stale)" : "");
 		else
 			disc_log(DISC_LOG_INFO, "topology: %s not routable (%s)%s", e->srv->name,
-				 !m->v.routable ? m->v.why : m->last.error,
+				 !m->v.routable ? m->v.why
+				 : m->v.needs_probe ? "promoting; waiting for its server to leave recovery"
+						    : m->last.error,
 				 t->stale ? " (stale)" : "");
 	}
 }
@@ -137,6 +144,9 @@ static void probe_done(void *arg, struct disc_server *srv, const struct probe_re
 			 r->reachable ? "" : ": ", r->reachable ? "" : r->error);
 	m->last = *r;
 	m->probed = true;
+	/* a promotion is awaited: look again soon rather than at the next interval */
+	if (m->v.needs_probe && (!r->reachable || r->in_hot_standby))
+		probe_soon(m->probe, 100);
 	publish(c);
 }
 
@@ -164,7 +174,8 @@ int disc_cluster_set(struct disc_cluster *c, const struct disc_view_entry *v, un
 		if (old) {
 			*m = *old;
 			old->probe = NULL; /* moved */
-			if (!c->roles_from_probes && old->v.role != v[i].role) {
+			if (!c->roles_from_probes &&
+			    (old->v.role != v[i].role || old->v.needs_probe != v[i].needs_probe)) {
 				/* the DCS changed its role: what the probe saw before no longer counts */
 				m->probed = false;
 				if (m->probe)

@@ -208,10 +208,12 @@ static void publish_view(struct disc_etcd *e)
 		struct disc_view_entry *ve = &v[n++];
 		*ve = (struct disc_view_entry){
 			.srv = srv,
-			.role = m->route == PATRONI_PRIMARY   ? DISC_ROLE_PRIMARY
+			.role = m->route == PATRONI_PRIMARY || m->route == PATRONI_PROMOTING
+					? DISC_ROLE_PRIMARY
 				: m->route == PATRONI_STANDBY ? DISC_ROLE_STANDBY
 							      : DISC_ROLE_UNKNOWN,
 			.routable = m->route != PATRONI_NONE,
+			.needs_probe = m->route == PATRONI_PROMOTING,
 			.noloadbalance = m->noloadbalance,
 			.draining = m->draining,
 			.lag_bytes = m->lag_bytes,

@@ -24,6 +24,8 @@ struct probe;
 struct probe *probe_new(struct event_base *base, struct disc_server *srv,
 			const struct disc_probe_config *pc, probe_done_fn done, void *arg);
 void probe_kick(struct probe *p);
+/* Next round in ms instead of the interval (no-op while a round is under way). */
+void probe_soon(struct probe *p, unsigned ms);
 void probe_free(struct probe *p);
 
 /* ---- cluster.c: a source's view, checked by probes, published ---- */
@@ -34,6 +36,7 @@ struct disc_view_entry {
 	bool routable;        /* the source says sessions may go there */
 	bool noloadbalance;
 	bool draining;        /* about to change role: no new sessions, close at boundaries */
+	bool needs_probe;     /* primary only once a probe confirms it left recovery */
 	int64_t lag_bytes;    /* the source's own measure; -1 unknown */
 	char why[96];         /* why not routable, for logs */
 };
@@ -70,6 +73,8 @@ enum patroni_route {
 	PATRONI_NONE = 0, /* not routable */
 	PATRONI_PRIMARY,
 	PATRONI_STANDBY,
+	PATRONI_PROMOTING, /* holds the leader key, role "promoted": primary once its own
+			      server says it left recovery (needs a probe) */
 };
 const char *patroni_route_name(enum patroni_route r);
 

@@ -197,6 +197,7 @@ const char *patroni_route_name(enum patroni_route r)
 	switch (r) {
 	case PATRONI_PRIMARY: return "primary";
 	case PATRONI_STANDBY: return "standby";
+	case PATRONI_PROMOTING: return "promoting";
 	default: return "not routable";
 	}
 }
@@ -275,8 +276,12 @@ int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c)
 		} else if (strcmp(m->role, "replica") == 0 || strcmp(m->role, "standby_leader") == 0 ||
 			   strcmp(m->role, "sync_standby") == 0) {
 			m->route = PATRONI_STANDBY;
+		} else if (strcmp(m->role, "promoted") == 0 && is_leader) {
+			/* Patroni 3.x: lock taken, promotion under way; "master" follows a
+			 * loop later. The server's own word can settle it sooner. */
+			m->route = PATRONI_PROMOTING;
 		} else {
-			m->route = PATRONI_NONE; /* promoted, demoted, uninitialized, unknown */
+			m->route = PATRONI_NONE; /* demoted, uninitialized, unknown */
 		}
 		m->draining = m->route == PATRONI_PRIMARY && c->switchover_pending;
 		if (m->route == PATRONI_STANDBY && c->optime >= 0 && m->xlog_location >= 0)

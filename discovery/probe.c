@@ -206,6 +206,15 @@ void probe_kick(struct probe *p)
 	event_active(p->tick, EV_TIMEOUT, 0);
 }
 
+void probe_soon(struct probe *p, unsigned ms)
+{
+	if (p->state != P_IDLE)
+		return;
+	event_del(p->tick);
+	struct timeval tv = ms_tv(ms);
+	event_add(p->tick, &tv);
+}
+
 struct probe *probe_new(struct event_base *base, struct disc_server *srv,
 			const struct disc_probe_config *pc, probe_done_fn done, void *arg)
 {

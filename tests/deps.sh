@@ -10,6 +10,7 @@ packages=(
   postgresql-15 postgresql-client-15
   python3 python3-psycopg2 util-linux procps iproute2
   pgbouncer haproxy
+  etcd-server etcd-client patroni python3-etcd
 )
 
 missing=()
@@ -29,6 +30,6 @@ $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian starts no services in these containers, but make sure the packaged
 # proxies are not holding ports: the benchmark starts its own on free ports.
-for svc in haproxy pgbouncer; do
+for svc in haproxy pgbouncer etcd patroni; do
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1,27 +1,33 @@
-"""Local demo: a PostgreSQL primary and two streaming replicas on loopback with
-pgrouter in front (read-write and read-only ports). Ctrl-C stops everything."""
+"""Local demo: a 3-node Patroni cluster (PostgreSQL 15) with etcd on loopback,
+pgrouter in front following it through etcd: a read-write port and a read-only
+port. Ctrl-C stops everything."""
 import os
 import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import PgCluster, Router  # noqa: E402
+from cluster import Router  # noqa: E402
+from patroni import PatroniCluster  # noqa: E402
 
 
 def main():
-    print("starting a primary and 2 streaming replicas (PostgreSQL 15) on 127.0.0.1 ...")
-    cluster = PgCluster(2).start()
+    print("starting etcd and 3 Patroni nodes (PostgreSQL 15) on 127.0.0.1 ...", flush=True)
+    pc = PatroniCluster(3, scope="demo").start()
     router = None
     try:
-        router = Router([s.addr for s in cluster.servers],
-                        {"rw": {"target_session_attrs": "read-write"},
-                         "ro": {"target_session_attrs": "prefer-standby",
-                                "load_balance": "least-connections"}},
-                        cluster.dir, probe_interval="1s", queue_timeout="10s").start()
+        router = Router(None, {"rw": {"target_session_attrs": "read-write"},
+                               "ro": {"target_session_attrs": "prefer-standby",
+                                      "load_balance": "least-connections"}},
+                        pc.dir, cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url,
+                                         "scope": pc.scope},
+                        probe_interval="1s", queue_timeout="30s").start()
+        leader = pc.leader()
         print()
-        print("servers:  primary %s, replicas %s" % (cluster.primary.addr, ", ".join(
-            r.addr for r in cluster.replicas)))
+        print("etcd:     %s   (Patroni keys under /service/%s/)" % (pc.etcd.url, pc.scope))
+        for n in pc.nodes:
+            print("%s:      postgres %s, REST %s  %s" % (n.name, n.pg_addr, n.api,
+                                                        "(leader)" if n is leader else ""))
         print("config:   %s" % router.conf_path)
         print("log:      %s" % router.log_path)
         print()
@@ -29,12 +35,15 @@ def main():
         print("read-only DSN:   postgresql://postgres@127.0.0.1:%d/postgres" % router.port("ro"))
         print()
         print("try:  psql 'postgresql://postgres@127.0.0.1:%d/postgres' -c "
-              "'select inet_server_port(), pg_is_in_recovery()'" % router.port("ro"))
-        print("      stop a replica:  kill -INT %d   (it leaves the read rotation within ~2s)"
-              % cluster.replicas[1].pid)
+              "'select inet_server_port(), pg_is_in_recovery()'" % router.port("rw"))
+        print("      switch over:  setpriv --reuid=postgres --regid=postgres --init-groups "
+              "env HOME=%s patronictl -c %s switchover --force" % (pc.nodes[0].dir,
+                                                                   pc.nodes[0].conf)
+              if os.geteuid() == 0 else
+              "      switch over:  patronictl -c %s switchover --force" % pc.nodes[0].conf)
+        print("      (write sessions on the old primary get 57P01; new ones wait for the new one)")
         print()
-        print("Ctrl-C stops pgrouter and the servers.")
-        sys.stdout.flush()
+        print("Ctrl-C stops pgrouter, Patroni, PostgreSQL and etcd.", flush=True)
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
         while router.proc.poll() is None:
             time.sleep(0.5)
@@ -44,7 +53,7 @@ def main():
     finally:
         if router:
             router.stop()
-        cluster.cleanup()
+        pc.cleanup()
         print("stopped.")
 
 

@@ -648,9 +648,11 @@ class CheckTest(unittest.TestCase):
         r = subprocess.run([PGROUTER, "--version"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0)
         self.assertRegex(r.stdout, r"^pgrouter \d+\.\d+\.\d+")
-        conf = os.path.join(os.path.dirname(PGROUTER), "..", "conf", "pgrouter.ini")
-        r = subprocess.run([PGROUTER, "--check", "-c", conf], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        for name in ("pgrouter.ini", "patroni-etcd.ini"):
+            conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf",
+                                name)
+            r = subprocess.run([PGROUTER, "--check", "-c", conf], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
         bad = "/tmp/pgrouter-check-%d.ini" % os.getpid()
         with open(bad, "w") as f:
             f.write("[pgrouter]\nworkers = 2\nqueue_timeout = soon\n")

@@ -101,6 +101,32 @@ static void errors(void **state)
 	expect_error("[weird]\nx = 1\n", ":2: x: unknown section [weird]");
 }
 
+static void etcd_source(void **state)
+{
+	static struct config c;
+	char err[512];
+	assert_int_equal(load("[pgrouter]\nshed_grace = 2s\n[cluster]\nsource = etcd\n"
+			      "etcd_endpoints = http://127.0.0.1:2379/, https://10.0.0.2:2379\n"
+			      "scope = demo\n[listener rw]\nlisten = 127.0.0.1:6432\n",
+			      &c, err),
+			 0);
+	assert_int_equal(c.shed_grace_ms, 2000);
+	assert_string_equal(c.source, "etcd");
+	assert_int_equal(c.netcd, 2);
+	assert_string_equal(c.etcd_endpoints[0], "http://127.0.0.1:2379");
+	assert_string_equal(c.namespace_, "/service/");
+	assert_string_equal(c.scope, "demo");
+	expect_error("[cluster]\nsource = etcd\n[listener x]\nlisten = h:1\n",
+		     ":2: scope: source = etcd needs the Patroni scope");
+	expect_error("[cluster]\nsource = etcd\netcd_endpoints = 127.0.0.1:2379\n",
+		     ":3: etcd_endpoints: \"127.0.0.1:2379\": must start with http://");
+	expect_error("[cluster]\nsource = etcd\nscope = d\netcd_cacert = /nonexistent/ca.pem\n",
+		     ":4: etcd_cacert: cannot read /nonexistent/ca.pem");
+	expect_error("[cluster]\nsource = etcd\nscope = d\nservers = a\n[listener x]\n"
+		     "listen = h:1\n",
+		     ":4: servers: source = etcd finds servers itself");
+}
+
 static void units(void **state)
 {
 	unsigned ms;
@@ -121,6 +147,7 @@ static void units(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
+					    cmocka_unit_test(etcd_source),
 					    cmocka_unit_test(units) };
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -126,6 +126,36 @@ static void params(void **state)
 	assert_true(select_params_fit(TSA_READ_WRITE, -1, -1));
 }
 
+static void draining_and_still_fits(void **state)
+{
+	struct topology *t = topo4();
+	/* a draining primary takes no new session, but its sessions still fit */
+	t->e[0].draining = true;
+	assert_int_equal(picks(t, TSA_READ_WRITE, LB_ROUND_ROBIN, 0), 0);
+	assert_int_equal(picks(t, TSA_ANY, LB_ROUND_ROBIN, 0), 0x6);
+	assert_true(select_still_fits(TSA_READ_WRITE, &t->e[0]));
+	/* lag and noloadbalance steer new sessions only */
+	t->e[2].noloadbalance = true;
+	assert_true(select_still_fits(TSA_STANDBY, &t->e[2]));
+	/* a demoted primary no longer fits writers; it fits readers and any */
+	t->e[0].in_hot_standby = true;
+	t->e[0].role = DISC_ROLE_STANDBY;
+	assert_false(select_still_fits(TSA_READ_WRITE, &t->e[0]));
+	assert_false(select_still_fits(TSA_PRIMARY, &t->e[0]));
+	assert_true(select_still_fits(TSA_READ_ONLY, &t->e[0]));
+	assert_true(select_still_fits(TSA_ANY, &t->e[0]));
+	/* a promoted standby no longer fits standby sessions */
+	t->e[1].in_hot_standby = false;
+	t->e[1].role = DISC_ROLE_PRIMARY;
+	assert_false(select_still_fits(TSA_STANDBY, &t->e[1]));
+	assert_true(select_still_fits(TSA_PREFER_STANDBY, &t->e[1]));
+	/* an unreachable server fits nobody */
+	assert_false(select_still_fits(TSA_ANY, &t->e[3]));
+	assert_true(tsa_writes(TSA_READ_WRITE) && tsa_writes(TSA_PRIMARY));
+	assert_false(tsa_writes(TSA_PREFER_STANDBY));
+	topo_release(t);
+}
+
 static void describe(void **state)
 {
 	struct topology *t = topo4();
@@ -140,7 +170,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(policies),  cmocka_unit_test(read_only_primary),
 		cmocka_unit_test(balancing), cmocka_unit_test(params),
-		cmocka_unit_test(describe),
+		cmocka_unit_test(describe),   cmocka_unit_test(draining_and_still_fits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
