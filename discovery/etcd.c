@@ -218,13 +218,10 @@ static void publish_view(struct disc_etcd *e)
 			.draining = m->draining,
 			.lag_bytes = m->lag_bytes,
 		};
+		bool unled_primary = m->route == PATRONI_NONE && strcmp(m->state, "running") == 0 &&
+				     (strcmp(m->role, "master") == 0 || strcmp(m->role, "primary") == 0);
 		snprintf(ve->why, sizeof(ve->why), "member %s role=%s state=%s%s", m->name,
-			 m->role[0] ? m->role : "?", m->state,
-			 m->role[0] && (strcmp(m->role, "master") == 0 ||
-					strcmp(m->role, "primary") == 0) &&
-					 m->route == PATRONI_NONE && strcmp(m->state, "running") == 0
-				 ? ", not the leader"
-				 : "");
+			 m->role[0] ? m->role : "?", m->state, unled_primary ? ", not the leader" : "");
 	}
 	if (pc.skipped)
 		disc_log(DISC_LOG_WARNING, "etcd: %u member key(s) could not be read", pc.skipped);

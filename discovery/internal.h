@@ -38,7 +38,7 @@ struct disc_view_entry {
 	bool draining;        /* about to change role: no new sessions, close at boundaries */
 	bool needs_probe;     /* primary only once a probe confirms it left recovery */
 	int64_t lag_bytes;    /* the source's own measure; -1 unknown */
-	char why[96];         /* why not routable, for logs */
+	char why[320];        /* why not routable, for logs */
 };
 
 struct disc_cluster;

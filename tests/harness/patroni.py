@@ -19,17 +19,19 @@ def http_json(url, timeout=2):
 
 
 class Etcd:
-    def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "etcd")
+    def __init__(self, workdir, tls=None):
+        """tls: (cert, key, ca) files: serve https with cert/key, signed by ca."""
+        self.dir = os.path.join(workdir, "etcd-%d" % free_port())
         os.makedirs(self.dir, exist_ok=True)
         chown_postgres(self.dir)
         self.port = free_port()
         self.peer = free_port()
+        self.tls = tls
         self.proc = None
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def start(self):
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
@@ -41,17 +43,30 @@ class Etcd:
                              "--initial-cluster", "n1=http://127.0.0.1:%d" % self.peer,
                              "--initial-cluster-state", "new" if not os.path.exists(
                                  os.path.join(self.dir, "data")) else "existing",
-                             "--log-level", "warn"],
+                             "--log-level", "warn"] +
+            (["--cert-file", self.tls[0], "--key-file", self.tls[1]] if self.tls else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
         wait_for(self.healthy, 20, "etcd healthy")
         return self
 
     def healthy(self):
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls[2]) if self.tls else None
         try:
-            return http_json(self.url + "/health", 0.5).get("health") == "true"
+            with urllib.request.urlopen(self.url + "/health", timeout=0.5, context=ctx) as r:
+                return json.loads(r.read().decode()).get("health") == "true"
         except Exception:
             return False
+
+    def etcdctl(self, *args, user=None):
+        cmd = ["etcdctl", "--endpoints", self.url, "--dial-timeout", "1s"]
+        if self.tls:
+            cmd += ["--cacert", self.tls[2]]
+        if user:
+            cmd += ["--user", user]
+        return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=20,
+                              env=dict(os.environ, ETCDCTL_API="3"))
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:

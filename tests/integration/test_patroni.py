@@ -154,6 +154,12 @@ class PatroniSuite:
         rw = Wire(self.router.port("rw"))
         rw.login()
         kept = self.session_on("any", bystander)
+        # standby sessions on the replica about to be promoted: one idle, one
+        # inside a transaction (it may finish it, up to shed_grace = 2s)
+        ro_idle = self.session_on("ro", candidate)
+        ro_busy = self.session_on("ro", candidate)
+        ro_busy.send(msg(b"Q", cstr("begin")))
+        self.assertEqual(ro_busy.read_until_ready()[-1], (b"Z", b"T"))
         writer = Writer(self.router.dsn("rw"))
         writer.start()
         time.sleep(1)
@@ -180,6 +186,15 @@ class PatroniSuite:
         f = error_fields(body)
         self.assertEqual(f["C"], "57P01", f)
         self.assertTrue(rw.closed())
+        # read sessions on the promoted server: shed by pgrouter with 57P01
+        for w in (ro_idle, ro_busy):
+            t, body = w.read_msg()
+            f = error_fields(body)
+            self.assertEqual((t, f.get("C")), (b"E", "57P01"), f)
+            self.assertIn("changed role (was standby, now ", f["M"])
+            self.assertTrue(w.closed())
+        self.assertIn("closing at the next transaction boundary or in 2000 ms",
+                      self.router.log_text())
         # the session whose server still fits is untouched
         kept.send(msg(b"Q", cstr("select inet_server_port()")))
         self.assertEqual(kept.read_until_ready()[-1][0], b"Z")

@@ -1,0 +1,121 @@
+"""How pgrouter reaches etcd: token auth, https with a CA file, several endpoints.
+Each test runs its own etcd holding Patroni-format keys written by the test,
+whose member points at a real PostgreSQL server."""
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
+
+import psycopg2  # noqa: E402
+
+from cluster import PgCluster, Router, chown_postgres, free_port, wait_for  # noqa: E402
+from patroni import Etcd  # noqa: E402
+
+SCOPE = "access"
+
+
+def port_of(dsn):
+    c = psycopg2.connect(dsn)
+    try:
+        cur = c.cursor()
+        cur.execute("select inet_server_port()")
+        return cur.fetchone()[0]
+    finally:
+        c.close()
+
+
+class EtcdAccessTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PgCluster(0).start()
+        cls.addClassCleanup(cls.pg.cleanup)
+
+    def put_keys(self, etcd, user=None):
+        member = {"conn_url": "postgres://127.0.0.1:%d/postgres" % self.pg.primary.port,
+                  "state": "running", "role": "master", "xlog_location": 1, "timeline": 1}
+        for k, v in (("leader", "m1"), ("members/m1", json.dumps(member)),
+                     ("status", '{"optime":1}')):
+            r = etcd.etcdctl("put", "/service/%s/%s" % (SCOPE, k), v, user=user)
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+    def router(self, **cluster):
+        conf = {"source": "etcd", "scope": SCOPE, "probe_interval": "500ms"}
+        conf.update(cluster)
+        r = Router(None, {"rw": {"target_session_attrs": "read-write"}}, self.pg.dir,
+                   cluster=conf, queue_timeout="3s")
+        self.addCleanup(r.stop)
+        return r.start()
+
+    def routes(self, r):
+        wait_for(lambda: self._try(r), 15, "routing through etcd")
+
+    def _try(self, r):
+        try:
+            return port_of(r.dsn("rw", connect_timeout=5)) == self.pg.primary.port
+        except psycopg2.Error:
+            return False
+
+    def test_several_endpoints_first_dead(self):
+        etcd = Etcd(self.pg.dir).start()
+        self.addCleanup(etcd.stop)
+        self.put_keys(etcd)
+        dead = "http://127.0.0.1:%d" % free_port()
+        r = self.router(etcd_endpoints="%s, %s" % (dead, etcd.url))
+        self.routes(r)
+        self.assertIn(dead, r.log_text())  # it tried, failed, moved on
+
+    def test_token_auth(self):
+        etcd = Etcd(self.pg.dir).start()
+        self.addCleanup(etcd.stop)
+        for args in (("user", "add", "root:rootpw"), ("user", "add", "pgr:pgrpw"),
+                     ("role", "add", "reader"),
+                     ("role", "grant-permission", "reader", "read", "/service/%s/" % SCOPE,
+                      "--prefix=true"),
+                     ("user", "grant-role", "pgr", "reader"), ("auth", "enable")):
+            res = etcd.etcdctl(*args)
+            self.assertEqual(res.returncode, 0, (args, res.stderr))
+        self.put_keys(etcd, user="root:rootpw")
+        r = self.router(etcd_endpoints=etcd.url, etcd_user="pgr", etcd_password="pgrpw")
+        self.routes(r)
+        bad = self.router(etcd_endpoints=etcd.url, etcd_user="pgr", etcd_password="nope")
+        wait_for(lambda: "authentication failed" in bad.log_text(), 10, "auth failure logged")
+        with self.assertRaises(psycopg2.OperationalError) as e:
+            port_of(bad.dsn("rw", connect_timeout=10))
+        self.assertIn("no server satisfies", str(e.exception))
+
+    def test_https_with_ca_file(self):
+        d = os.path.join(self.pg.dir, "tls")
+        os.makedirs(d, exist_ok=True)
+        ca, cakey = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+        crt, key = os.path.join(d, "etcd.pem"), os.path.join(d, "etcd.key")
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=pgrouter test CA", "-keyout", cakey, "-out", ca)
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", key, "-out", crt + ".csr")
+        ext = os.path.join(d, "ext.cnf")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        run("openssl", "x509", "-req", "-in", crt + ".csr", "-CA", ca, "-CAkey", cakey,
+            "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", crt)
+        for f in os.listdir(d):
+            chown_postgres(os.path.join(d, f))
+        etcd = Etcd(self.pg.dir, tls=(crt, key, ca)).start()
+        self.addCleanup(etcd.stop)
+        self.put_keys(etcd)
+        self.assertTrue(etcd.url.startswith("https://"))
+        r = self.router(etcd_endpoints=etcd.url, etcd_cacert=ca)
+        self.routes(r)
+        # without the CA the certificate is not trusted: nothing is routable
+        untrusted = self.router(etcd_endpoints=etcd.url)
+        wait_for(lambda: "certificate" in untrusted.log_text().lower(), 10,
+                 "certificate error logged")
+        self.assertFalse(self._try(untrusted))
+
+
+if __name__ == "__main__":
+    unittest.main()
