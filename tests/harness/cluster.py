@@ -93,6 +93,18 @@ def stop_pid(pid, sig=signal.SIGTERM, timeout=30):
         wait_for(lambda: not pid_alive(pid), 10, "pid %d to die" % pid)
 
 
+def port_of(dsn):
+    """inet_server_port() of a new session on dsn: which server it landed on."""
+    import psycopg2  # Debian's python3-psycopg2; only the tests need it
+    c = psycopg2.connect(dsn)
+    try:
+        cur = c.cursor()
+        cur.execute("select inet_server_port()")
+        return cur.fetchone()[0]
+    finally:
+        c.close()
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, **kw)

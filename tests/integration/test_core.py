@@ -8,7 +8,6 @@ import io
 import os
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402  (Debian's python3-psycopg2)
 import psycopg2.extensions  # noqa: E402
 
-from cluster import PG_BIN, PgCluster, Router, pid_alive, wait_for  # noqa: E402
+from cluster import PG_BIN, PgCluster, Router, port_of, wait_for  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
 
 POLICIES = ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"]
@@ -45,7 +44,7 @@ def one(dsn, query):
 
 
 def server_port(dsn):
-    return one(dsn, "select inet_server_port()")
+    return port_of(dsn)
 
 
 def libpq_accepts(server, policy):
@@ -181,7 +180,7 @@ class CoreTest(RouterCase):
         self.assertEqual(got, {s.port for s in self.cluster.servers})
         # least-connections: 6 sessions split 3/3; empty one server and the
         # next 3 new sessions all go to it
-        def port_of(c):
+        def port_on(c):
             k = c.cursor()
             k.execute("select inet_server_port()")
             return k.fetchone()[0]
@@ -189,7 +188,7 @@ class CoreTest(RouterCase):
         try:
             by_server = {}
             for c in held:
-                by_server.setdefault(port_of(c), []).append(c)
+                by_server.setdefault(port_on(c), []).append(c)
             self.assertEqual(sorted(len(v) for v in by_server.values()), [3, 3])
             emptied = min(by_server)
             for c in by_server[emptied]:
@@ -199,7 +198,7 @@ class CoreTest(RouterCase):
             for _ in range(3):
                 c = connect(self.router.dsn("lc"))
                 held.append(c)
-                self.assertEqual(port_of(c), emptied)
+                self.assertEqual(port_on(c), emptied)
         finally:
             for c in held:
                 c.close()

@@ -5,27 +5,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 
 import psycopg2  # noqa: E402
 
-from cluster import PgCluster, Router, chown_postgres, free_port, wait_for  # noqa: E402
+from cluster import (PgCluster, Router, chown_postgres, free_port, port_of,  # noqa: E402
+                     wait_for)
 from patroni import Etcd  # noqa: E402
 
 SCOPE = "access"
-
-
-def port_of(dsn):
-    c = psycopg2.connect(dsn)
-    try:
-        cur = c.cursor()
-        cur.execute("select inet_server_port()")
-        return cur.fetchone()[0]
-    finally:
-        c.close()
 
 
 class EtcdAccessTest(unittest.TestCase):

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 from wire import Wire, cstr, error_fields, msg  # noqa: E402
 
@@ -24,16 +24,6 @@ LISTENERS = {
     "ro": {"target_session_attrs": "standby"},
     "any": {"target_session_attrs": "any"},
 }
-
-
-def port_of(dsn):
-    c = psycopg2.connect(dsn)
-    try:
-        cur = c.cursor()
-        cur.execute("select inet_server_port()")
-        return cur.fetchone()[0]
-    finally:
-        c.close()
 
 
 def try_port(dsn):
@@ -242,8 +232,8 @@ class PatroniSuite:
             # routing goes on from the last view, guarded by the probes
             self.assert_placement()
         finally:
+            mark = len(self.router.log_text())  # before: pgrouter may re-read at once
             self.start_dcs()
-        mark = len(self.router.log_text())
         wait_for(lambda: "read " in self.router.log_text()[mark:], 30, "resync after DCS return")
         self.assert_placement()
 
