@@ -205,6 +205,8 @@ void disc_cluster_set_stale(struct disc_cluster *c, bool stale)
 	if (c->stale == stale)
 		return;
 	c->stale = stale;
+	if (!stale)
+		disc_log(DISC_LOG_INFO, "%s: cluster state is current again", c->source);
 	publish(c);
 }
 
@@ -216,4 +218,41 @@ void disc_cluster_free(struct disc_cluster *c)
 		probe_free(c->m[i].probe);
 	free(c->m);
 	free(c);
+}
+
+unsigned patroni_view(const struct patroni_cluster *pc, bool probes_on, const char *source,
+		      struct disc_view_entry *v)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < pc->n; i++) {
+		const struct patroni_member *m = &pc->m[i];
+		char err[300];
+		struct disc_server *srv = disc_server_get(m->host, m->port, err, sizeof(err));
+		if (!srv) {
+			disc_log(DISC_LOG_WARNING, "%s: member %s: %s", source, m->name, err);
+			continue;
+		}
+		/* a promoting leader needs its server's word; without probes there is
+		 * none, so it waits for Patroni to say master (etcd) or is trusted (REST) */
+		bool promoting = m->route == PATRONI_PROMOTING;
+		bool routable = m->route != PATRONI_NONE &&
+				!(promoting && !probes_on && strcmp(source, "etcd") == 0);
+		struct disc_view_entry *ve = &v[n++];
+		*ve = (struct disc_view_entry){
+			.srv = srv,
+			.role = m->route == PATRONI_PRIMARY || promoting ? DISC_ROLE_PRIMARY
+				: m->route == PATRONI_STANDBY		 ? DISC_ROLE_STANDBY
+									 : DISC_ROLE_UNKNOWN,
+			.routable = routable,
+			.needs_probe = promoting && probes_on,
+			.noloadbalance = m->noloadbalance,
+			.draining = m->draining,
+			.lag_bytes = m->lag_bytes,
+		};
+		bool unled_primary = m->route == PATRONI_NONE && strcmp(m->state, "running") == 0 &&
+				     (strcmp(m->role, "master") == 0 || strcmp(m->role, "primary") == 0);
+		snprintf(ve->why, sizeof(ve->why), "member %s role=%s state=%s%s", m->name,
+			 m->role[0] ? m->role : "?", m->state, unled_primary ? ", not the leader" : "");
+	}
+	return n;
 }

@@ -130,4 +130,19 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 				  const struct disc_probe_config *pc, char *err, size_t errlen);
 void disc_etcd_stop(struct disc_etcd *e);
 
+/*
+ * Patroni REST source: GET /cluster on the first member that answers, every
+ * poll_ms (libcurl multi on base). For clusters whose DCS pgrouter cannot reach.
+ */
+struct disc_rest_config {
+	const char *urls[DISC_MAX_ENDPOINTS];
+	unsigned nurls;
+	unsigned poll_ms, timeout_ms;
+	const char *cacert;
+};
+struct disc_rest;
+struct disc_rest *disc_rest_start(struct event_base *base, const struct disc_rest_config *cfg,
+				  const struct disc_probe_config *pc, char *err, size_t errlen);
+void disc_rest_stop(struct disc_rest *r);
+
 #endif

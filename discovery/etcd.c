@@ -29,17 +29,11 @@
 
 enum etcd_step { E_IDLE, E_VERSION, E_AUTH, E_RANGE, E_WATCH };
 
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
 struct disc_etcd {
 	struct event_base *base;
 	struct disc_etcd_config cfg; /* strings owned by the caller */
 	struct disc_cluster *cluster;
-	CURLM *multi;
-	struct event *timer;   /* curl's timeout */
+	struct http *http;
 	struct event *backoff; /* next attempt */
 	CURL *easy;            /* the one request under way */
 	struct curl_slist *headers;
@@ -49,11 +43,12 @@ struct disc_etcd {
 	char token[512];
 	char prefix[512];  /* "/service/demo/" */
 	char *key_b64, *end_b64;
-	struct buf body;   /* response, or the watch stream's unparsed tail */
+	struct http_buf body; /* response, or the watch stream's unparsed tail */
 	char *post;        /* request body */
 	int64_t revision;
 	unsigned delay_ms;
 	bool have_view;    /* a range succeeded at least once */
+	bool probes_on;
 	bool stale;
 	char leader[128];  /* for "leader changed" log lines */
 	struct patroni_keys keys;
@@ -112,7 +107,6 @@ static char *etcd_b64_decode(const char *s, size_t *n)
 	return out;
 }
 
-static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg);
 static void start(struct disc_etcd *e);
 static void fail(struct disc_etcd *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -123,11 +117,8 @@ static const char *endpoint(const struct disc_etcd *e)
 
 static void end_request(struct disc_etcd *e)
 {
-	if (e->easy) {
-		curl_multi_remove_handle(e->multi, e->easy);
-		curl_easy_cleanup(e->easy);
-		e->easy = NULL;
-	}
+	http_cancel(e->http, e->easy);
+	e->easy = NULL;
 	curl_slist_free_all(e->headers);
 	e->headers = NULL;
 	free(e->post);
@@ -144,35 +135,16 @@ static int request(struct disc_etcd *e, enum etcd_step step, const char *path, c
 	e->post = post;
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s", endpoint(e), path);
-	CURL *c = curl_easy_init();
-	if (!c)
-		return -1;
-	e->easy = c;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PRIVATE, e);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, e);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)e->cfg.timeout_ms);
-	/* a watch stream has no end; a dead peer is found by TCP keepalive */
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, stream ? 0L : (long)e->cfg.timeout_ms);
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
-	if (e->cfg.cacert && *e->cfg.cacert)
-		curl_easy_setopt(c, CURLOPT_CAINFO, e->cfg.cacert);
 	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
 	if (e->token[0]) {
 		char h[600];
 		snprintf(h, sizeof(h), "Authorization: %s", e->token);
 		e->headers = curl_slist_append(e->headers, h);
 	}
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
-	if (post)
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
-	if (curl_multi_add_handle(e->multi, c) != CURLM_OK)
-		return -1;
-	return 0;
+	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .stream = stream,
+			       .cacert = e->cfg.cacert, .headers = e->headers, .post = post };
+	e->easy = http_start(e->http, url, &o, &e->body);
+	return e->easy ? 0 : -1;
 }
 
 static char *json_body(json_t *j)
@@ -195,34 +167,7 @@ static void publish_view(struct disc_etcd *e)
 		snprintf(e->leader, sizeof(e->leader), "%s", pc.leader);
 	}
 	struct disc_view_entry v[PATRONI_MAX_MEMBERS];
-	unsigned n = 0;
-	for (unsigned i = 0; i < pc.n; i++) {
-		const struct patroni_member *m = &pc.m[i];
-		char err[300];
-		struct disc_server *srv = disc_server_get(m->host, m->port, err, sizeof(err));
-		if (!srv) {
-			disc_log(DISC_LOG_WARNING, "etcd: member %s: %s", m->name, err);
-			continue;
-		}
-		/* a name Patroni gives is what operators know the server by */
-		struct disc_view_entry *ve = &v[n++];
-		*ve = (struct disc_view_entry){
-			.srv = srv,
-			.role = m->route == PATRONI_PRIMARY || m->route == PATRONI_PROMOTING
-					? DISC_ROLE_PRIMARY
-				: m->route == PATRONI_STANDBY ? DISC_ROLE_STANDBY
-							      : DISC_ROLE_UNKNOWN,
-			.routable = m->route != PATRONI_NONE,
-			.needs_probe = m->route == PATRONI_PROMOTING,
-			.noloadbalance = m->noloadbalance,
-			.draining = m->draining,
-			.lag_bytes = m->lag_bytes,
-		};
-		bool unled_primary = m->route == PATRONI_NONE && strcmp(m->state, "running") == 0 &&
-				     (strcmp(m->role, "master") == 0 || strcmp(m->role, "primary") == 0);
-		snprintf(ve->why, sizeof(ve->why), "member %s role=%s state=%s%s", m->name,
-			 m->role[0] ? m->role : "?", m->state, unled_primary ? ", not the leader" : "");
-	}
+	unsigned n = patroni_view(&pc, e->probes_on, "etcd", v);
 	if (pc.skipped)
 		disc_log(DISC_LOG_WARNING, "etcd: %u member key(s) could not be read", pc.skipped);
 	disc_cluster_set(e->cluster, v, n);
@@ -427,27 +372,12 @@ static void parse_stream(struct disc_etcd *e)
 		fail(e, "watch stream: unparseable data");
 }
 
-static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg)
+/* A request finished (or a stream ended). */
+static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_etcd *e = arg;
-	size_t n = size * nmemb;
-	if (e->body.len + n + 1 > e->body.cap) {
-		size_t cap = (e->body.len + n + 1) * 2;
-		char *p = realloc(e->body.p, cap);
-		if (!p)
-			return 0; /* curl aborts the transfer */
-		e->body.p = p;
-		e->body.cap = cap;
-	}
-	memcpy(e->body.p + e->body.len, ptr, n);
-	e->body.len += n;
-	e->body.p[e->body.len] = 0;
-	return n;
-}
-
-/* A request finished (or a stream ended). */
-static void done(struct disc_etcd *e, CURLcode rc)
-{
+	if (easy != e->easy)
+		return;
 	long status = 0;
 	curl_easy_getinfo(e->easy, CURLINFO_RESPONSE_CODE, &status);
 	if (e->step == E_WATCH) {
@@ -473,16 +403,6 @@ static void done(struct disc_etcd *e, CURLcode rc)
 	default: break;
 	}
 	json_decref(j);
-}
-
-static void check_multi(struct disc_etcd *e)
-{
-	CURLMsg *msg;
-	int left;
-	while ((msg = curl_multi_info_read(e->multi, &left))) {
-		if (msg->msg == CURLMSG_DONE && msg->easy_handle == e->easy)
-			done(e, msg->data.result);
-	}
 }
 
 static void fail(struct disc_etcd *e, const char *fmt, ...)
@@ -518,61 +438,12 @@ static void start(struct disc_etcd *e)
 		fail(e, "cannot start a request");
 }
 
-/* ---- libcurl ↔ libevent ---- */
-
-static void socket_event_cb(evutil_socket_t fd, short what, void *arg)
+/* After socket activity: a watch stream delivers data in pieces. */
+static void activity(void *arg)
 {
 	struct disc_etcd *e = arg;
-	int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-	int running;
-	curl_multi_socket_action(e->multi, fd, flags, &running);
-	check_multi(e);
-	/* a watch stream delivers data in pieces: parse what arrived */
 	if (e->step == E_WATCH && e->body.len)
 		parse_stream(e);
-}
-
-static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-	struct disc_etcd *e = userp;
-	struct event *ev = socketp;
-	if (what == CURL_POLL_REMOVE) {
-		if (ev)
-			event_free(ev);
-		curl_multi_assign(e->multi, s, NULL);
-		return 0;
-	}
-	short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
-		     (what & CURL_POLL_OUT ? EV_WRITE : 0);
-	if (ev) {
-		event_del(ev);
-		event_assign(ev, e->base, s, kind, socket_event_cb, e);
-	} else {
-		ev = event_new(e->base, s, kind, socket_event_cb, e);
-		curl_multi_assign(e->multi, s, ev);
-	}
-	event_add(ev, NULL);
-	return 0;
-}
-
-static void timer_event_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct disc_etcd *e = arg;
-	int running;
-	curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-	check_multi(e);
-}
-
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-	struct disc_etcd *e = userp;
-	if (timeout_ms < 0) {
-		event_del(e->timer);
-		return 0;
-	}
-	struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-	event_add(e->timer, &tv);
-	return 0;
 }
 
 static void backoff_cb(evutil_socket_t fd, short what, void *arg)
@@ -583,11 +454,6 @@ static void backoff_cb(evutil_socket_t fd, short what, void *arg)
 struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etcd_config *cfg,
 				  const struct disc_probe_config *pc, char *err, size_t errlen)
 {
-	static bool curl_ready;
-	if (!curl_ready) {
-		curl_global_init(CURL_GLOBAL_DEFAULT);
-		curl_ready = true;
-	}
 	struct disc_etcd *e = calloc(1, sizeof(*e));
 	if (!e) {
 		snprintf(err, errlen, "out of memory");
@@ -606,19 +472,15 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 	end[pl - 1]++; /* range_end: the prefix with its last byte + 1 */
 	e->key_b64 = b64_encode((const uint8_t *)e->prefix, pl);
 	e->end_b64 = b64_encode((const uint8_t *)end, pl);
-	e->multi = curl_multi_init();
-	e->timer = evtimer_new(base, timer_event_cb, e);
+	e->http = http_new(base, done, activity, e);
 	e->backoff = evtimer_new(base, backoff_cb, e);
 	e->cluster = disc_cluster_new(base, "etcd", pc, false);
-	if (!e->key_b64 || !e->end_b64 || !e->multi || !e->timer || !e->backoff || !e->cluster) {
+	e->probes_on = pc->interval_ms > 0;
+	if (!e->key_b64 || !e->end_b64 || !e->http || !e->backoff || !e->cluster) {
 		snprintf(err, errlen, "out of memory");
 		disc_etcd_stop(e);
 		return NULL;
 	}
-	curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-	curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
-	curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-	curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
 	/* nothing is routable until etcd answers: publish the empty view */
 	disc_cluster_set(e->cluster, NULL, 0);
 	disc_log(DISC_LOG_INFO, "etcd: watching %s on %s%s", e->prefix, endpoint(e),
@@ -631,11 +493,9 @@ void disc_etcd_stop(struct disc_etcd *e)
 {
 	if (!e)
 		return;
-	end_request(e);
-	if (e->multi)
-		curl_multi_cleanup(e->multi);
-	if (e->timer)
-		event_free(e->timer);
+	if (e->http)
+		end_request(e);
+	http_free(e->http);
 	if (e->backoff)
 		event_free(e->backoff);
 	disc_cluster_free(e->cluster);

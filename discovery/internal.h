@@ -104,8 +104,39 @@ struct patroni_cluster {
 };
 /* Parse the keys into members with their routing role. Returns 0. */
 int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c);
+/* Parse GET /cluster of Patroni's REST API into the same model. -1 if unreadable. */
+int patroni_parse_rest(const char *body, size_t len, struct patroni_cluster *c);
+/* Members → view entries for cluster.c (servers from the registry). Returns the count. */
+unsigned patroni_view(const struct patroni_cluster *pc, bool probes_on, const char *source,
+		      struct disc_view_entry *v);
 int patroni_parse_conn_url(const char *url, char *host, size_t hostlen, char *port,
 			   size_t portlen);
+
+/* ---- http.c: libcurl multi-socket on a libevent base ---- */
+
+#include <curl/curl.h>
+
+struct http_buf {
+	char *p;
+	size_t len, cap;
+};
+struct http_opts {
+	unsigned timeout_ms; /* connect, and whole transfer unless stream */
+	bool stream;         /* no transfer timeout (a watch) */
+	const char *cacert;
+	struct curl_slist *headers;
+	const char *post; /* body: POST; NULL: GET */
+};
+typedef void (*http_done_fn)(void *arg, CURL *easy, CURLcode rc);
+struct http;
+/* done(arg, easy, rc) when a transfer ends; activity(arg) after every socket event. */
+struct http *http_new(struct event_base *base, http_done_fn done, void (*activity)(void *arg),
+		      void *arg);
+void http_free(struct http *h);
+/* Start a transfer whose body is collected in into (reset first). NULL on failure. */
+CURL *http_start(struct http *h, const char *url, const struct http_opts *o, struct http_buf *into);
+/* Stop and free a transfer (also after done()). */
+void http_cancel(struct http *h, CURL *c);
 
 /* Log hook for discovery messages (set by the daemon); printf-style. */
 extern void (*disc_log)(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -139,8 +139,12 @@ static int64_t json_int(json_t *v)
 {
 	if (json_is_integer(v))
 		return (int64_t)json_integer_value(v);
-	if (json_is_string(v)) /* some DCS payloads carry numbers as strings */
-		return strtoll(json_string_value(v), NULL, 10);
+	if (json_is_string(v)) { /* some payloads carry numbers as strings; "unknown" is -1 */
+		const char *s = json_string_value(v);
+		char *end;
+		long long n = strtoll(s, &end, 10);
+		return end != s && *end == 0 && n >= 0 ? n : -1;
+	}
 	return -1;
 }
 
@@ -288,5 +292,68 @@ int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c)
 			m->lag_bytes = c->optime > m->xlog_location ? c->optime - m->xlog_location : 0;
 		c->n++;
 	}
+	return 0;
+}
+
+/* ---- Patroni's REST API: GET /cluster ---- */
+
+int patroni_parse_rest(const char *body, size_t len, struct patroni_cluster *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->optime = -1;
+	json_error_t jerr;
+	json_t *j = json_loadb(body, len, 0, &jerr);
+	json_t *members = json_object_get(j, "members");
+	if (!json_is_object(j) || !json_is_array(members)) {
+		json_decref(j);
+		return -1;
+	}
+	c->paused = json_truthy(json_object_get(j, "pause"));
+	size_t i;
+	json_t *mj;
+	json_array_foreach(members, i, mj)
+	{
+		const char *name = json_string_value(json_object_get(mj, "name"));
+		const char *host = json_string_value(json_object_get(mj, "host"));
+		int64_t port = json_int(json_object_get(mj, "port"));
+		if (!json_is_object(mj) || !name || !host || port < 1 || port > 65535 ||
+		    c->n == PATRONI_MAX_MEMBERS || strlen(host) >= sizeof(c->m[0].host)) {
+			c->skipped++;
+			continue;
+		}
+		struct patroni_member *m = &c->m[c->n++];
+		memset(m, 0, sizeof(*m));
+		copy_str(m->name, sizeof(m->name), name);
+		copy_str(m->host, sizeof(m->host), host);
+		snprintf(m->port, sizeof(m->port), "%d", (int)port);
+		copy_str(m->role, sizeof(m->role), json_string_value(json_object_get(mj, "role")));
+		copy_str(m->state, sizeof(m->state), json_string_value(json_object_get(mj, "state")));
+		m->timeline = json_int(json_object_get(mj, "timeline"));
+		m->xlog_location = -1;
+		m->lag_bytes = json_int(json_object_get(mj, "lag")); /* -1 for "unknown" */
+		json_t *tags = json_object_get(mj, "tags");
+		if (json_is_object(tags)) {
+			m->noloadbalance = json_truthy(json_object_get(tags, "noloadbalance"));
+			m->nofailover = json_truthy(json_object_get(tags, "nofailover"));
+		}
+		/* replicas report "streaming" in newer Patroni, "running" in older */
+		bool up = strcmp(m->state, "running") == 0 || strcmp(m->state, "streaming") == 0;
+		if (!up)
+			m->route = PATRONI_NONE;
+		else if (strcmp(m->role, "leader") == 0 || strcmp(m->role, "master") == 0 ||
+			 strcmp(m->role, "primary") == 0) {
+			/* /cluster calls the lock holder "leader" while it may still be
+			 * promoting: a primary once its server says it left recovery */
+			copy_str(c->leader, sizeof(c->leader), name);
+			m->route = PATRONI_PROMOTING;
+		} else if (strcmp(m->role, "replica") == 0 || strcmp(m->role, "sync_standby") == 0 ||
+			   strcmp(m->role, "quorum_standby") == 0 ||
+			   strcmp(m->role, "standby_leader") == 0) {
+			m->route = PATRONI_STANDBY;
+		} else {
+			m->route = PATRONI_NONE;
+		}
+	}
+	json_decref(j);
 	return 0;
 }

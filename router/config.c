@@ -258,29 +258,30 @@ static int parse_servers(struct parse_ctx *p, const char *k, const char *v)
 	return 1;
 }
 
-static int parse_endpoints(struct parse_ctx *p, const char *k, const char *v)
+/* A list of http(s) URLs into urls[16][256], trailing slashes dropped. */
+static int parse_urls(struct parse_ctx *p, const char *k, const char *v, char (*urls)[256],
+		      unsigned *count)
 {
-	struct config *c = p->c;
 	char buf[4096];
 	if (strlen(v) >= sizeof(buf))
 		return fail(p, p->line, k, "list too long");
 	strcpy(buf, v);
-	c->netcd = 0;
+	*count = 0;
 	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
 	     tok = strtok_r(NULL, ", \t", &save)) {
-		if (c->netcd == sizeof(c->etcd_endpoints) / sizeof(c->etcd_endpoints[0]))
-			return fail(p, p->line, k, "too many endpoints");
+		if (*count == 16)
+			return fail(p, p->line, k, "more than 16 URLs");
 		if (strncmp(tok, "http://", 7) != 0 && strncmp(tok, "https://", 8) != 0)
 			return fail(p, p->line, k, "\"%s\": must start with http:// or https://", tok);
 		size_t n = strlen(tok);
 		while (n && tok[n - 1] == '/')
 			tok[--n] = 0; /* paths are appended to it */
-		if (n >= sizeof(c->etcd_endpoints[0]))
+		if (n >= 256)
 			return fail(p, p->line, k, "\"%s\": too long", tok);
-		strcpy(c->etcd_endpoints[c->netcd++], tok);
+		strcpy(urls[(*count)++], tok);
 	}
-	if (c->netcd == 0)
-		return fail(p, p->line, k, "empty endpoint list");
+	if (*count == 0)
+		return fail(p, p->line, k, "empty list");
 	return 1;
 }
 
@@ -288,8 +289,9 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
 	if (strcmp(k, "source") == 0) {
-		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0)
-			return fail(p, p->line, k, "unknown source \"%s\" (supported: static, etcd)", v);
+		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0 && strcmp(v, "patroni") != 0)
+			return fail(p, p->line, k,
+				    "unknown source \"%s\" (supported: static, etcd, patroni)", v);
 		p->source_line = p->line;
 		return set_string(p, k, v, c->source, sizeof(c->source));
 	}
@@ -306,7 +308,11 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 	if (strcmp(k, "probe_dbname") == 0)
 		return set_string(p, k, v, c->probe_dbname, sizeof(c->probe_dbname));
 	if (strcmp(k, "etcd_endpoints") == 0)
-		return parse_endpoints(p, k, v);
+		return parse_urls(p, k, v, c->etcd_endpoints, &c->netcd);
+	if (strcmp(k, "patroni_urls") == 0)
+		return parse_urls(p, k, v, c->patroni_urls, &c->npatroni);
+	if (strcmp(k, "poll_interval") == 0)
+		return set_duration(p, k, v, &c->poll_interval_ms, false);
 	if (strcmp(k, "namespace") == 0)
 		return set_string(p, k, v, c->namespace_, sizeof(c->namespace_));
 	if (strcmp(k, "scope") == 0) {
@@ -417,6 +423,7 @@ static void defaults(struct config *c)
 	strcpy(c->namespace_, "/service/");
 	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
 	c->netcd = 1;
+	c->poll_interval_ms = 1000;
 	c->max_lag = 16 * 1024 * 1024;
 }
 
@@ -461,6 +468,12 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 	}
 	if (strcmp(c->source, "etcd") == 0 && !c->scope[0]) {
 		snprintf(err, errlen, "%s:%d: scope: source = etcd needs the Patroni scope (cluster name)",
+			 path, p.source_line);
+		return -1;
+	}
+	if (strcmp(c->source, "patroni") == 0 && c->npatroni == 0) {
+		snprintf(err, errlen,
+			 "%s:%d: patroni_urls: source = patroni needs the members' REST API URLs",
 			 path, p.source_line);
 		return -1;
 	}

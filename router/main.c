@@ -121,6 +121,7 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	struct disc_static *src = NULL;
 	struct disc_etcd *etcd = NULL;
+	struct disc_rest *rest = NULL;
 	struct disc_server *servers[CONFIG_MAX_SERVERS];
 	for (unsigned i = 0; i < cfg.nservers; i++) {
 		char why[300];
@@ -153,10 +154,18 @@ int main(int argc, char **argv)
 		for (unsigned i = 0; i < cfg.netcd; i++)
 			ec.endpoints[i] = cfg.etcd_endpoints[i];
 		etcd = disc_etcd_start(base, &ec, &pc, err, sizeof(err));
+	} else if (strcmp(cfg.source, "patroni") == 0) {
+		static struct disc_rest_config rcfg;
+		rcfg = (struct disc_rest_config){ .nurls = cfg.npatroni,
+						  .poll_ms = cfg.poll_interval_ms,
+						  .timeout_ms = cfg.connect_timeout_ms };
+		for (unsigned i = 0; i < cfg.npatroni; i++)
+			rcfg.urls[i] = cfg.patroni_urls[i];
+		rest = disc_rest_start(base, &rcfg, &pc, err, sizeof(err));
 	} else {
 		src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
 	}
-	if (!src && !etcd) {
+	if (!src && !etcd && !rest) {
 		log_error("discovery: %s", err);
 		goto out;
 	}
@@ -190,6 +199,7 @@ out:
 	workers_join(&router);
 	disc_static_stop(src);
 	disc_etcd_stop(etcd);
+	disc_rest_stop(rest);
 	topo_reset();
 	disc_servers_free();
 	if (base)

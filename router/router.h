@@ -103,6 +103,11 @@ struct config {
 	char etcd_password[256];
 	char etcd_cacert[512];
 
+	/* source = patroni */
+	unsigned npatroni;
+	char patroni_urls[16][256];
+	unsigned poll_interval_ms;
+
 	unsigned nlisteners;
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];
 };

@@ -169,6 +169,43 @@ static void conn_urls(void **state)
 	assert_int_equal(patroni_parse_conn_url("postgres:///db", h, sizeof(h), p, sizeof(p)), -1);
 }
 
+/* GET /cluster from the same Patroni 3.0.2 cluster, mid-switchover (captured) */
+static const char rest_switchover[] =
+	"{\"members\": [{\"name\": \"pg1\", \"role\": \"replica\", \"state\": \"stopping\", "
+	"\"api_url\": \"http://127.0.0.1:54049/patroni\", \"host\": \"127.0.0.1\", \"port\": 37147, "
+	"\"lag\": \"unknown\"}, {\"name\": \"pg2\", \"role\": \"leader\", \"state\": \"running\", "
+	"\"api_url\": \"http://127.0.0.1:57273/patroni\", \"host\": \"127.0.0.1\", \"port\": 39489, "
+	"\"timeline\": 1}, {\"name\": \"pg3\", \"role\": \"replica\", \"state\": \"running\", "
+	"\"api_url\": \"http://127.0.0.1:52501/patroni\", \"host\": \"127.0.0.1\", \"port\": 35041, "
+	"\"timeline\": 1, \"lag\": 224, \"tags\": {\"noloadbalance\": true}}]}";
+
+static void rest_cluster(void **state)
+{
+	assert_int_equal(patroni_parse_rest(rest_switchover, strlen(rest_switchover), &pc), 0);
+	assert_int_equal(pc.n, 3);
+	assert_string_equal(pc.leader, "pg2");
+	assert_int_equal(member("pg1")->route, PATRONI_NONE);     /* stopping */
+	assert_int_equal(member("pg1")->lag_bytes, -1);           /* "unknown" */
+	assert_int_equal(member("pg2")->route, PATRONI_PROMOTING); /* leader: needs its server's word */
+	assert_string_equal(member("pg2")->port, "39489");
+	assert_int_equal(member("pg3")->route, PATRONI_STANDBY);
+	assert_int_equal(member("pg3")->lag_bytes, 224);
+	assert_true(member("pg3")->noloadbalance);
+	/* newer Patroni: replicas "streaming"; bad input */
+	static const char streaming[] = "{\"members\":[{\"name\":\"a\",\"role\":\"sync_standby\","
+					"\"state\":\"streaming\",\"host\":\"::1\",\"port\":5432},"
+					"{\"name\":\"b\",\"role\":\"replica\",\"state\":\"running\","
+					"\"host\":\"h\",\"port\":70000},{\"role\":\"replica\"}],"
+					"\"pause\":true}";
+	assert_int_equal(patroni_parse_rest(streaming, strlen(streaming), &pc), 0);
+	assert_int_equal(pc.n, 1);
+	assert_int_equal(pc.skipped, 2);
+	assert_true(pc.paused);
+	assert_int_equal(member("a")->route, PATRONI_STANDBY);
+	assert_int_equal(patroni_parse_rest("[]", 2, &pc), -1);
+	assert_int_equal(patroni_parse_rest("{\"members\":", 12, &pc), -1);
+}
+
 static int teardown(void **state)
 {
 	patroni_keys_clear(&keys);
@@ -182,6 +219,7 @@ int main(void)
 		cmocka_unit_test(switchover_windows),
 		cmocka_unit_test(roles_states_tags),
 		cmocka_unit_test(conn_urls),
+		cmocka_unit_test(rest_cluster),
 	};
 	return cmocka_run_group_tests(tests, NULL, teardown);
 }

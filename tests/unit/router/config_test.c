@@ -116,6 +116,15 @@ static void etcd_source(void **state)
 	assert_string_equal(c.etcd_endpoints[0], "http://127.0.0.1:2379");
 	assert_string_equal(c.namespace_, "/service/");
 	assert_string_equal(c.scope, "demo");
+	assert_int_equal(load("[cluster]\nsource = patroni\npatroni_urls = http://a:8008, http://b:8008/\n"
+			      "poll_interval = 250ms\n[listener rw]\nlisten = 127.0.0.1:6432\n",
+			      &c, err),
+			 0);
+	assert_int_equal(c.npatroni, 2);
+	assert_string_equal(c.patroni_urls[1], "http://b:8008");
+	assert_int_equal(c.poll_interval_ms, 250);
+	expect_error("[cluster]\nsource = patroni\n[listener x]\nlisten = h:1\n",
+		     ":2: patroni_urls: source = patroni needs");
 	expect_error("[cluster]\nsource = etcd\n[listener x]\nlisten = h:1\n",
 		     ":2: scope: source = etcd needs the Patroni scope");
 	expect_error("[cluster]\nsource = etcd\netcd_endpoints = 127.0.0.1:2379\n",
