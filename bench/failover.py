@@ -1,5 +1,5 @@
-"""Planned switchover under load: pgrouter (etcd source) vs HAProxy configured
-the usual Patroni way (option httpchk GET /primary, inter 1s fall 2 rise 1,
+"""Planned switchover under load: pgrouter (etcd source), pgrouter (Patroni REST
+source, GET /cluster every 500 ms) and HAProxy configured the usual Patroni way (option httpchk GET /primary, inter 1s fall 2 rise 1,
 on-marked-down shutdown-sessions), on the same real 3-node Patroni cluster.
 
 Load: --clients threads, each opening a new connection per transaction (like
@@ -10,8 +10,9 @@ later failures). Reported per proxy:
   stall       longest time with no transaction committed by any thread
   key→write   from the leader key change in etcd (pgrouter's log timestamp of
               the watch event) to the first write committed on the new primary
-  key→route   pgrouter only: leader key change to pgrouter publishing the new
-              primary as routable (both log timestamps)
+  key→route   pgrouter only: leader key change to that pgrouter publishing the
+              new primary as routable (log timestamps; the etcd-source pgrouter
+              runs throughout and is the clock for the leader key change)
 
 Usage: /usr/bin/python3 bench/failover.py [--clients 4] [--rounds 2]
 """
@@ -95,13 +96,14 @@ def load(port, clients, stop, results):
     return ths
 
 
-def one_round(pc, router, name, port, clients):
+def one_round(pc, router, name, port, clients, routing_log):
     old = pc.leader()
     results = []
     stop = threading.Event()
     ths = load(port, clients, stop, results)
     time.sleep(3)
     mark = len(router.log_text())
+    rmark = len(routing_log.log_text()) if routing_log else 0
     t_cmd = time.time()
     pc.switchover()
     new = pc.wait_healthy(90)
@@ -112,7 +114,8 @@ def one_round(pc, router, name, port, clients):
     log = router.log_text()[mark:]
     key = log_times(log, r"leader key now names %s" % new.name)
     t_key = key[0][0] if key else None
-    route = log_times(log, r"topology: 127\.0\.0\.1:%d primary" % new.pg_port)
+    rlog = routing_log.log_text()[rmark:] if routing_log else ""
+    route = log_times(rlog, r"topology: 127\.0\.0\.1:%d primary" % new.pg_port)
     t_route = next((t for t, _ in route if t_key and t >= t_key), None)
     ok = sorted(r[1] for r in results if r[2])
     failed = [r for r in results if not r[2]]
@@ -141,14 +144,21 @@ def main():
                         cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url,
                                  "scope": pc.scope},
                         probe_interval="1s", queue_timeout="30s", log_level="info").start()
+        rest = Router(None, {"rw": {"target_session_attrs": "read-write"}}, pc.dir,
+                      cluster={"source": "patroni", "poll_interval": "500ms",
+                               "patroni_urls": ", ".join(n.api for n in pc.nodes)},
+                      probe_interval="1s", queue_timeout="30s", log_level="info").start()
         haproxy = PatroniHAProxy(pc.dir, pc.nodes).start()
         wait_for(lambda: _works(haproxy.port), 20, "haproxy routing to the primary")
         rows = []
+        ways = (("pgrouter", router.port("rw"), router),
+                ("pgrouter-rest", rest.port("rw"), rest),
+                ("haproxy", haproxy.port, None))
         for r in range(args.rounds):
-            for name, port in (("pgrouter", router.port("rw")), ("haproxy", haproxy.port)):
+            for name, port, routing_log in ways:
                 pc.wait_healthy(120)
                 wait_for(lambda: _works(port), 30, name + " routing")
-                res = one_round(pc, router, name, port, args.clients)
+                res = one_round(pc, router, name, port, args.clients, routing_log)
                 rows.append(res)
                 print("round %d %-8s %s→%s committed=%d failed=%d stall=%s key→write=%s "
                       "key→route=%s errors=%s" % (
@@ -156,6 +166,7 @@ def main():
                           fmt(res["stall"]), fmt(res["key_to_write"]),
                           fmt(res["key_to_route"]), res["errors"]), flush=True)
         haproxy.stop()
+        rest.stop()
         router.stop()
     finally:
         pc.cleanup()
@@ -165,8 +176,8 @@ def main():
     print("|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
         print("| %s | %d | %d of %d | %s | %s | %s |" % (
-            r["proxy"], i // 2 + 1, r["failed"], r["failed"] + r["committed"], fmt(r["stall"]),
-            fmt(r["key_to_write"]), fmt(r["key_to_route"]) if r["proxy"] == "pgrouter" else "-"))
+            r["proxy"], i // 3 + 1, r["failed"], r["failed"] + r["committed"], fmt(r["stall"]),
+            fmt(r["key_to_write"]), fmt(r["key_to_route"])))
 
 
 def _works(port):
