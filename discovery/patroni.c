@@ -277,13 +277,16 @@ int patroni_parse(const struct patroni_keys *k, struct patroni_cluster *c)
 		} else if (strcmp(m->role, "master") == 0 || strcmp(m->role, "primary") == 0) {
 			/* a primary the leader key does not name is not trusted with writes */
 			m->route = is_leader ? PATRONI_PRIMARY : PATRONI_NONE;
+		} else if (is_leader && (strcmp(m->role, "promoted") == 0 ||
+					 strcmp(m->role, "replica") == 0 ||
+					 strcmp(m->role, "sync_standby") == 0)) {
+			/* Patroni took the lock and is promoting; its member key says
+			 * "promoted" a loop later, "master" a loop after that. The server's
+			 * own word (a probe) settles it sooner. */
+			m->route = PATRONI_PROMOTING;
 		} else if (strcmp(m->role, "replica") == 0 || strcmp(m->role, "standby_leader") == 0 ||
 			   strcmp(m->role, "sync_standby") == 0) {
 			m->route = PATRONI_STANDBY;
-		} else if (strcmp(m->role, "promoted") == 0 && is_leader) {
-			/* Patroni 3.x: lock taken, promotion under way; "master" follows a
-			 * loop later. The server's own word can settle it sooner. */
-			m->route = PATRONI_PROMOTING;
 		} else {
 			m->route = PATRONI_NONE; /* demoted, uninitialized, unknown */
 		}

@@ -87,7 +87,16 @@ static void switchover_windows(void **state)
 	assert_int_equal(member("pg1")->route, PATRONI_NONE);
 	for (unsigned i = 0; i < pc.n; i++)
 		assert_int_not_equal(pc.m[i].route, PATRONI_PRIMARY);
-	/* 3. leader key names pg2, still "promoted": primary only once a probe confirms */
+	/* 3a. leader key names pg2 whose member key still says replica: promoting */
+	put("leader", "pg2");
+	patroni_parse(&keys, &pc);
+	assert_int_equal(member("pg2")->route, PATRONI_PROMOTING);
+	/* a standby_leader holding the key stays a standby (standby cluster) */
+	put("members/pg2", "{\"conn_url\":\"postgres://127.0.0.1:39875/postgres\",\"state\":"
+			   "\"running\",\"role\":\"standby_leader\"}");
+	patroni_parse(&keys, &pc);
+	assert_int_equal(member("pg2")->route, PATRONI_STANDBY);
+	/* 3b. leader key names pg2, "promoted": primary only once a probe confirms */
 	put("leader", "pg2\n");
 	put("members/pg2", "{\"conn_url\":\"postgres://127.0.0.1:39875/postgres\",\"state\":"
 			   "\"running\",\"role\":\"promoted\"}");
