@@ -145,4 +145,19 @@ struct disc_rest *disc_rest_start(struct event_base *base, const struct disc_res
 				  const struct disc_probe_config *pc, char *err, size_t errlen);
 void disc_rest_stop(struct disc_rest *r);
 
+/*
+ * ZooKeeper source for a Patroni cluster (libzookeeper-mt; its callbacks are
+ * handed to base's thread). hosts: "host:port", the last may end in /chroot.
+ */
+struct disc_zk_config {
+	const char *hosts[DISC_MAX_ENDPOINTS];
+	unsigned nhosts;
+	const char *namespace_, *scope;
+	unsigned session_timeout_ms;
+};
+struct disc_zk;
+struct disc_zk *disc_zk_start(struct event_base *base, const struct disc_zk_config *cfg,
+			      const struct disc_probe_config *pc, char *err, size_t errlen);
+void disc_zk_stop(struct disc_zk *z);
+
 #endif

@@ -289,9 +289,11 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
 	if (strcmp(k, "source") == 0) {
-		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0 && strcmp(v, "patroni") != 0)
+		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0 && strcmp(v, "patroni") != 0 &&
+		    strcmp(v, "zookeeper") != 0)
 			return fail(p, p->line, k,
-				    "unknown source \"%s\" (supported: static, etcd, patroni)", v);
+				    "unknown source \"%s\" (supported: static, etcd, zookeeper, patroni)",
+				    v);
 		p->source_line = p->line;
 		return set_string(p, k, v, c->source, sizeof(c->source));
 	}
@@ -309,6 +311,26 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_string(p, k, v, c->probe_dbname, sizeof(c->probe_dbname));
 	if (strcmp(k, "etcd_endpoints") == 0)
 		return parse_urls(p, k, v, c->etcd_endpoints, &c->netcd);
+	if (strcmp(k, "zookeeper_hosts") == 0) {
+		char buf[4096];
+		if (strlen(v) >= sizeof(buf))
+			return fail(p, p->line, k, "list too long");
+		strcpy(buf, v);
+		c->nzk = 0;
+		for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+		     tok = strtok_r(NULL, ", \t", &save)) {
+			if (c->nzk == 16 || strlen(tok) >= sizeof(c->zk_hosts[0]))
+				return fail(p, p->line, k, "more than 16 hosts, or one too long");
+			if (!strchr(tok, ':'))
+				return fail(p, p->line, k, "\"%s\": needs host:port", tok);
+			strcpy(c->zk_hosts[c->nzk++], tok);
+		}
+		if (c->nzk == 0)
+			return fail(p, p->line, k, "empty list");
+		return 1;
+	}
+	if (strcmp(k, "zookeeper_session_timeout") == 0)
+		return set_duration(p, k, v, &c->zk_session_timeout_ms, false);
 	if (strcmp(k, "patroni_urls") == 0)
 		return parse_urls(p, k, v, c->patroni_urls, &c->npatroni);
 	if (strcmp(k, "poll_interval") == 0)
@@ -424,6 +446,7 @@ static void defaults(struct config *c)
 	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
 	c->netcd = 1;
 	c->poll_interval_ms = 1000;
+	c->zk_session_timeout_ms = 10000;
 	c->max_lag = 16 * 1024 * 1024;
 }
 
@@ -466,8 +489,13 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 			return -1;
 		}
 	}
-	if (strcmp(c->source, "etcd") == 0 && !c->scope[0]) {
-		snprintf(err, errlen, "%s:%d: scope: source = etcd needs the Patroni scope (cluster name)",
+	if ((strcmp(c->source, "etcd") == 0 || strcmp(c->source, "zookeeper") == 0) && !c->scope[0]) {
+		snprintf(err, errlen, "%s:%d: scope: source = %s needs the Patroni scope (cluster name)",
+			 path, p.source_line, c->source);
+		return -1;
+	}
+	if (strcmp(c->source, "zookeeper") == 0 && c->nzk == 0) {
+		snprintf(err, errlen, "%s:%d: zookeeper_hosts: source = zookeeper needs host:port list",
 			 path, p.source_line);
 		return -1;
 	}

@@ -122,6 +122,7 @@ int main(int argc, char **argv)
 	struct disc_static *src = NULL;
 	struct disc_etcd *etcd = NULL;
 	struct disc_rest *rest = NULL;
+	struct disc_zk *zk = NULL;
 	struct disc_server *servers[CONFIG_MAX_SERVERS];
 	for (unsigned i = 0; i < cfg.nservers; i++) {
 		char why[300];
@@ -154,6 +155,15 @@ int main(int argc, char **argv)
 		for (unsigned i = 0; i < cfg.netcd; i++)
 			ec.endpoints[i] = cfg.etcd_endpoints[i];
 		etcd = disc_etcd_start(base, &ec, &pc, err, sizeof(err));
+	} else if (strcmp(cfg.source, "zookeeper") == 0) {
+		static struct disc_zk_config zc;
+		zc = (struct disc_zk_config){ .nhosts = cfg.nzk,
+					      .namespace_ = cfg.namespace_,
+					      .scope = cfg.scope,
+					      .session_timeout_ms = cfg.zk_session_timeout_ms };
+		for (unsigned i = 0; i < cfg.nzk; i++)
+			zc.hosts[i] = cfg.zk_hosts[i];
+		zk = disc_zk_start(base, &zc, &pc, err, sizeof(err));
 	} else if (strcmp(cfg.source, "patroni") == 0) {
 		static struct disc_rest_config rcfg;
 		rcfg = (struct disc_rest_config){ .nurls = cfg.npatroni,
@@ -165,7 +175,7 @@ int main(int argc, char **argv)
 	} else {
 		src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
 	}
-	if (!src && !etcd && !rest) {
+	if (!src && !etcd && !rest && !zk) {
 		log_error("discovery: %s", err);
 		goto out;
 	}
@@ -200,6 +210,7 @@ out:
 	disc_static_stop(src);
 	disc_etcd_stop(etcd);
 	disc_rest_stop(rest);
+	disc_zk_stop(zk);
 	topo_reset();
 	disc_servers_free();
 	if (base)

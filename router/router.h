@@ -103,6 +103,11 @@ struct config {
 	char etcd_password[256];
 	char etcd_cacert[512];
 
+	/* source = zookeeper */
+	unsigned nzk;
+	char zk_hosts[16][256];
+	unsigned zk_session_timeout_ms;
+
 	/* source = patroni */
 	unsigned npatroni;
 	char patroni_urls[16][256];

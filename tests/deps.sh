@@ -11,6 +11,7 @@ packages=(
   python3 python3-psycopg2 util-linux procps iproute2 openssl
   pgbouncer haproxy
   etcd-server etcd-client patroni python3-etcd
+  zookeeper libzookeeper-mt-dev python3-kazoo
 )
 
 missing=()

@@ -87,6 +87,56 @@ class Etcd:
         return out
 
 
+class ZooKeeper:
+    """Standalone ZooKeeper on loopback (the server class run directly: zkServer.sh
+    wants /var/log and, as root, opens JMX on all interfaces)."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "zk-%d" % free_port())
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        chown_postgres(self.dir)
+        chown_postgres(os.path.join(self.dir, "data"))
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "zoo.cfg")
+        with open(self.conf, "w") as f:
+            f.write("tickTime=1000\ndataDir=%s/data\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
+                    "admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,mntr\n"
+                    "forceSync=no\nminSessionTimeout=2000\n" % (self.dir, self.port))
+        self.proc = None
+
+    @property
+    def hostport(self):
+        return "127.0.0.1:%d" % self.port
+
+    def start(self):
+        log = open(os.path.join(self.dir, "zk.log"), "ab")
+        self.proc = track(subprocess.Popen(
+            as_postgres() + ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC",
+                             "-XX:TieredStopAtLevel=1", "-cp",
+                             "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
+                             "org.apache.zookeeper.server.ZooKeeperServerMain", self.conf],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir))
+        log.close()
+        wait_for(self.healthy, 30, "zookeeper imok")
+        return self
+
+    def healthy(self):
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"ruok")
+                return s.recv(16) == b"imok"
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            stop_pid(self.proc.pid, sig)
+            self.proc.wait()
+        if self.proc:
+            untrack(self.proc)
+
+
 class PatroniNode:
     def __init__(self, cluster, name):
         self.cluster = cluster
@@ -228,21 +278,29 @@ tags:
 
 
 class PatroniCluster:
-    def __init__(self, nodes=3, scope=None, workdir=None, tags=None):
+    def __init__(self, nodes=3, scope=None, workdir=None, tags=None, dcs="etcd"):
         self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-patroni-")
         os.chmod(self.dir, 0o755)
         chown_postgres(self.dir)
         self.scope = scope or "demo%d" % os.getpid()
         self.tags = tags or {}
-        self.etcd = Etcd(self.dir)
+        self.dcs = dcs
+        self.etcd = Etcd(self.dir) if dcs == "etcd" else None
+        self.zk = ZooKeeper(self.dir) if dcs == "zookeeper" else None
         self.nodes = [PatroniNode(self, "pg%d" % (i + 1)) for i in range(nodes)]
 
+    @property
+    def dcs_server(self):
+        return self.etcd or self.zk
+
     def dcs_yaml(self):
+        if self.zk:
+            return "zookeeper:\n  hosts:\n  - %s" % self.zk.hostport
         return "etcd3:\n  hosts: 127.0.0.1:%d\n  protocol: http" % self.etcd.port
 
     def start(self, timeout=90):
         try:
-            self.etcd.start()
+            self.dcs_server.start()
             self.nodes[0].start()
             wait_for(lambda: self.role_of(self.nodes[0]) == "primary", timeout, "pg1 primary")
             for n in self.nodes[1:]:
@@ -306,7 +364,7 @@ class PatroniCluster:
     def stop(self):
         for n in self.nodes:
             n.stop()
-        self.etcd.stop()
+        self.dcs_server.stop()
 
     def cleanup(self):
         self.stop()

@@ -369,6 +369,43 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class ZooKeeperTest(PatroniSuite, unittest.TestCase):
+    SOURCE = "zookeeper"
+
+    @classmethod
+    def make_cluster(cls):
+        return PatroniCluster(3, dcs="zookeeper").start()
+
+    @classmethod
+    def cluster_conf(cls):
+        return {"source": "zookeeper", "zookeeper_hosts": cls.pc.zk.hostport,
+                "scope": cls.pc.scope, "zookeeper_session_timeout": "3s"}
+
+    def stop_dcs(self):
+        self.pc.zk.stop()
+
+    def start_dcs(self):
+        self.pc.zk.start()
+
+    def dcs_running(self):
+        return self.pc.zk.proc.poll() is None
+
+    def test_i_session_expiry(self):
+        """pgrouter frozen past its ZooKeeper session timeout (3s): on waking its
+        session is expired; it opens a new one, reads everything again and routes."""
+        mark = len(self.router.log_text())
+        os.kill(self.router.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(6)
+        finally:
+            os.kill(self.router.proc.pid, signal.SIGCONT)
+        wait_for(lambda: "session expired" in self.router.log_text()[mark:], 20,
+                 "session expiry noticed")
+        wait_for(lambda: "cluster state is current again" in self.router.log_text()[mark:], 20,
+                 "resync on a new session")
+        self.assert_placement()
+
+
 class RestTest(PatroniSuite, unittest.TestCase):
     """The same cluster seen only through Patroni's REST API (GET /cluster)."""
     SOURCE = "patroni"

@@ -123,6 +123,18 @@ static void etcd_source(void **state)
 	assert_int_equal(c.npatroni, 2);
 	assert_string_equal(c.patroni_urls[1], "http://b:8008");
 	assert_int_equal(c.poll_interval_ms, 250);
+	assert_int_equal(load("[cluster]\nsource = zookeeper\nscope = demo\nzookeeper_hosts = "
+			      "127.0.0.1:2181, 127.0.0.1:2182/chroot\nzookeeper_session_timeout = 4s\n"
+			      "[listener rw]\nlisten = 127.0.0.1:6432\n",
+			      &c, err),
+			 0);
+	assert_int_equal(c.nzk, 2);
+	assert_string_equal(c.zk_hosts[1], "127.0.0.1:2182/chroot");
+	assert_int_equal(c.zk_session_timeout_ms, 4000);
+	expect_error("[cluster]\nsource = zookeeper\nscope = d\nzookeeper_hosts = zk1\n",
+		     ":3: zookeeper_hosts: \"zk1\": needs host:port");
+	expect_error("[cluster]\nsource = zookeeper\nzookeeper_hosts = a:1\n[listener x]\nlisten = h:1\n",
+		     ":2: scope: source = zookeeper needs the Patroni scope");
 	expect_error("[cluster]\nsource = patroni\n[listener x]\nlisten = h:1\n",
 		     ":2: patroni_urls: source = patroni needs");
 	expect_error("[cluster]\nsource = etcd\n[listener x]\nlisten = h:1\n",
