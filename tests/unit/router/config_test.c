@@ -132,7 +132,7 @@ static void etcd_source(void **state)
 	assert_string_equal(c.zk_hosts[1], "127.0.0.1:2182/chroot");
 	assert_int_equal(c.zk_session_timeout_ms, 4000);
 	expect_error("[cluster]\nsource = zookeeper\nscope = d\nzookeeper_hosts = zk1\n",
-		     ":3: zookeeper_hosts: \"zk1\": needs host:port");
+		     ":4: zookeeper_hosts: \"zk1\": needs host:port");
 	expect_error("[cluster]\nsource = zookeeper\nzookeeper_hosts = a:1\n[listener x]\nlisten = h:1\n",
 		     ":2: scope: source = zookeeper needs the Patroni scope");
 	expect_error("[cluster]\nsource = patroni\n[listener x]\nlisten = h:1\n",
