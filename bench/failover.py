@@ -136,13 +136,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dcs", choices=("etcd", "zookeeper"), default="etcd",
+                    help="Patroni's DCS; pgrouter's first instance follows it, the second "
+                         "polls Patroni's REST API")
     args = ap.parse_args()
-    pc = PatroniCluster(3).start()
+    pc = PatroniCluster(3, dcs=args.dcs).start()
     try:
         pc.leader().sql("create table fo (k int, i int)")
+        dcs_conf = ({"source": "etcd", "etcd_endpoints": pc.etcd.url, "scope": pc.scope}
+                    if args.dcs == "etcd" else
+                    {"source": "zookeeper", "zookeeper_hosts": pc.zk.hostport,
+                     "scope": pc.scope})
         router = Router(None, {"rw": {"target_session_attrs": "read-write"}}, pc.dir,
-                        cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url,
-                                 "scope": pc.scope},
+                        cluster=dcs_conf,
                         probe_interval="1s", queue_timeout="30s", log_level="info").start()
         rest = Router(None, {"rw": {"target_session_attrs": "read-write"}}, pc.dir,
                       cluster={"source": "patroni", "poll_interval": "500ms",
@@ -151,7 +157,7 @@ def main():
         haproxy = PatroniHAProxy(pc.dir, pc.nodes).start()
         wait_for(lambda: _works(haproxy.port), 20, "haproxy routing to the primary")
         rows = []
-        ways = (("pgrouter", router.port("rw"), router),
+        ways = (("pgrouter-" + args.dcs, router.port("rw"), router),
                 ("pgrouter-rest", rest.port("rw"), rest),
                 ("haproxy", haproxy.port, None))
         for r in range(args.rounds):

@@ -647,7 +647,7 @@ class CheckTest(unittest.TestCase):
         r = subprocess.run([PGROUTER, "--version"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0)
         self.assertRegex(r.stdout, r"^pgrouter \d+\.\d+\.\d+")
-        for name in ("pgrouter.ini", "patroni-etcd.ini"):
+        for name in ("pgrouter.ini", "patroni-etcd.ini", "patroni-zookeeper.ini"):
             conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf",
                                 name)
             r = subprocess.run([PGROUTER, "--check", "-c", conf], capture_output=True, text=True)

@@ -405,6 +405,25 @@ class ZooKeeperTest(PatroniSuite, unittest.TestCase):
                  "resync on a new session")
         self.assert_placement()
 
+    def test_j_chroot_and_several_hosts(self):
+        """A dead host first in the list, and a chroot: with chroot /service and
+        namespace /, pgrouter reads Patroni's /service/<scope> keys."""
+        from cluster import free_port
+        r2 = Router(None, LISTENERS, self.pc.dir,
+                    cluster={"source": "zookeeper", "scope": self.pc.scope, "namespace": "/",
+                             "zookeeper_hosts": "127.0.0.1:%d, %s/service" % (
+                                 free_port(), self.pc.zk.hostport)},
+                    probe_interval=self.PROBE, queue_timeout="20s")
+        r2.start()
+        try:
+            leader = self.pc.leader()
+            wait_for(lambda: try_port(r2.dsn("rw", connect_timeout=20)) == leader.pg_port, 30,
+                     "routing through a chroot")
+            self.assertIn("zookeeper: watching /%s on 127.0.0.1:" % self.pc.scope,
+                          r2.log_text())
+        finally:
+            self.assertEqual(r2.stop(), 0)
+
 
 class RestTest(PatroniSuite, unittest.TestCase):
     """The same cluster seen only through Patroni's REST API (GET /cluster)."""
