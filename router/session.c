@@ -255,12 +255,19 @@ static void route(struct session *s)
 		session_fail(s, "57P01", "pgrouter is shutting down");
 		return;
 	}
-	int i = select_server(w->topo, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
+	/* The newest snapshot, not the worker's cached one: the worker learns of a
+	 * publish a moment later (its notify event), and a session must not route
+	 * on a view older than the last publish — e.g. to a primary already
+	 * draining for a switchover. One uncontended lock per new session. */
+	struct topology *t = topo_acquire();
+	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
 	if (i >= 0) {
-		s->srv_role = w->topo->e[i].role;
-		connect_server(s, w->topo->e[i].srv);
+		s->srv_role = t->e[i].role;
+		connect_server(s, t->e[i].srv);
+		topo_release(t);
 		return;
 	}
+	topo_release(t);
 	uint64_t now = now_ms();
 	if (now >= s->deadline_ms) {
 		no_server(s);
