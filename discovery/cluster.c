@@ -256,3 +256,28 @@ unsigned patroni_view(const struct patroni_cluster *pc, bool probes_on, const ch
 	}
 	return n;
 }
+
+void patroni_publish_keys(struct disc_cluster *c, const struct patroni_keys *k, bool probes_on,
+			  const char *source, char *leader, const char *note)
+{
+	static struct patroni_cluster pc; /* main thread only; large */
+	patroni_parse(k, &pc);
+	if (strcmp(pc.leader, leader) != 0) {
+		disc_log(DISC_LOG_INFO, "%s: leader key %s%s%s", source,
+			 pc.leader[0] ? "now names " : "is gone", pc.leader, note);
+		snprintf(leader, 128, "%s", pc.leader);
+	}
+	if (pc.skipped)
+		disc_log(DISC_LOG_WARNING, "%s: %u member(s) could not be read", source, pc.skipped);
+	struct disc_view_entry v[PATRONI_MAX_MEMBERS];
+	unsigned n = patroni_view(&pc, probes_on, source, v);
+	disc_cluster_set(c, v, n);
+}
+
+void patroni_base_path(char *buf, size_t len, const char *namespace_, const char *scope)
+{
+	const char *ns = namespace_ && *namespace_ ? namespace_ : "/service/";
+	size_t nl = strlen(ns);
+	snprintf(buf, len, "%s%s%s%s", ns[0] == '/' ? "" : "/", ns, ns[nl - 1] == '/' ? "" : "/",
+		 scope);
+}

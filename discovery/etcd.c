@@ -158,19 +158,9 @@ static char *json_body(json_t *j)
 
 static void publish_view(struct disc_etcd *e)
 {
-	static struct patroni_cluster pc; /* main thread only; large */
-	patroni_parse(&e->keys, &pc);
-	if (strcmp(pc.leader, e->leader) != 0) {
-		disc_log(DISC_LOG_INFO, "etcd: leader key %s%s (revision %lld)",
-			 pc.leader[0] ? "now names " : "is gone", pc.leader,
-			 (long long)e->revision);
-		snprintf(e->leader, sizeof(e->leader), "%s", pc.leader);
-	}
-	struct disc_view_entry v[PATRONI_MAX_MEMBERS];
-	unsigned n = patroni_view(&pc, e->probes_on, "etcd", v);
-	if (pc.skipped)
-		disc_log(DISC_LOG_WARNING, "etcd: %u member key(s) could not be read", pc.skipped);
-	disc_cluster_set(e->cluster, v, n);
+	char note[48];
+	snprintf(note, sizeof(note), " (revision %lld)", (long long)e->revision);
+	patroni_publish_keys(e->cluster, &e->keys, e->probes_on, "etcd", e->leader, note);
 }
 
 /* key bytes (full path) → relative key, or NULL if outside our prefix */
@@ -462,10 +452,9 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 	e->base = base;
 	e->cfg = *cfg;
 	patroni_keys_init(&e->keys);
-	/* "/service/" + "demo" + "/" */
-	const char *ns = cfg->namespace_ && *cfg->namespace_ ? cfg->namespace_ : "/service/";
-	snprintf(e->prefix, sizeof(e->prefix), "%s%s%s%s/", ns[0] == '/' ? "" : "/", ns,
-		 ns[strlen(ns) - 1] == '/' ? "" : "/", cfg->scope);
+	/* "/service/demo" + "/": the keys' prefix */
+	patroni_base_path(e->prefix, sizeof(e->prefix) - 1, cfg->namespace_, cfg->scope);
+	strcat(e->prefix, "/");
 	size_t pl = strlen(e->prefix);
 	char end[sizeof(e->prefix)];
 	memcpy(end, e->prefix, pl);

@@ -109,6 +109,15 @@ int patroni_parse_rest(const char *body, size_t len, struct patroni_cluster *c);
 /* Members → view entries for cluster.c (servers from the registry). Returns the count. */
 unsigned patroni_view(const struct patroni_cluster *pc, bool probes_on, const char *source,
 		      struct disc_view_entry *v);
+/*
+ * Parse a DCS source's keys and publish them through c: logs a leader change
+ * ("<source>: leader key now names X<note>", leader holds the last one seen,
+ * 128 bytes), builds the view and sets it. One path for etcd and ZooKeeper.
+ */
+void patroni_publish_keys(struct disc_cluster *c, const struct patroni_keys *k, bool probes_on,
+			  const char *source, char *leader, const char *note);
+/* "/<namespace>/<scope>" (namespace defaults to /service/) into buf. */
+void patroni_base_path(char *buf, size_t len, const char *namespace_, const char *scope);
 int patroni_parse_conn_url(const char *url, char *host, size_t hostlen, char *port,
 			   size_t portlen);
 

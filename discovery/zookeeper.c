@@ -307,18 +307,9 @@ static void handle(struct disc_zk *z, struct zk_msg *m)
 
 static void publish_view(struct disc_zk *z)
 {
-	static struct patroni_cluster pc; /* main thread only; large */
-	patroni_parse(&z->keys, &pc);
-	if (strcmp(pc.leader, z->leader) != 0) {
-		disc_log(DISC_LOG_INFO, "zookeeper: leader key %s%s", pc.leader[0] ? "now names " : "is gone",
-			 pc.leader);
-		snprintf(z->leader, sizeof(z->leader), "%s", pc.leader);
-	}
-	struct disc_view_entry v[PATRONI_MAX_MEMBERS];
-	unsigned n = patroni_view(&pc, z->probes_on, "zookeeper", v);
-	disc_cluster_set(z->cluster, v, n);
+	patroni_publish_keys(z->cluster, &z->keys, z->probes_on, "zookeeper", z->leader, "");
 	if (!z->have_view)
-		disc_log(DISC_LOG_INFO, "zookeeper: %u member(s) under %s", pc.n, z->base_path);
+		disc_log(DISC_LOG_INFO, "zookeeper: %u key(s) under %s", z->keys.n, z->base_path);
 	z->have_view = true;
 }
 
@@ -394,9 +385,7 @@ struct disc_zk *disc_zk_start(struct event_base *base, const struct disc_zk_conf
 	for (unsigned i = 0; i < cfg->nhosts && off < sizeof(z->hosts); i++)
 		off += (size_t)snprintf(z->hosts + off, sizeof(z->hosts) - off, "%s%s", i ? "," : "",
 					cfg->hosts[i]);
-	const char *ns = cfg->namespace_ && *cfg->namespace_ ? cfg->namespace_ : "/service/";
-	snprintf(z->base_path, sizeof(z->base_path), "%s%s%s%s", ns[0] == '/' ? "" : "/", ns,
-		 ns[strlen(ns) - 1] == '/' ? "" : "/", cfg->scope);
+	patroni_base_path(z->base_path, sizeof(z->base_path), cfg->namespace_, cfg->scope);
 	z->wake = event_new(base, -1, 0, wake_cb, z);
 	z->retry = evtimer_new(base, retry_cb, z);
 	z->cluster = disc_cluster_new(base, "zookeeper", pc, false);

@@ -13,6 +13,15 @@ from cluster import (PG_BIN, as_postgres, chown_postgres, free_port, pid_alive, 
                      track, untrack, wait_for)
 
 
+def stop_tracked(proc, sig=signal.SIGTERM):
+    """Stop a process the harness started (by PID) and forget it."""
+    if proc and proc.poll() is None:
+        stop_pid(proc.pid, sig)
+        proc.wait()
+    if proc:
+        untrack(proc)
+
+
 def http_json(url, timeout=2):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read().decode())
@@ -69,11 +78,7 @@ class Etcd:
                               env=dict(os.environ, ETCDCTL_API="3"))
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            stop_pid(self.proc.pid, sig)
-            self.proc.wait()
-        if self.proc:
-            untrack(self.proc)
+        stop_tracked(self.proc, sig)
 
     def get_prefix(self, prefix):
         """{key: value} under prefix, through etcdctl (v3)."""
@@ -130,11 +135,7 @@ class ZooKeeper:
             return False
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            stop_pid(self.proc.pid, sig)
-            self.proc.wait()
-        if self.proc:
-            untrack(self.proc)
+        stop_tracked(self.proc, sig)
 
 
 class PatroniNode:
