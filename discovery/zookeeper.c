@@ -12,6 +12,14 @@
  *   node missing      ─▶ key dropped, exists-watch set so its creation is seen
  *   CONNECTING        ─▶ last view kept, marked stale (the session may resume)
  *   EXPIRED           ─▶ close, new session, read everything again
+ *   member deleted    ─▶ kept for MEMBER_HOLD_MS before it leaves the view
+ *
+ * Patroni deletes and re-creates its member znode when its tags, version,
+ * state (into or out of running) or checkpoint_after_promote change — on the
+ * new primary right after a promotion, too. Taken literally, that gap would
+ * shed every session on the member for nothing; so a member that vanishes is
+ * kept (with its last data) until it comes back or the hold ends. It decides
+ * no write on its own: a primary also needs the leader key, which is not touched.
  *
  * Answers from an older session are told apart by a generation number and dropped.
  */
@@ -22,9 +30,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zookeeper/zookeeper.h>
 
 #include "discovery/internal.h"
+
+#define MEMBER_HOLD_MS 1000
 
 enum zk_kind { ZK_SESSION, ZK_WATCH, ZK_DATA, ZK_NONODE, ZK_ABSENT, ZK_CHILDREN, ZK_ERROR };
 
@@ -44,7 +55,12 @@ struct disc_zk {
 	struct event_base *base;
 	struct disc_zk_config cfg;
 	struct disc_cluster *cluster;
-	struct event *wake, *retry;
+	struct event *wake, *retry, *hold;
+	struct { /* members whose znode is gone, until they return or the hold ends */
+		char key[300];
+		uint64_t until_ms;
+	} vanished[PATRONI_MAX_MEMBERS];
+	unsigned nvanished;
 	zhandle_t *zh;
 	uint64_t gen; /* of the current session */
 	char hosts[1024];
@@ -211,6 +227,78 @@ static void set_stale(struct disc_zk *z, bool stale, const char *why)
 	disc_cluster_set_stale(z->cluster, stale);
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void vanished_forget(struct disc_zk *z, unsigned i)
+{
+	z->vanished[i] = z->vanished[--z->nvanished];
+}
+
+/* a member's znode is gone: hold its last data for MEMBER_HOLD_MS (see top) */
+static void member_gone(struct disc_zk *z, const char *rel)
+{
+	if (!patroni_keys_get(&z->keys, rel))
+		return;
+	for (unsigned i = 0; i < z->nvanished; i++)
+		if (strcmp(z->vanished[i].key, rel) == 0)
+			return; /* already held; the first deadline stands */
+	if (z->nvanished == PATRONI_MAX_MEMBERS) {
+		patroni_keys_del(&z->keys, rel);
+		z->dirty = true;
+		return;
+	}
+	snprintf(z->vanished[z->nvanished].key, sizeof(z->vanished[0].key), "%s", rel);
+	z->vanished[z->nvanished++].until_ms = now_ms() + MEMBER_HOLD_MS;
+	disc_log(DISC_LOG_DEBUG, "zookeeper: %s deleted; held %d ms in case Patroni re-creates it",
+		 rel, MEMBER_HOLD_MS);
+	struct timeval tv = { MEMBER_HOLD_MS / 1000, (MEMBER_HOLD_MS % 1000) * 1000 };
+	if (!evtimer_pending(z->hold, NULL))
+		event_add(z->hold, &tv);
+}
+
+static void member_back(struct disc_zk *z, const char *rel)
+{
+	for (unsigned i = 0; i < z->nvanished; i++)
+		if (strcmp(z->vanished[i].key, rel) == 0) {
+			vanished_forget(z, i);
+			return;
+		}
+}
+
+static void publish_view(struct disc_zk *z);
+
+static void hold_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disc_zk *z = arg;
+	uint64_t now = now_ms(), next = 0;
+	for (unsigned i = 0; i < z->nvanished;) {
+		if (z->vanished[i].until_ms <= now) {
+			disc_log(DISC_LOG_INFO, "zookeeper: %s is gone", z->vanished[i].key);
+			patroni_keys_del(&z->keys, z->vanished[i].key);
+			z->dirty = true;
+			vanished_forget(z, i);
+		} else {
+			if (!next || z->vanished[i].until_ms < next)
+				next = z->vanished[i].until_ms;
+			i++;
+		}
+	}
+	if (next) {
+		uint64_t d = next - now;
+		struct timeval tv = { (time_t)(d / 1000), (suseconds_t)(d % 1000) * 1000 };
+		event_add(z->hold, &tv);
+	}
+	if (z->dirty) {
+		z->dirty = false;
+		publish_view(z);
+	}
+}
+
 static void open_session(struct disc_zk *z);
 
 static void on_session(struct disc_zk *z, int state)
@@ -235,18 +323,15 @@ static void on_session(struct disc_zk *z, int state)
 
 static void on_children(struct disc_zk *z, struct zk_msg *m)
 {
-	/* members/<name>: drop the ones gone, read (and watch) the others */
-	for (unsigned i = 0; i < z->keys.n;) {
+	/* members/<name>: the ones gone are held (a full hold deletes at once and
+	 * moves the last key into the slot, so walk from the end) */
+	for (unsigned i = z->keys.n; i-- > 0;) {
 		const char *k = z->keys.kv[i].key;
 		bool keep = strncmp(k, "members/", 8) != 0;
 		for (int c = 0; !keep && c < m->nchildren; c++)
 			keep = strcmp(k + 8, m->children[c]) == 0;
-		if (keep) {
-			i++;
-		} else {
-			patroni_keys_del(&z->keys, k); /* moves the last key here */
-			z->dirty = true;
-		}
+		if (!keep)
+			member_gone(z, k);
 	}
 	for (int c = 0; c < m->nchildren; c++) {
 		char rel[300];
@@ -266,27 +351,28 @@ static void handle(struct disc_zk *z, struct zk_msg *m)
 		break;
 	case ZK_WATCH:
 		if (rel && m->type != ZOO_NOTWATCHING_EVENT) {
-			if (strncmp(rel, "members/", 8) == 0 && m->type == ZOO_DELETED_EVENT) {
-				patroni_keys_del(&z->keys, rel);
-				z->dirty = true;
-			}
+			if (strncmp(rel, "members/", 8) == 0 && m->type == ZOO_DELETED_EVENT)
+				member_gone(z, rel);
 			get(z, rel);
 		}
 		break;
 	case ZK_DATA:
 		if (rel) {
 			patroni_keys_put(&z->keys, rel, m->data ? m->data : "", (size_t)m->len);
+			member_back(z, rel);
 			z->dirty = true;
 		}
 		break;
 	case ZK_NONODE:
 		if (rel) {
-			if (patroni_keys_get(&z->keys, rel)) {
-				patroni_keys_del(&z->keys, rel);
-				z->dirty = true;
-			}
 			/* member znodes come back through members' child watch */
-			if (strncmp(rel, "members/", 8) != 0) {
+			if (strncmp(rel, "members/", 8) == 0) {
+				member_gone(z, rel);
+			} else {
+				if (patroni_keys_get(&z->keys, rel)) {
+					patroni_keys_del(&z->keys, rel);
+					z->dirty = true;
+				}
 				char path[1024];
 				snprintf(path, sizeof(path), "%s/%s", z->base_path, rel);
 				zoo_awexists(z->zh, path, watcher, (void *)(uintptr_t)z->gen, exists_done,
@@ -388,8 +474,9 @@ struct disc_zk *disc_zk_start(struct event_base *base, const struct disc_zk_conf
 	patroni_base_path(z->base_path, sizeof(z->base_path), cfg->namespace_, cfg->scope);
 	z->wake = event_new(base, -1, 0, wake_cb, z);
 	z->retry = evtimer_new(base, retry_cb, z);
+	z->hold = evtimer_new(base, hold_cb, z);
 	z->cluster = disc_cluster_new(base, "zookeeper", pc, false);
-	if (!z->wake || !z->retry || !z->cluster) {
+	if (!z->wake || !z->retry || !z->hold || !z->cluster) {
 		snprintf(err, errlen, "out of memory");
 		disc_zk_stop(z);
 		return NULL;
@@ -417,6 +504,8 @@ void disc_zk_stop(struct disc_zk *z)
 		event_free(z->wake);
 	if (z->retry)
 		event_free(z->retry);
+	if (z->hold)
+		event_free(z->hold);
 	disc_cluster_free(z->cluster);
 	patroni_keys_clear(&z->keys);
 	pthread_mutex_destroy(&z->lock);

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 
 from cluster import PG_BIN, Router, port_of, wait_for  # noqa: E402
-from patroni import PatroniCluster  # noqa: E402
+from patroni import PatroniCluster, http_json  # noqa: E402
 from wire import Wire, cstr, error_fields, msg  # noqa: E402
 
 LISTENERS = {
@@ -330,8 +330,10 @@ class PatroniSuite:
         self.pc.tags[node.name] = {"noloadbalance": "true"}
         node.write_conf()
         os.kill(node.proc.pid, signal.SIGHUP)  # Patroni reloads its tags
+        # a session that lands on node just before pgrouter sees the tag is shed
+        # (57P01) at its first boundary: that is the rule, so it counts as "not yet"
         try:
-            wait_for(lambda: {port_of(self.router.dsn("ro")) for _ in range(10)} ==
+            wait_for(lambda: {try_port(self.router.dsn("ro")) for _ in range(10)} ==
                      {n.pg_port for n in self.pc.replicas() if n is not node}, 20,
                      "noloadbalance member out of the read rotation")
             # it is still a server for "any"
@@ -340,8 +342,42 @@ class PatroniSuite:
             self.pc.tags.pop(node.name)
             node.write_conf()
             os.kill(node.proc.pid, signal.SIGHUP)
-        wait_for(lambda: node.pg_port in {port_of(self.router.dsn("ro")) for _ in range(10)},
+        wait_for(lambda: node.pg_port in {try_port(self.router.dsn("ro")) for _ in range(10)},
                  20, "back in the read rotation")
+
+    def test_g_tag_change_keeps_sessions(self):
+        """A tag change on the primary and on a replica sheds nobody. (Patroni on
+        ZooKeeper deletes and re-creates the member znode for it; the member must
+        not look gone meanwhile.)"""
+        leader, replica = self.pc.leader(), self.pc.replicas()[0]
+        rw = self.session_on("rw", leader)
+        ro = self.session_on("ro", replica)
+        shed_before = self.router.log_text().count("changed role")
+        for n in (leader, replica):
+            self.pc.tags[n.name] = {"nosync": "true"}
+            n.write_conf()
+            os.kill(n.proc.pid, signal.SIGHUP)
+        try:
+            def tagged():
+                members = http_json(leader.api + "/cluster")["members"]
+                return all(m.get("tags", {}).get("nosync") for m in members
+                           if m["name"] in (leader.name, replica.name))
+            wait_for(tagged, 20, "the nosync tag in the DCS", interval=0.2)
+            time.sleep(2.5)  # beyond pgrouter's hold and Patroni's next loop
+            for w, port in ((rw, leader.pg_port), (ro, replica.pg_port)):
+                w.send(msg(b"Q", cstr("select inet_server_port()")))
+                got = w.read_until_ready()
+                rows = [b for t, b in got if t == b"D"]
+                self.assertTrue(rows, got)
+                self.assertEqual(int(rows[0][6:]), port)
+            self.assertEqual(self.router.log_text().count("changed role"), shed_before)
+        finally:
+            for n in (leader, replica):
+                self.pc.tags.pop(n.name, None)
+                n.write_conf()
+                os.kill(n.proc.pid, signal.SIGHUP)
+            rw.close()
+            ro.close()
 
 
 class EtcdTest(PatroniSuite, unittest.TestCase):
