@@ -7,8 +7,14 @@ Reports TPS and each proxy's ratio to direct, the CPU time each proxy process
 used per transaction (utime+stime from /proc/PID/stat), and its memory per idle
 session (RSS growth with N idle sessions open / N).
 
+With --tls every client connects with sslmode=require: PostgreSQL runs with
+ssl=on (a test CA's certificate), pgrouter and PgBouncer terminate the
+client's TLS and reach the server in plaintext, and HAProxy, which cannot
+terminate PostgreSQL's TLS (it starts with an SSLRequest), passes it through in
+TCP mode to the TLS-enabled server; "direct" is TLS to PostgreSQL itself.
+
 Usage: /usr/bin/python3 bench/run.py [--duration 10] [--clients 1,8,32]
-                                     [--idle 1000] [--workers 1] [--out FILE]
+                                     [--idle 1000] [--workers 1] [--tls] [--out FILE]
 """
 import argparse
 import json
@@ -19,12 +25,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "harness"))
 from cluster import (PG_BIN, PgCluster, Router, as_postgres, chown_postgres,  # noqa: E402
                      free_port, stop_pid, track, untrack, wait_for)
+from tlsca import TestCA  # noqa: E402
 from wire import Wire  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -101,7 +109,7 @@ listen pg
 class PgBouncer(Proxy):
     name = "pgbouncer"
 
-    def __init__(self, workdir, backend_port):
+    def __init__(self, workdir, backend_port, tls=None):
         self.dir = os.path.join(workdir, "pgbouncer")
         os.makedirs(self.dir, exist_ok=True)
         chown_postgres(self.dir)
@@ -128,6 +136,9 @@ pidfile =
 log_connections = 0
 log_disconnections = 0
 """ % (backend_port, self.port, self.dir, self.dir))
+            if tls:
+                f.write("client_tls_sslmode = require\nclient_tls_cert_file = %s\n"
+                        "client_tls_key_file = %s\nserver_tls_sslmode = disable\n" % tls)
         for p in ("users.txt", "pgbouncer.ini"):
             chown_postgres(os.path.join(self.dir, p))
 
@@ -138,11 +149,16 @@ log_disconnections = 0
 class PgRouterTarget:
     name = "pgrouter"
 
-    def __init__(self, workdir, cluster, workers):
+    def __init__(self, workdir, cluster, workers, tls=None):
+        settings = {}
+        if tls:
+            settings = {"client_tls": "require", "client_tls_cert": tls[0],
+                        "client_tls_key": tls[1]}
+        self.tls = bool(tls)
         self.router = Router([s.addr for s in cluster.servers],
                              {"rw": {"target_session_attrs": "read-write"}}, workdir,
                              workers=workers, log_level="warning", max_client_conn=5000,
-                             probe_interval="1s")
+                             probe_interval="1s", **settings)
 
     def start(self):
         old = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -158,6 +174,8 @@ class PgRouterTarget:
     def _routes(self):
         try:
             w = Wire(self.router.port("rw"), timeout=2)
+            if self.tls:
+                w.start_tls()
             w.login()
             w.close()
             return True
@@ -168,14 +186,15 @@ class PgRouterTarget:
         self.router.stop()
 
 
-def pgbench(port, clients, duration, connect_each, extra=()):
+def pgbench(port, clients, duration, connect_each, extra=(), tls=False):
     threads = min(clients, 2)
     cmd = [os.path.join(PG_BIN, "pgbench"), "-n", "-S", "-T", str(duration), "-c", str(clients),
            "-j", str(threads), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     if connect_each:
         cmd.append("-C")
     cmd += list(extra) + ["postgres"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, PGSSLMODE="require" if tls else "disable")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError("pgbench failed: %s\n%s" % (" ".join(cmd), r.stderr[-2000:]))
     tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))
@@ -190,11 +209,15 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def idle_rss_per_session(port, pid, n):
+def idle_rss_per_session(port, pid, n, tls=False):
     """RSS growth of pid per idle session, with n fully started sessions open."""
-    warm = [Wire(port) for _ in range(20)]
-    for w in warm:
+    def session():
+        w = Wire(port)
+        if tls:
+            w.start_tls()
         w.login()
+        return w
+    warm = [session() for _ in range(20)]
     for w in warm:
         w.close()
     time.sleep(0.5)
@@ -202,9 +225,7 @@ def idle_rss_per_session(port, pid, n):
     held = []
     try:
         for _ in range(n):
-            w = Wire(port)
-            w.login()
-            held.append(w)
+            held.append(session())
         time.sleep(0.5)
         after = rss_kb(pid)
     finally:
@@ -224,13 +245,23 @@ def main():
                     help="runs per cell; the median is reported (this machine is noisy)")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--only", default="direct,pgrouter,haproxy,pgbouncer")
+    ap.add_argument("--tls", action="store_true",
+                    help="clients use TLS (sslmode=require); see the top of this file")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     args = ap.parse_args()
     raise_nofile()
     clients = [int(c) for c in args.clients.split(",")]
     only = args.only.split(",")
 
-    cluster = PgCluster(2, conf={"max_connections": args.idle + 300}).start()
+    conf = {"max_connections": args.idle + 300}
+    tls = None
+    if args.tls:
+        tlsdir = tempfile.mkdtemp(prefix="pgrouter-bench-tls-")
+        os.chmod(tlsdir, 0o755)
+        chown_postgres(tlsdir)
+        tls = TestCA(tlsdir).issue("server", "127.0.0.1", ["IP:127.0.0.1"])
+        conf.update(ssl="on", ssl_cert_file="'%s'" % tls[0], ssl_key_file="'%s'" % tls[1])
+    cluster = PgCluster(2, conf=conf).start()
     targets = []
     results = {"runs": [], "idle_bytes": {}, "config": vars(args)}
     try:
@@ -240,11 +271,11 @@ def main():
         cluster.primary.sql("vacuum analyze")
         backend = cluster.primary.port
         if "pgrouter" in only:
-            targets.append(PgRouterTarget(cluster.dir, cluster, args.workers).start())
+            targets.append(PgRouterTarget(cluster.dir, cluster, args.workers, tls).start())
         if "haproxy" in only and shutil.which("haproxy"):
             targets.append(HAProxy(cluster.dir, backend).start())
         if "pgbouncer" in only and shutil.which("pgbouncer"):
-            targets.append(PgBouncer(cluster.dir, backend).start())
+            targets.append(PgBouncer(cluster.dir, backend, tls).start())
         ways = ([("direct", backend, None)] if "direct" in only else []) + \
             [(t.name, t.port, t.proc.pid) for t in targets]
 
@@ -255,7 +286,8 @@ def main():
                 for _ in range(args.repeat):
                     for name, port, pid in ways:
                         cpu0 = cpu_seconds(pid) if pid else 0
-                        tps, txns, failed = pgbench(port, c, args.duration, connect_each)
+                        tps, txns, failed = pgbench(port, c, args.duration, connect_each,
+                                                    tls=args.tls)
                         cpu = (cpu_seconds(pid) - cpu0) if pid else 0
                         samples[name].append((tps, txns, failed, cpu))
                 for name, port, pid in ways:
@@ -273,13 +305,15 @@ def main():
         if args.idle:
             for t in targets:
                 results["idle_bytes"][t.name] = idle_rss_per_session(t.port, t.proc.pid,
-                                                                     args.idle)
+                                                                     args.idle, args.tls)
                 print("%-10s %.0f bytes RSS per idle session (%d open)" % (
                     t.name, results["idle_bytes"][t.name], args.idle), flush=True)
     finally:
         for t in targets:
             t.stop()
         cluster.cleanup()
+        if tls:
+            shutil.rmtree(os.path.dirname(tls[0]), ignore_errors=True)
 
     report(results, clients)
     if args.out:
@@ -301,7 +335,8 @@ def report(results, clients):
         return None
 
     print()
-    print("pgbench -S (select-only), TPS and ratio to direct")
+    print("pgbench -S (select-only)%s, TPS and ratio to direct" % (
+        ", clients on TLS (sslmode=require)" if results["config"].get("tls") else ""))
     hdr = "| mode | clients | " + " | ".join(ways) + " |"
     print(hdr)
     print("|" + "---|" * (2 + len(ways)))

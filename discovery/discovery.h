@@ -96,6 +96,7 @@ struct disc_probe_config {
 	unsigned interval_ms;
 	unsigned timeout_ms;
 	const char *user, *password, *dbname;
+	const char *sslmode, *sslrootcert, *sslcert, *sslkey; /* libpq's; NULL or "": its default */
 	int64_t max_lag;
 };
 

@@ -183,11 +183,20 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (p->conn)
 		PQfinish(p->conn);
-	const char *keys[] = { "host", "port", "user", "password", "dbname", "application_name",
-			       "gssencmode", NULL };
-	const char *vals[] = { p->srv->host, p->srv->port, p->pc->user,
-			       p->pc->password && *p->pc->password ? p->pc->password : NULL,
-			       p->pc->dbname, "pgrouter-probe", "disable", NULL };
+	/* libpq skips a NULL value, so unset optional keys go last */
+	const char *keys[12] = { "host", "port", "user", "dbname", "application_name", "gssencmode" };
+	const char *vals[12] = { p->srv->host, p->srv->port, p->pc->user, p->pc->dbname,
+				 "pgrouter-probe", "disable" };
+	unsigned n = 6;
+	const char *opt_keys[] = { "password", "sslmode", "sslrootcert", "sslcert", "sslkey" };
+	const char *opt_vals[] = { p->pc->password, p->pc->sslmode, p->pc->sslrootcert,
+				   p->pc->sslcert, p->pc->sslkey };
+	for (unsigned i = 0; i < sizeof(opt_keys) / sizeof(opt_keys[0]); i++)
+		if (opt_vals[i] && *opt_vals[i]) {
+			keys[n] = opt_keys[i];
+			vals[n++] = opt_vals[i];
+		}
+	keys[n] = vals[n] = NULL;
 	p->conn = PQconnectStartParams(keys, vals, 0);
 	if (!p->conn || PQstatus(p->conn) == CONNECTION_BAD) {
 		fail(p, p->conn ? PQerrorMessage(p->conn) : "out of memory");

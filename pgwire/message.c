@@ -67,3 +67,34 @@ int pgw_error_parse(const uint8_t *body, uint32_t len, struct pgw_error_fields *
 		return PGW_MALFORMED;
 	return 0;
 }
+
+int pgw_sasl_drop_mechanism(const uint8_t *msg, size_t len, const char *mech, uint8_t *out,
+			    size_t cap)
+{
+	if (len < PGW_HEADER_LEN + 4 || msg[0] != PGW_MSG_AUTH || pgw_get32(msg + 1) != len - 1 ||
+	    pgw_get32(msg + PGW_HEADER_LEN) != PGW_AUTH_SASL || cap < PGW_HEADER_LEN + 4)
+		return PGW_MALFORMED;
+	size_t o = PGW_HEADER_LEN + 4, mlen = strlen(mech) + 1;
+	memcpy(out, msg, o);
+	const uint8_t *p = msg + o, *end = msg + len;
+	for (;;) {
+		const uint8_t *nul = memchr(p, 0, (size_t)(end - p));
+		if (!nul)
+			return PGW_MALFORMED;
+		size_t n = (size_t)(nul - p) + 1;
+		bool last = n == 1;
+		if (last && nul + 1 != end)
+			return PGW_MALFORMED; /* bytes after the list's end */
+		if (last || n != mlen || memcmp(p, mech, n) != 0) {
+			if (o + n > cap)
+				return PGW_MALFORMED;
+			memcpy(out + o, p, n);
+			o += n;
+		}
+		if (last)
+			break;
+		p = nul + 1;
+	}
+	pgw_put32(out + 1, (uint32_t)(o - 1));
+	return (int)o;
+}

@@ -167,6 +167,18 @@ int pgw_first_parse(const uint8_t *p, size_t n, struct pgw_first *out);
 /* Authentication request code of an 'R' body; -1 if the body is too short. */
 int32_t pgw_auth_code(const uint8_t *body, uint32_t len);
 
+#define PGW_AUTH_SASL 10
+
+/*
+ * Rewrite an AuthenticationSASL message (whole: type, length, body) without
+ * the mechanism `mech`, into out (capacity cap). Returns the new message's
+ * length (equal to the input's when mech is not listed), or PGW_MALFORMED
+ * (not an AuthenticationSASL message, a name not terminated, no terminating
+ * empty name, cap too small).
+ */
+int pgw_sasl_drop_mechanism(const uint8_t *msg, size_t len, const char *mech, uint8_t *out,
+			    size_t cap);
+
 /* BackendKeyData body: 3.0 has a 4-byte key, 3.2 up to 256 bytes. */
 int pgw_backend_key(const uint8_t *body, uint32_t len, uint32_t *pid, const uint8_t **key,
 		    uint32_t *key_len);

@@ -31,6 +31,22 @@ struct parse_ctx {
 static const char *const tsa_names[] = { "any", "read-write", "read-only",
 					 "primary", "standby", "prefer-standby" };
 static const char *const lb_names[] = { "round-robin", "random", "least-connections" };
+static const char *const client_tls_names[] = { "disable", "allow", "require" };
+static const char *const server_tls_names[] = { "disable", "prefer", "require", "verify-ca",
+						"verify-full" };
+static const char *const tls_keys[TK_N] = { "client_tls",	      "client_tls_cert",
+					    "client_tls_key",	      "client_tls_ca",
+					    "client_tls_min_version", "client_tls_ciphers" };
+
+const char *client_tls_name(enum client_tls m)
+{
+	return client_tls_names[m];
+}
+
+const char *server_tls_name(enum server_tls m)
+{
+	return server_tls_names[m];
+}
 
 const char *tsa_name(enum tsa t)
 {
@@ -200,9 +216,80 @@ static int set_duration(struct parse_ctx *p, const char *key, const char *v, uns
 	return 1;
 }
 
+static int readable_file(struct parse_ctx *p, const char *k, const char *v, char *dst, size_t len)
+{
+	if (*v && access(v, R_OK) != 0)
+		return fail(p, p->line, k, "cannot read %s: %s", v, strerror(errno));
+	return set_string(p, k, v, dst, len);
+}
+
+/* client_tls* keys, in [pgrouter] or a [listener]. -1: k is not one of them. */
+static int client_tls_key(struct parse_ctx *p, const char *k, const char *v, struct tls_config *t)
+{
+	int i = 0;
+	while (i < TK_N && strcmp(k, tls_keys[i]) != 0)
+		i++;
+	if (i == TK_N)
+		return -1;
+	t->line[i] = p->line;
+	switch (i) {
+	case TK_MODE:
+		for (unsigned m = 0; m < sizeof(client_tls_names) / sizeof(client_tls_names[0]); m++)
+			if (strcmp(v, client_tls_names[m]) == 0) {
+				t->mode = (enum client_tls)m;
+				return 1;
+			}
+		return fail(p, p->line, k, "must be disable, allow or require");
+	case TK_CERT:
+		return readable_file(p, k, v, t->cert, sizeof(t->cert));
+	case TK_KEY:
+		return readable_file(p, k, v, t->key, sizeof(t->key));
+	case TK_CA:
+		return readable_file(p, k, v, t->ca, sizeof(t->ca));
+	case TK_MIN_VERSION:
+		if (strcmp(v, "TLSv1.2") != 0 && strcmp(v, "TLSv1.3") != 0)
+			return fail(p, p->line, k, "must be TLSv1.2 or TLSv1.3");
+		return set_string(p, k, v, t->min_version, sizeof(t->min_version));
+	default:
+		return set_string(p, k, v, t->ciphers, sizeof(t->ciphers));
+	}
+}
+
+static int server_tls_key(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (strcmp(k, "server_tls") == 0) {
+		c->server_tls_line[0] = p->line;
+		for (unsigned m = 0; m < sizeof(server_tls_names) / sizeof(server_tls_names[0]); m++)
+			if (strcmp(v, server_tls_names[m]) == 0) {
+				c->server_tls = (enum server_tls)m;
+				return 1;
+			}
+		return fail(p, p->line, k, "must be disable, prefer, require, verify-ca or verify-full");
+	}
+	if (strcmp(k, "server_tls_ca") == 0) {
+		c->server_tls_line[1] = p->line;
+		return readable_file(p, k, v, c->server_tls_ca, sizeof(c->server_tls_ca));
+	}
+	if (strcmp(k, "server_tls_cert") == 0) {
+		c->server_tls_line[2] = p->line;
+		return readable_file(p, k, v, c->server_tls_cert, sizeof(c->server_tls_cert));
+	}
+	if (strcmp(k, "server_tls_key") == 0) {
+		c->server_tls_line[3] = p->line;
+		return readable_file(p, k, v, c->server_tls_key, sizeof(c->server_tls_key));
+	}
+	return -1;
+}
+
 static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
+	int r = client_tls_key(p, k, v, &c->client_tls);
+	if (r < 0)
+		r = server_tls_key(p, k, v);
+	if (r >= 0)
+		return r;
 	if (strcmp(k, "workers") == 0) {
 		if (parse_uint(v, 1, 256, &c->workers) != 0)
 			return fail(p, p->line, k, "must be an integer 1..256");
@@ -362,6 +449,9 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 static int listener_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct listener_config *l = p->cur_listener;
+	int r = client_tls_key(p, k, v, &l->tls);
+	if (r >= 0)
+		return r;
 	if (strcmp(k, "listen") == 0) {
 		const char *why;
 		l->line = p->line;
@@ -448,6 +538,54 @@ static void defaults(struct config *c)
 	c->poll_interval_ms = 1000;
 	c->zk_session_timeout_ms = 10000;
 	c->max_lag = 16 * 1024 * 1024;
+	strcpy(c->client_tls.min_version, "TLSv1.2");
+}
+
+/* A listener's TLS settings: [pgrouter]'s, with the keys it sets itself on top. */
+static void inherit_tls(struct tls_config *l, const struct tls_config *g)
+{
+	if (!l->line[TK_MODE])
+		l->mode = g->mode;
+	if (!l->line[TK_CERT])
+		memcpy(l->cert, g->cert, sizeof(l->cert));
+	if (!l->line[TK_KEY])
+		memcpy(l->key, g->key, sizeof(l->key));
+	if (!l->line[TK_CA])
+		memcpy(l->ca, g->ca, sizeof(l->ca));
+	if (!l->line[TK_MIN_VERSION])
+		memcpy(l->min_version, g->min_version, sizeof(l->min_version));
+	if (!l->line[TK_CIPHERS])
+		memcpy(l->ciphers, g->ciphers, sizeof(l->ciphers));
+	for (int i = 0; i < TK_N; i++)
+		if (!l->line[i])
+			l->line[i] = g->line[i];
+}
+
+static int tls_checks(struct config *c, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		struct tls_config *t = &c->listeners[i].tls;
+		if (t->mode != CLIENT_TLS_DISABLE && (!t->cert[0] || !t->key[0])) {
+			snprintf(err, errlen,
+				 "%s:%d: client_tls: client_tls = %s needs client_tls_cert and "
+				 "client_tls_key (listener %s)",
+				 c->path, t->line[TK_MODE], client_tls_names[t->mode],
+				 c->listeners[i].name);
+			return -1;
+		}
+	}
+	if (c->server_tls >= SERVER_TLS_VERIFY_CA && !c->server_tls_ca[0]) {
+		snprintf(err, errlen, "%s:%d: server_tls: %s needs server_tls_ca (the CA file)",
+			 c->path, c->server_tls_line[0], server_tls_names[c->server_tls]);
+		return -1;
+	}
+	if (!c->server_tls_cert[0] != !c->server_tls_key[0]) {
+		int line = c->server_tls_line[2] ? c->server_tls_line[2] : c->server_tls_line[3];
+		snprintf(err, errlen, "%s:%d: server_tls_cert: set both server_tls_cert and server_tls_key",
+			 c->path, line);
+		return -1;
+	}
+	return 0;
 }
 
 int config_load(const char *path, struct config *c, char *err, size_t errlen)
@@ -516,6 +654,7 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 	}
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		struct listener_config *l = &c->listeners[i];
+		inherit_tls(&l->tls, &c->client_tls);
 		if (!l->host[0]) {
 			snprintf(err, errlen, "%s:%d: listen: [listener %s] has no listen address",
 				 path, l->line, l->name);
@@ -529,5 +668,5 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 				return -1;
 			}
 	}
-	return 0;
+	return tls_checks(c, err, errlen);
 }

@@ -71,6 +71,17 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(base, NULL);
 }
 
+/* SIGHUP: read the TLS certificates and keys again (rotated in place). A file
+ * that does not load leaves the ones in use. */
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	char err[1024];
+	if (tls_setup(router.cfg, err, sizeof(err)) != 0)
+		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
+	else
+		log_info("SIGHUP: TLS certificates and keys reloaded (other settings need a restart)");
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -101,7 +112,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	/* certificates and keys load now, so --check finds a bad one */
+	if (tls_setup(&cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
 	if (check) {
+		tls_teardown(&cfg);
 		printf("%s: ok\n", path);
 		return 0;
 	}
@@ -142,6 +159,10 @@ int main(int argc, char **argv)
 					 .user = cfg.probe_user,
 					 .password = cfg.probe_password,
 					 .dbname = cfg.probe_dbname,
+					 .sslmode = server_tls_name(cfg.server_tls),
+					 .sslrootcert = cfg.server_tls_ca,
+					 .sslcert = cfg.server_tls_cert,
+					 .sslkey = cfg.server_tls_key,
 					 .max_lag = cfg.max_lag };
 	if (strcmp(cfg.source, "etcd") == 0) {
 		static struct disc_etcd_config ec;
@@ -186,16 +207,19 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < cfg.nlisteners; i++) {
 		const struct listener_config *l = &cfg.listeners[i];
-		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s", l->name,
-			 l->host, l->port, tsa_name(l->tsa), lb_name(l->lb));
+		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s client_tls=%s",
+			 l->name, l->host, l->port, tsa_name(l->tsa), lb_name(l->lb),
+			 client_tls_name(l->tls.mode));
 	}
 	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
 		 cfg.workers, cfg.nservers, cfg.source);
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
 	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, base);
+	struct event *sighup = evsignal_new(base, SIGHUP, reload_cb, NULL);
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
+	event_add(sighup, NULL);
 	event_base_dispatch(base);
 
 	/* the main loop has stopped: workers drain on their own, this thread waits */
@@ -203,6 +227,7 @@ int main(int argc, char **argv)
 	workers_join(&router);
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sighup);
 	log_info("pgrouter stopped");
 	rc = 0;
 out:
@@ -213,6 +238,7 @@ out:
 	disc_zk_stop(zk);
 	topo_reset();
 	disc_servers_free();
+	tls_teardown(&cfg);
 	if (base)
 		event_base_free(base);
 	return rc;

@@ -16,6 +16,9 @@
  * when the peer's socket is full does anything stay in user space, and then
  * reads go directly into the pending evbuffer's own chains (no copy). The
  * scanner reads headers only; bodies are never touched or copied.
+ *
+ * A TLS end reads and writes through end_recv/end_send (tls.c); the path is
+ * the same, with OpenSSL's record buffer in front of the socket.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -41,10 +44,14 @@ void end_read(struct end *e, bool on)
 	if (e->fd < 0 || e->rd_on == on)
 		return;
 	e->rd_on = on;
-	if (on)
-		event_add(&e->rd, NULL);
-	else
+	if (!on) {
 		event_del(&e->rd);
+		return;
+	}
+	event_add(&e->rd, NULL);
+	/* records OpenSSL already holds will not make the socket readable */
+	if (e->ssl && SSL_has_pending(e->ssl))
+		event_active(&e->rd, EV_READ, 0);
 }
 
 void end_write(struct end *e, bool on)
@@ -66,6 +73,11 @@ void end_close(struct end *e)
 		close(e->fd);
 		e->fd = -1;
 	}
+	if (e->ssl) {
+		SSL_free(e->ssl);
+		e->ssl = NULL;
+	}
+	e->rd_wants_wr = e->wr_wants_rd = false;
 	if (e->out) {
 		evbuffer_free(e->out);
 		e->out = NULL;
@@ -84,15 +96,44 @@ bool end_queue(struct end *e, const void *p, size_t n)
 	return ensure_out(e) && evbuffer_add(e->out, p, n) == 0;
 }
 
+/* TLS: write the head chain by chain. A record OpenSSL could not send stays
+ * pending with its bytes still at the head of out, as the retry needs. */
+static int flush_tls(struct end *e)
+{
+	struct evbuffer_iovec v;
+	while (evbuffer_peek(e->out, -1, NULL, &v, 1) > 0 && v.iov_len) {
+		ssize_t n = end_send(e, v.iov_base, v.iov_len);
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		evbuffer_drain(e->out, (size_t)n);
+		if ((size_t)n < v.iov_len)
+			return 0;
+	}
+	return 0;
+}
+
 ssize_t end_flush(struct end *e)
 {
-	if (!e->out)
+	if (e->rd_wants_wr) {
+		/* the socket a TLS read waited for is writable: read again */
+		e->rd_wants_wr = false;
+		if (e->rd_on)
+			event_active(&e->rd, EV_READ, 0);
+	}
+	if (!e->out) {
+		end_write(e, false);
 		return 0;
+	}
 	size_t len = evbuffer_get_length(e->out);
 	if (len && e->fd >= 0) {
-		int n = evbuffer_write(e->out, e->fd);
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
-			return -1;
+		if (e->ssl) {
+			if (flush_tls(e) < 0)
+				return -1;
+		} else {
+			int n = evbuffer_write(e->out, e->fd);
+			if (n < 0 && errno != EAGAIN && errno != EINTR)
+				return -1;
+		}
 		len = evbuffer_get_length(e->out);
 	}
 	end_write(e, len > 0);
@@ -115,16 +156,22 @@ static int scan(struct end *from, const uint8_t *p, size_t n)
 int relay_move(struct session *s, struct end *from, struct end *to)
 {
 	ssize_t n;
+	if (from->wr_wants_rd) {
+		/* a TLS write to `from` waited for it to be readable: retry it */
+		from->wr_wants_rd = false;
+		if (end_flush(from) < 0)
+			return -1;
+	}
 
 	if (to->fd >= 0 && (!to->out || evbuffer_get_length(to->out) == 0)) {
 		/* fast path: through the worker's scratch buffer */
 		uint8_t *buf = s->w->scratch;
-		n = read(from->fd, buf, sizeof(s->w->scratch));
+		n = end_recv(from, buf, sizeof(s->w->scratch));
 		if (n <= 0)
 			goto read_failed;
 		if (scan(from, buf, (size_t)n) != 0)
 			return -2;
-		ssize_t w = send(to->fd, buf, (size_t)n, MSG_NOSIGNAL);
+		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR)
 				return -1;
@@ -147,7 +194,9 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		struct iovec iov[2];
 		for (int i = 0; i < nv; i++)
 			iov[i] = (struct iovec){ v[i].iov_base, v[i].iov_len };
-		n = readv(from->fd, iov, nv);
+		/* OpenSSL reads into one buffer */
+		n = from->ssl ? end_recv(from, iov[0].iov_base, iov[0].iov_len)
+			      : readv(from->fd, iov, nv);
 		if (n <= 0) {
 			evbuffer_commit_space(to->out, v, 0);
 			goto read_failed;

@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -55,6 +56,27 @@ enum lb {
 };
 const char *lb_name(enum lb b);
 
+/* TLS toward clients: client_tls* keys, in [pgrouter] (the defaults) or in a
+ * [listener] (its own). */
+enum client_tls { CLIENT_TLS_DISABLE, CLIENT_TLS_ALLOW, CLIENT_TLS_REQUIRE };
+enum { TK_MODE, TK_CERT, TK_KEY, TK_CA, TK_MIN_VERSION, TK_CIPHERS, TK_N };
+struct tls_config {
+	enum client_tls mode;
+	char cert[512], key[512], ca[512];
+	char min_version[16];
+	char ciphers[512];
+	int line[TK_N]; /* where each key was set; 0: not set here */
+};
+/* TLS toward servers: libpq's sslmode values. */
+enum server_tls {
+	SERVER_TLS_DISABLE,
+	SERVER_TLS_PREFER,
+	SERVER_TLS_REQUIRE,
+	SERVER_TLS_VERIFY_CA,
+	SERVER_TLS_VERIFY_FULL,
+};
+const char *client_tls_name(enum client_tls m);
+const char *server_tls_name(enum server_tls m);
 struct listener_config {
 	char name[64];
 	char host[256];
@@ -63,6 +85,8 @@ struct listener_config {
 	enum lb lb;
 	int line;
 	atomic_uint rr; /* round-robin cursor, shared by the workers */
+	struct tls_config tls; /* after config_load: [pgrouter]'s keys with this listener's on top */
+	SSL_CTX *ssl_ctx;      /* tls.c; NULL when client_tls = disable */
 };
 
 struct server_config {
@@ -84,6 +108,11 @@ struct config {
 	unsigned shutdown_timeout_ms;
 	unsigned shed_grace_ms;
 	unsigned max_client_conn;
+	struct tls_config client_tls;
+	enum server_tls server_tls;
+	char server_tls_ca[512], server_tls_cert[512], server_tls_key[512];
+	int server_tls_line[4]; /* server_tls, _ca, _cert, _key */
+	SSL_CTX *server_ssl_ctx; /* tls.c; NULL when server_tls = disable */
 
 	char source[16];
 	unsigned nservers;
@@ -224,7 +253,9 @@ struct end {
 	struct event rd, wr;
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
+	SSL *ssl;                 /* TLS on fd, or NULL (tls.c) */
 	bool rd_on, wr_on, paused;
+	bool rd_wants_wr, wr_wants_rd; /* TLS: a read waits for writability, or the reverse */
 };
 
 struct session {
@@ -244,7 +275,7 @@ struct session {
 	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
 	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
-	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered 'N' */
+	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered */
 	unsigned server_spoke : 1;     /* a byte from the server arrived */
 	unsigned client_saw : 1;       /* a server message was passed to the client */
 	unsigned draining : 1;         /* close at the next transaction boundary */
@@ -253,6 +284,9 @@ struct session {
 	unsigned over_limit : 1;       /* accepted past max_client_conn */
 	unsigned shedding : 1;         /* server no longer fits: close at the next boundary */
 	unsigned srv_role : 2;         /* enum disc_role of the server when the session started */
+	unsigned s_phase : 2;          /* server connection: enum srv_phase (session.c) */
+	unsigned tls_direct : 1;       /* the client began with a TLS ClientHello */
+	unsigned plus_dropped : 1;     /* SCRAM-SHA-256-PLUS taken out of the server's offer */
 	char peer[48];
 	char who[96]; /* user@database */
 };
@@ -292,6 +326,26 @@ void end_write(struct end *e, bool on);
 bool end_queue(struct end *e, const void *p, size_t n);
 /* Write what e->out holds. Returns -1 on a hard error, else bytes still queued. */
 ssize_t end_flush(struct end *e);
+/* tls.c */
+/* Build the TLS contexts config asks for (start, --check, SIGHUP). On error
+ * err is "FILE:LINE: key: reason" and the contexts in use are unchanged. */
+int tls_setup(struct config *c, char *err, size_t errlen);
+void tls_teardown(struct config *c);
+/* A new SSL on fd: accepting for listener l, or connecting to srv (SNI, and
+ * the host check of verify-full). NULL on failure. */
+SSL *tls_accept_ssl(struct listener_config *l, int fd);
+SSL *tls_connect_ssl(const struct disc_server *srv, int fd);
+/* Drive e's handshake: 1 done, 0 in progress (events armed), -1 failed (why). */
+int end_handshake(struct end *e, char *why, size_t whylen);
+/* read()/send() through e's TLS if it has one: -1 with errno EAGAIN when it
+ * must wait, 0 on EOF. */
+ssize_t end_recv(struct end *e, void *buf, size_t len);
+ssize_t end_send(struct end *e, const void *buf, size_t len);
+/* close_notify (TLS) and half-close. */
+void end_shutdown_wr(struct end *e);
+/* Does the client end present the very certificate the server end received? */
+bool tls_same_certificate(const struct end *c, const struct end *s);
+void tls_describe(const struct end *e, char *buf, size_t len);
 /* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
  * error (errno 0 for EOF), -2 on a framing error, else 0. */
 int relay_move(struct session *s, struct end *from, struct end *to);

@@ -1,18 +1,22 @@
 /*
  * session.c — one client, from its first byte to its last.
  *
- *   accept ─▶ STARTUP ──SSLRequest/GSSENCRequest──▶ answer 'N', read again
+ *   accept ─▶ STARTUP ──SSLRequest──▶ 'S' + TLS handshake (client_tls), or 'N'
+ *                │  ├──TLS ClientHello──▶ direct TLS (ALPN "postgresql")
+ *                │  ├──GSSENCRequest──▶ 'N'; then the first packet again
  *                │  └──CancelRequest──▶ CANCEL: forward to the key's server, close
  *                ▼ StartupMessage
  *             (select) ──none eligible──▶ QUEUED ──new snapshot──▶ (select)
  *                │                          └── queue_timeout ──▶ FATAL 08001
  *                ▼
- *           CONNECTING ──refused / timeout / 57P03──▶ next eligible server
+ *           CONNECTING ──refused / timeout / 57P03 / TLS refused──▶ next eligible server
+ *                │  TCP, then (server_tls) SSLRequest, 'S', handshake
  *                ▼ connected: startup packet forwarded
  *              AUTH: server messages read whole; authentication passes through;
  *                │   BackendKeyData registered for cancels; ParameterStatus
  *                │   recorded; ReadyForQuery held until the server's reported
- *                │   in_hot_standby / default_transaction_read_only fit the policy
+ *                │   in_hot_standby / default_transaction_read_only fit the policy;
+ *                │   SCRAM-SHA-256-PLUS dropped from the offer when TLS ends here
  *                ▼
  *              RELAY (relay.c) ──server EOF / FATAL / drain──▶ CLOSING ──▶ freed
  *
@@ -34,6 +38,10 @@
 #include "router/router.h"
 
 #define LINGER_MS 2000
+#define TLS_HANDSHAKE_RECORD 0x16 /* first byte of a ClientHello: direct TLS */
+
+/* The server connection while CONNECTING (and CANCEL). */
+enum srv_phase { PH_TCP, PH_SSLREQUEST, PH_HANDSHAKE, PH_UP };
 #define AUTH_MESSAGE_MAX (1u << 20) /* largest single message accepted before RELAY */
 
 static const char *const state_names[] = { "startup", "queued",  "connecting", "auth",
@@ -143,7 +151,7 @@ static void say_goodbye(struct session *s)
 		return;
 	uint8_t x[5];
 	size_t n = pgw_build_terminate(x, sizeof(x));
-	ssize_t w = send(s->s.fd, x, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	ssize_t w = end_send(&s->s, x, n);
 	(void)w;
 }
 
@@ -163,7 +171,7 @@ static void enter_closing(struct session *s)
 		return;
 	}
 	if (left == 0)
-		shutdown(s->c.fd, SHUT_WR);
+		end_shutdown_wr(&s->c);
 }
 
 void session_close(struct session *s, bool client_gone)
@@ -224,6 +232,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
 	if (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS) {
 		server_failed(s, "connect: %s", strerror(errno));
@@ -339,18 +348,116 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	route(s);
 }
 
+static void startup_read(struct session *s);
+
+/* TLS toward the client: SSL on its socket, then the handshake. */
+static void client_handshake(struct session *s)
+{
+	char why[256];
+	int r = end_handshake(&s->c, why, sizeof(why));
+	if (r < 0) {
+		slog(LOG_INFO, s, "TLS handshake with the client failed: %s", why);
+		s->dead = true;
+		return;
+	}
+	if (r == 0)
+		return;
+	const unsigned char *alpn;
+	unsigned alpn_len;
+	SSL_get0_alpn_selected(s->c.ssl, &alpn, &alpn_len);
+	if (s->tls_direct && alpn_len == 0) {
+		/* as PostgreSQL 17: direct TLS must say it speaks "postgresql" */
+		slog(LOG_INFO, s, "direct TLS connection without ALPN \"postgresql\"; closed");
+		s->dead = true;
+		return;
+	}
+	if (log_enabled(LOG_DEBUG)) {
+		char d[128];
+		tls_describe(&s->c, d, sizeof(d));
+		slog(LOG_DEBUG, s, "TLS established (%s%s)", d, s->tls_direct ? ", direct" : "");
+	}
+	startup_read(s); /* the startup packet may have come with the handshake's end */
+}
+
+static void start_client_tls(struct session *s, bool direct)
+{
+	s->c.ssl = tls_accept_ssl(s->l, s->c.fd);
+	if (!s->c.ssl) {
+		slog(LOG_WARNING, s, "cannot start TLS (out of memory or no context)");
+		s->dead = true;
+		return;
+	}
+	s->tls_direct = direct;
+	client_handshake(s);
+}
+
+/* Direct TLS (PostgreSQL 17's sslnegotiation=direct): the first byte of the
+ * connection is a TLS handshake record instead of a packet length. Peeked, so
+ * that OpenSSL reads the ClientHello itself. */
+static bool direct_tls(struct session *s)
+{
+	uint8_t b;
+	if (recv(s->c.fd, &b, 1, MSG_PEEK) != 1 || b != TLS_HANDSHAKE_RECORD)
+		return false;
+	if (s->l->tls.mode == CLIENT_TLS_DISABLE) {
+		slog(LOG_INFO, s, "TLS handshake on a listener with client_tls = disable; closed");
+		s->dead = true;
+		return true;
+	}
+	start_client_tls(s, true);
+	return true;
+}
+
+/* An SSLRequest: 'S' and TLS when the listener has it, else 'N'. */
+static void ssl_request(struct session *s, const struct pgw_first *f, int len)
+{
+	evbuffer_drain(s->in, (size_t)len);
+	if (s->c.ssl) {
+		session_fail(s, "08P01", "SSLRequest over a connection that is already encrypted");
+		return;
+	}
+	if (f->kind == PGW_FIRST_GSSENC || s->l->tls.mode == CLIENT_TLS_DISABLE) {
+		/* 'N' lets libpq continue in plaintext unless it requires encryption */
+		if (!end_queue(&s->c, "N", 1) || end_flush(&s->c) < 0)
+			s->dead = true;
+		return;
+	}
+	if (evbuffer_get_length(s->in)) {
+		/* bytes sent before the handshake would pass as if encrypted (CVE-2021-23214) */
+		session_fail(s, "08P01", "received unencrypted data after SSL request");
+		return;
+	}
+	if (send(s->c.fd, "S", 1, MSG_NOSIGNAL) != 1) { /* one byte to an empty socket */
+		s->dead = true;
+		return;
+	}
+	start_client_tls(s, false);
+}
+
 static void startup_read(struct session *s)
 {
+	if (s->c.ssl && !SSL_is_init_finished(s->c.ssl)) {
+		client_handshake(s);
+		return;
+	}
 	if (!s->in && !(s->in = evbuffer_new())) {
 		s->dead = true;
 		return;
 	}
-	int n = evbuffer_read(s->in, s->c.fd, PGW_STARTUP_MAX);
-	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+	if (!s->c.ssl && s->negotiations == 0 && evbuffer_get_length(s->in) == 0 && direct_tls(s))
+		return;
+	ssize_t n = end_recv(&s->c, s->w->scratch, sizeof(s->w->scratch));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
 		/* as PostgreSQL: silence for a bare connect (port checks), a line for a
 		 * client that left halfway through its packet */
 		if (evbuffer_get_length(s->in))
 			slog(LOG_INFO, s, "incomplete startup packet");
+		s->dead = true;
+		return;
+	}
+	if (evbuffer_add(s->in, s->w->scratch, (size_t)n) != 0) {
 		s->dead = true;
 		return;
 	}
@@ -391,15 +498,13 @@ static void startup_read(struct session *s)
 				return;
 			}
 			s->negotiations++;
-			evbuffer_drain(s->in, (size_t)len);
-			/* This build does not terminate TLS or GSSAPI: 'N' lets libpq continue
-			 * in plaintext unless the client requires encryption. */
-			if (!end_queue(&s->c, "N", 1) || end_flush(&s->c) < 0) {
-				s->dead = true;
-				return;
-			}
+			ssl_request(s, &f, len);
+			if (s->dead || s->c.ssl || s->state != SS_STARTUP)
+				return; /* TLS reads its own bytes now */
 			continue;
 		case PGW_FIRST_CANCEL:
+			/* plaintext or TLS, whatever the listener requires: a cancel
+			 * carries no credentials and PostgreSQL takes it either way */
 			start_cancel(s, &f);
 			return;
 		case PGW_FIRST_STARTUP:
@@ -408,6 +513,14 @@ static void startup_read(struct session *s)
 				session_fail(s, "53300",
 					     "sorry, too many clients already (max_client_conn=%u)",
 					     router.cfg->max_client_conn);
+				return;
+			}
+			if (!s->c.ssl && s->l->tls.mode == CLIENT_TLS_REQUIRE) {
+				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
+				session_fail(s, "28000",
+					     "pgrouter: listener \"%s\" requires TLS (client_tls = require); "
+					     "connect with sslmode=require",
+					     s->l->name);
 				return;
 			}
 			got_startup(s, p, (uint32_t)len, &f);
@@ -440,6 +553,7 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 		return;
 	}
 	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	s->s_phase = PH_TCP;
 	if (!end_queue(&s->s, p, f->len) ||
 	    (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS)) {
 		slog(LOG_WARNING, s, "cannot forward cancel request: %s", strerror(errno));
@@ -509,6 +623,20 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, u
 			server_failed(s, "server answered %s: %s", code, ef.message ? ef.message : "");
 			return false;
 		}
+		if (s->plus_dropped && ef.message &&
+		    strncmp(ef.message, "SCRAM channel binding negotiation error", 39) == 0) {
+			/* The client supports channel binding and, not offered -PLUS, said so
+			 * ("y"); the server, itself on TLS, takes that for a downgrade attack.
+			 * Say what happened instead of passing on its puzzling message. */
+			session_fail(s, "28000",
+				     "pgrouter: SCRAM channel binding cannot pass through pgrouter: TLS "
+				     "ends at pgrouter, and server %s (also on TLS, server_tls = %s) "
+				     "rejects a client that supports binding; connect with "
+				     "channel_binding=disable, or give pgrouter the servers' own "
+				     "certificate (then binding works end to end)",
+				     s->srv->name, server_tls_name(router.cfg->server_tls));
+			return false;
+		}
 		slog(LOG_INFO, s, "server refused the session: %s %s", code,
 		     ef.message ? ef.message : "");
 		break;
@@ -547,15 +675,45 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, u
 	return true;
 }
 
+/*
+ * The server's SASL mechanisms, on their way to the client. A server offers
+ * SCRAM-SHA-256-PLUS when its own connection (from pgrouter) is TLS. But TLS
+ * never passes through pgrouter: a TLS client choosing -PLUS would bind to
+ * pgrouter's certificate and the server would check the binding against its
+ * own, and a plaintext client (libpq) refuses an offer of -PLUS outright. So
+ * -PLUS is taken out, unless the server presented the very certificate the
+ * client received from pgrouter (one certificate deployed on both): then the
+ * binding holds end to end.
+ */
+static void sasl_offer(struct session *s, const uint8_t *m, size_t len)
+{
+	uint8_t out[1024];
+	int n = -1;
+	if (!tls_same_certificate(&s->c, &s->s))
+		n = pgw_sasl_drop_mechanism(m, len, "SCRAM-SHA-256-PLUS", out, sizeof(out));
+	if (n > 0 && (size_t)n != len) {
+		s->plus_dropped = true;
+		slog(LOG_DEBUG, s, "SCRAM-SHA-256-PLUS taken out of the server's SASL offer");
+		evbuffer_drain(s->in, len);
+		evbuffer_add(s->c.out, out, (size_t)n);
+		return;
+	}
+	evbuffer_remove_buffer(s->in, s->c.out, len);
+}
+
 static void auth_read(struct session *s)
 {
 	if (!s->in && !(s->in = evbuffer_new())) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
 	}
-	int n = evbuffer_read(s->in, s->s.fd, 16384);
+	ssize_t n = end_recv(&s->s, s->w->scratch, sizeof(s->w->scratch));
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
+	if (n > 0 && evbuffer_add(s->in, s->w->scratch, (size_t)n) != 0) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
 	if (n <= 0) {
 		if (!s->client_saw) {
 			server_failed(s, "server closed the connection during startup");
@@ -591,7 +749,10 @@ static void auth_read(struct session *s)
 			s->dead = true;
 			return;
 		}
-		evbuffer_remove_buffer(s->in, s->c.out, PGW_HEADER_LEN + body);
+		if (type == PGW_MSG_AUTH && pgw_auth_code(m + PGW_HEADER_LEN, body) == PGW_AUTH_SASL)
+			sasl_offer(s, m, PGW_HEADER_LEN + body);
+		else
+			evbuffer_remove_buffer(s->in, s->c.out, PGW_HEADER_LEN + body);
 		s->client_saw = true;
 		if (type == PGW_MSG_READY) {
 			enter_relay(s, (char)m[PGW_HEADER_LEN]);
@@ -747,7 +908,7 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	}
 	case SS_CLOSING: {
-		ssize_t n = read(fd, s->w->scratch, sizeof(s->w->scratch));
+		ssize_t n = end_recv(&s->c, s->w->scratch, sizeof(s->w->scratch));
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 			s->dead = true;
 		break;
@@ -759,18 +920,99 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 static void client_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
+	if (s->state == SS_STARTUP && s->c.ssl && !SSL_is_init_finished(s->c.ssl)) {
+		client_handshake(s);
+		finish(s);
+		return;
+	}
 	ssize_t left = end_flush(&s->c);
 	if (left < 0) {
 		session_close(s, true);
 	} else if (s->state == SS_CLOSING) {
 		if (left == 0)
-			shutdown(fd, SHUT_WR);
+			end_shutdown_wr(&s->c);
 	} else if (left < RELAY_LOW_WATERMARK) {
 		relay_resume(&s->s, &s->c);
 		if (left == 0)
 			check_drain(s);
 	}
 	finish(s);
+}
+
+/* The server connection is up (TCP, and TLS if any): send what it is owed. */
+static void server_up(struct session *s)
+{
+	s->s_phase = PH_UP;
+	if (s->state == SS_CANCEL) {
+		end_read(&s->s, true);
+		if (end_flush(&s->s) < 0)
+			s->dead = true;
+		return;
+	}
+	session_set_state(s, SS_AUTH);
+	s->plus_dropped = false;
+	/* startup packet first, then anything the client pipelined behind it */
+	if (!s->s.out && !(s->s.out = evbuffer_new())) {
+		s->dead = true;
+		return;
+	}
+	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
+	pgw_scanner_init(&s->c.scan, 0, true);
+	s->hot_standby = s->read_only = -1;
+	s->client_saw = false;
+	end_read(&s->s, true);
+	client_watch(s, EV_READ);
+	if (end_flush(&s->s) < 0)
+		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+}
+
+static void server_handshake(struct session *s)
+{
+	char why[256];
+	int r = end_handshake(&s->s, why, sizeof(why));
+	if (r < 0) {
+		server_failed(s, "TLS with %s (server_tls = %s): %s", s->srv->name,
+			      server_tls_name(router.cfg->server_tls), why);
+		return;
+	}
+	if (r == 0)
+		return;
+	if (log_enabled(LOG_DEBUG)) {
+		char d[128];
+		tls_describe(&s->s, d, sizeof(d));
+		slog(LOG_DEBUG, s, "TLS to the server established (%s)", d);
+	}
+	server_up(s);
+}
+
+/* The server's one-byte answer to our SSLRequest. Exactly one byte is read:
+ * what follows belongs to TLS (CVE-2021-23222). */
+static void server_ssl_answer(struct session *s)
+{
+	uint8_t b;
+	ssize_t n = recv(s->s.fd, &b, 1, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		server_failed(s, "%s closed the connection at SSLRequest", s->srv->name);
+		return;
+	}
+	if (b == 'S') {
+		s->s.ssl = tls_connect_ssl(s->srv, s->s.fd);
+		if (!s->s.ssl) {
+			server_failed(s, "cannot start TLS to %s", s->srv->name);
+			return;
+		}
+		s->s_phase = PH_HANDSHAKE;
+		server_handshake(s);
+	} else if (b == 'N' && router.cfg->server_tls == SERVER_TLS_PREFER) {
+		server_up(s);
+	} else if (b == 'N') {
+		server_failed(s, "%s does not accept TLS (server_tls = %s)", s->srv->name,
+			      server_tls_name(router.cfg->server_tls));
+	} else {
+		server_failed(s, "%s answered SSLRequest with 0x%02x", s->srv->name, b);
+	}
 }
 
 static void server_connected(struct session *s)
@@ -783,37 +1025,30 @@ static void server_connected(struct session *s)
 		server_failed(s, "connect to %s: %s", s->srv->name, strerror(err));
 		return;
 	}
-	if (s->state == SS_CANCEL) {
-		end_read(&s->s, true);
+	if (router.cfg->server_tls == SERVER_TLS_DISABLE) {
+		server_up(s);
 		return;
 	}
-	session_set_state(s, SS_AUTH);
-	/* startup packet first, then anything the client pipelined behind it */
-	if (!s->s.out && !(s->s.out = evbuffer_new())) {
-		s->dead = true;
+	uint8_t req[8];
+	pgw_put32(req, 8);
+	pgw_put32(req + 4, PGW_CODE_SSL);
+	if (send(s->s.fd, req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
+		server_failed(s, "SSLRequest to %s: %s", s->srv->name, strerror(errno));
 		return;
 	}
-	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
-	pgw_scanner_init(&s->c.scan, 0, true);
-	s->hot_standby = s->read_only = -1;
-	s->client_saw = false;
+	s->s_phase = PH_SSLREQUEST;
+	end_write(&s->s, false);
 	end_read(&s->s, true);
-	client_watch(s, EV_READ);
 }
 
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
-	if (s->state == SS_CONNECTING || (s->state == SS_CANCEL && !s->s.rd_on)) {
+	if (s->s_phase == PH_TCP) {
 		server_connected(s);
-		/* a failed connect may already have started the next attempt on a new
-		 * socket, whose write event must stay armed until it connects */
-		if (s->state != SS_AUTH && s->state != SS_CANCEL) {
-			finish(s);
-			return;
-		}
-	}
-	if (!s->dead && s->s.fd >= 0) {
+	} else if (s->s_phase == PH_HANDSHAKE && !SSL_is_init_finished(s->s.ssl)) {
+		server_handshake(s);
+	} else if (s->s.fd >= 0) {
 		ssize_t left = end_flush(&s->s);
 		if (left < 0) {
 			if (s->state == SS_AUTH && !s->client_saw)
@@ -830,6 +1065,16 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
+	if (s->s_phase == PH_SSLREQUEST) {
+		server_ssl_answer(s);
+		finish(s);
+		return;
+	}
+	if (s->s_phase == PH_HANDSHAKE && !SSL_is_init_finished(s->s.ssl)) {
+		server_handshake(s);
+		finish(s);
+		return;
+	}
 	switch (s->state) {
 	case SS_AUTH:
 		auth_read(s);
@@ -844,7 +1089,7 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	case SS_CANCEL: {
 		/* the server closes a cancel connection when it is done with it */
-		ssize_t n = read(fd, s->w->scratch, sizeof(s->w->scratch));
+		ssize_t n = end_recv(&s->s, s->w->scratch, sizeof(s->w->scratch));
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
 			s->dead = true;
 		break;

@@ -178,8 +178,11 @@ class PgServer:
 class PgCluster:
     """A primary and n streaming replicas on loopback."""
 
-    def __init__(self, replicas=2, conf=None, workdir=None):
+    def __init__(self, replicas=2, conf=None, workdir=None, hba=()):
+        """conf: postgresql.conf settings; hba: pg_hba.conf lines placed before
+        the default trust lines."""
         self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-pg-")
+        self.hba = list(hba)
         os.chmod(self.dir, 0o755)
         chown_postgres(self.dir)
         self.nreplicas = replicas
@@ -229,6 +232,7 @@ class PgCluster:
         run(as_postgres() + [os.path.join(PG_BIN, "initdb"), "-D", pdir, "-U", "postgres",
                              "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
         with open(os.path.join(pdir, "pg_hba.conf"), "w") as f:
+            f.write("".join(line + "\n" for line in self.hba))
             f.write("local all all trust\n"
                     "host all all 127.0.0.1/32 trust\n"
                     "host replication all 127.0.0.1/32 trust\n")

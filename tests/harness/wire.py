@@ -1,6 +1,7 @@
 """A minimal PostgreSQL wire client for tests that libpq cannot express:
 bad packets, protocol 3.2 startup, pipelined extended-protocol messages."""
 import socket
+import ssl
 import struct
 
 
@@ -25,6 +26,26 @@ class Wire:
     def __init__(self, port, timeout=10):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
+
+    def start_tls(self, cafile=None, alpn=None, direct=False, hostname="127.0.0.1"):
+        """TLS on this connection: after SSLRequest and 'S', or directly (PostgreSQL
+        17's sslnegotiation=direct: the ClientHello is the first byte sent).
+        Returns the SSLSocket; raises on 'N' or a failed handshake."""
+        if not direct:
+            self.send(struct.pack("!II", 8, 80877103))
+            answer = self.read_byte()
+            if answer != b"S":
+                raise ConnectionError("SSLRequest answered %r" % answer)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if cafile:
+            ctx.load_verify_locations(cafile)
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=hostname)
+        return self.sock
 
     def send(self, data):
         self.sock.sendall(data)
@@ -66,7 +87,7 @@ class Wire:
             while self.sock.recv(65536):
                 pass
             return True
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             return True
         except socket.timeout:
             return False

@@ -3,7 +3,6 @@ Each test runs its own etcd holding Patroni-format keys written by the test,
 whose member points at a real PostgreSQL server."""
 import json
 import os
-import subprocess
 import sys
 import unittest
 
@@ -11,9 +10,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import (PgCluster, Router, chown_postgres, free_port, port_of,  # noqa: E402
-                     wait_for)
+from cluster import PgCluster, Router, free_port, port_of, wait_for  # noqa: E402
 from patroni import Etcd  # noqa: E402
+from tlsca import TestCA  # noqa: E402
 
 SCOPE = "access"
 
@@ -78,22 +77,9 @@ class EtcdAccessTest(unittest.TestCase):
         self.assertIn("no server satisfies", str(e.exception))
 
     def test_https_with_ca_file(self):
-        d = os.path.join(self.pg.dir, "tls")
-        os.makedirs(d, exist_ok=True)
-        ca, cakey = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
-        crt, key = os.path.join(d, "etcd.pem"), os.path.join(d, "etcd.key")
-        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
-        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=pgrouter test CA", "-keyout", cakey, "-out", ca)
-        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", key, "-out", crt + ".csr")
-        ext = os.path.join(d, "ext.cnf")
-        with open(ext, "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1\n")
-        run("openssl", "x509", "-req", "-in", crt + ".csr", "-CA", ca, "-CAkey", cakey,
-            "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", crt)
-        for f in os.listdir(d):
-            chown_postgres(os.path.join(d, f))
+        tca = TestCA(os.path.join(self.pg.dir, "tls"))
+        ca = tca.cert
+        crt, key = tca.issue("etcd", "127.0.0.1", ["IP:127.0.0.1"])
         etcd = Etcd(self.pg.dir, tls=(crt, key, ca)).start()
         self.addCleanup(etcd.stop)
         self.put_keys(etcd)

@@ -1,4 +1,6 @@
 /* tests pgwire/message.c */
+#include <stdlib.h>
+
 #include "../test.h"
 
 static void auth_and_key(void **state)
@@ -59,6 +61,62 @@ static void error_fields(void **state)
 	assert_int_equal(pgw_error_parse(bad, sizeof(bad), &f), PGW_MALFORMED);
 }
 
+/* AuthenticationSASL message: 'R', length, 10, names..., "" */
+static size_t sasl_msg(uint8_t *b, const char *const *names, unsigned n)
+{
+	size_t o = 9;
+	b[0] = 'R';
+	pgw_put32(b + 5, 10);
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(b + o, names[i], strlen(names[i]) + 1);
+		o += strlen(names[i]) + 1;
+	}
+	b[o++] = 0;
+	pgw_put32(b + 1, (uint32_t)(o - 1));
+	return o;
+}
+
+static void sasl_drop(void **state)
+{
+	uint8_t in[200], out[200], want[200];
+	static const char *const both[] = { "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256" };
+	static const char *const plain[] = { "SCRAM-SHA-256" };
+	size_t n = sasl_msg(in, both, 2), w = sasl_msg(want, plain, 1);
+	int r = pgw_sasl_drop_mechanism(in, n, "SCRAM-SHA-256-PLUS", out, sizeof(out));
+	assert_int_equal(r, (int)w);
+	assert_memory_equal(out, want, w);
+	/* not listed: the same message back */
+	r = pgw_sasl_drop_mechanism(want, w, "SCRAM-SHA-256-PLUS", out, sizeof(out));
+	assert_int_equal(r, (int)w);
+	assert_memory_equal(out, want, w);
+	/* a prefix of a name is not the name */
+	r = pgw_sasl_drop_mechanism(in, n, "SCRAM-SHA-256-PL", out, sizeof(out));
+	assert_int_equal(r, (int)n);
+	/* malformed: no terminating empty name, bytes after it, wrong code, wrong
+	 * length field, too small an output */
+	assert_int_equal(pgw_sasl_drop_mechanism(in, n - 1, "X", out, sizeof(out)), PGW_MALFORMED);
+	uint8_t extra[200];
+	memcpy(extra, in, n);
+	extra[n] = 'x';
+	pgw_put32(extra + 1, (uint32_t)n);
+	assert_int_equal(pgw_sasl_drop_mechanism(extra, n + 1, "X", out, sizeof(out)), PGW_MALFORMED);
+	memcpy(extra, in, n);
+	pgw_put32(extra + 5, 11);
+	assert_int_equal(pgw_sasl_drop_mechanism(extra, n, "X", out, sizeof(out)), PGW_MALFORMED);
+	pgw_put32(extra + 5, 10);
+	pgw_put32(extra + 1, 3);
+	assert_int_equal(pgw_sasl_drop_mechanism(extra, n, "X", out, sizeof(out)), PGW_MALFORMED);
+	assert_int_equal(pgw_sasl_drop_mechanism(in, n, "X", out, 12), PGW_MALFORMED);
+	assert_int_equal(pgw_sasl_drop_mechanism(in, 8, "X", out, sizeof(out)), PGW_MALFORMED);
+	/* every truncation is refused, never read past */
+	for (size_t k = 0; k < n; k++) {
+		uint8_t *t = malloc(k ? k : 1);
+		memcpy(t, in, k);
+		assert_int_equal(pgw_sasl_drop_mechanism(t, k, "X", out, sizeof(out)), PGW_MALFORMED);
+		free(t);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -66,6 +124,7 @@ int main(void)
 		cmocka_unit_test(parameter_status),
 		cmocka_unit_test(ready),
 		cmocka_unit_test(error_fields),
+		cmocka_unit_test(sasl_drop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -148,6 +148,56 @@ static void etcd_source(void **state)
 		     ":4: servers: source = etcd finds servers itself");
 }
 
+/* client_tls*: [pgrouter] gives the defaults, a listener's own keys win */
+static void tls_keys(void **state)
+{
+	static struct config c;
+	char err[512];
+	/* any readable file passes the parser; tls.c loads them */
+	assert_int_equal(load("[pgrouter]\nclient_tls = allow\nclient_tls_cert = /etc/hostname\n"
+			      "client_tls_key = /etc/hostname\nclient_tls_min_version = TLSv1.3\n"
+			      "server_tls = verify-full\nserver_tls_ca = /etc/hostname\n"
+			      "[cluster]\nservers = a\n"
+			      "[listener a]\nlisten = h:1\nclient_tls = require\n"
+			      "[listener b]\nlisten = h:2\nclient_tls_ciphers = HIGH\n"
+			      "[listener c]\nlisten = h:3\nclient_tls = disable\n",
+			      &c, err),
+			 0);
+	assert_int_equal(c.listeners[0].tls.mode, CLIENT_TLS_REQUIRE);
+	assert_int_equal(c.listeners[0].tls.line[TK_MODE], 12);
+	assert_string_equal(c.listeners[0].tls.cert, "/etc/hostname");
+	assert_int_equal(c.listeners[0].tls.line[TK_CERT], 3); /* inherited, with its line */
+	assert_string_equal(c.listeners[0].tls.min_version, "TLSv1.3");
+	assert_int_equal(c.listeners[1].tls.mode, CLIENT_TLS_ALLOW);
+	assert_string_equal(c.listeners[1].tls.ciphers, "HIGH");
+	assert_string_equal(c.listeners[0].tls.ciphers, "");
+	assert_int_equal(c.listeners[2].tls.mode, CLIENT_TLS_DISABLE);
+	assert_int_equal(c.server_tls, SERVER_TLS_VERIFY_FULL);
+	assert_string_equal(c.server_tls_ca, "/etc/hostname");
+	/* defaults: no TLS either way, TLS 1.2 at least */
+	assert_int_equal(load(good, &c, err), 0);
+	assert_int_equal(c.listeners[0].tls.mode, CLIENT_TLS_DISABLE);
+	assert_string_equal(c.listeners[0].tls.min_version, "TLSv1.2");
+	assert_int_equal(c.server_tls, SERVER_TLS_DISABLE);
+
+	expect_error("[pgrouter]\nclient_tls = on\n", ":2: client_tls: must be disable, allow or require");
+	expect_error("[pgrouter]\nclient_tls_cert = /nonexistent.crt\n",
+		     ":2: client_tls_cert: cannot read /nonexistent.crt");
+	expect_error("[cluster]\nservers = a\n[listener x]\nlisten = h:1\nclient_tls = require\n",
+		     ":5: client_tls: client_tls = require needs client_tls_cert and client_tls_key "
+		     "(listener x)");
+	expect_error("[cluster]\nservers = a\n[listener x]\nlisten = h:1\nclient_tls_ca = /nope\n",
+		     ":5: client_tls_ca: cannot read /nope");
+	expect_error("[pgrouter]\nserver_tls = verify\n",
+		     ":2: server_tls: must be disable, prefer, require, verify-ca or verify-full");
+	expect_error("[pgrouter]\nserver_tls = verify-ca\n[cluster]\nservers = a\n[listener x]\n"
+		     "listen = h:1\n",
+		     ":2: server_tls: verify-ca needs server_tls_ca");
+	expect_error("[pgrouter]\nserver_tls_cert = /etc/hostname\n[cluster]\nservers = a\n"
+		     "[listener x]\nlisten = h:1\n",
+		     ":2: server_tls_cert: set both server_tls_cert and server_tls_key");
+}
+
 static void units(void **state)
 {
 	unsigned ms;
@@ -169,6 +219,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
 					    cmocka_unit_test(etcd_source),
+					    cmocka_unit_test(tls_keys),
 					    cmocka_unit_test(units) };
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
