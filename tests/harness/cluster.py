@@ -93,16 +93,22 @@ def stop_pid(pid, sig=signal.SIGTERM, timeout=30):
         wait_for(lambda: not pid_alive(pid), 10, "pid %d to die" % pid)
 
 
-def port_of(dsn):
-    """inet_server_port() of a new session on dsn: which server it landed on."""
+def query_one(dsn, query):
+    """The first column of the first row of query, on a new session on dsn."""
     import psycopg2  # Debian's python3-psycopg2; only the tests need it
     c = psycopg2.connect(dsn)
     try:
+        c.autocommit = True
         cur = c.cursor()
-        cur.execute("select inet_server_port()")
+        cur.execute(query)
         return cur.fetchone()[0]
     finally:
         c.close()
+
+
+def port_of(dsn):
+    """inet_server_port() of a new session on dsn: which server it landed on."""
+    return query_one(dsn, "select inet_server_port()")
 
 
 def run(cmd, **kw):

@@ -21,6 +21,7 @@ import psycopg2  # noqa: E402  (Debian's python3-psycopg2)
 import psycopg2.extensions  # noqa: E402
 
 from cluster import PG_BIN, PgCluster, Router, port_of, wait_for  # noqa: E402
+from cluster import query_one as one  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
 
 POLICIES = ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"]
@@ -31,16 +32,6 @@ def connect(dsn, **kw):
     c = psycopg2.connect(dsn, **kw)
     c.autocommit = True
     return c
-
-
-def one(dsn, query):
-    c = connect(dsn)
-    try:
-        cur = c.cursor()
-        cur.execute(query)
-        return cur.fetchone()[0]
-    finally:
-        c.close()
 
 
 def server_port(dsn):

@@ -5,7 +5,6 @@ cancel over TLS, bad handshakes, certificate reload."""
 import os
 import shutil
 import signal
-import socket
 import ssl
 import struct
 import subprocess
@@ -22,6 +21,7 @@ import psycopg2.errors  # noqa: E402
 
 from cluster import (PG_BIN, PGROUTER, PgCluster, Router, chown_postgres,  # noqa: E402
                      wait_for)
+from cluster import query_one as one  # noqa: E402
 from tlsca import TestCA  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
 
@@ -30,16 +30,6 @@ PLUS_REFUSED = "SCRAM channel binding cannot pass through pgrouter"
 
 def connect(dsn):
     return psycopg2.connect(dsn)
-
-
-def one(dsn, query):
-    c = connect(dsn)
-    try:
-        cur = c.cursor()
-        cur.execute(query)
-        return cur.fetchone()[0]
-    finally:
-        c.close()
 
 
 class TlsTest(unittest.TestCase):
