@@ -393,17 +393,14 @@ static void start_client_tls(struct session *s, bool direct)
 
 /* Direct TLS (PostgreSQL 17's sslnegotiation=direct): the first byte of the
  * connection is a TLS handshake record instead of a packet length. Peeked, so
- * that OpenSSL reads the ClientHello itself. */
+ * that OpenSSL reads the ClientHello itself; only on listeners with TLS (the
+ * others see the byte when they read, see startup_read). */
 static bool direct_tls(struct session *s)
 {
 	uint8_t b;
-	if (recv(s->c.fd, &b, 1, MSG_PEEK) != 1 || b != TLS_HANDSHAKE_RECORD)
+	if (s->l->tls.mode == CLIENT_TLS_DISABLE || recv(s->c.fd, &b, 1, MSG_PEEK) != 1 ||
+	    b != TLS_HANDSHAKE_RECORD)
 		return false;
-	if (s->l->tls.mode == CLIENT_TLS_DISABLE) {
-		slog(LOG_INFO, s, "TLS handshake on a listener with client_tls = disable; closed");
-		s->dead = true;
-		return true;
-	}
 	start_client_tls(s, true);
 	return true;
 }
@@ -466,6 +463,12 @@ static void startup_read(struct session *s)
 		size_t have = evbuffer_get_length(s->in);
 		if (evbuffer_copyout(s->in, hdr, have < 4 ? have : 4) < 0)
 			return;
+		if (!s->c.ssl && s->negotiations == 0 && hdr[0] == TLS_HANDSHAKE_RECORD) {
+			/* a ClientHello (a listener with TLS took it in direct_tls) */
+			slog(LOG_INFO, s, "TLS handshake on a listener with client_tls = disable; closed");
+			s->dead = true;
+			return;
+		}
 		int len = pgw_first_len(hdr, have < 4 ? have : 4);
 		if (len == PGW_NEED_MORE)
 			return;
