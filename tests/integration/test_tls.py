@@ -282,6 +282,13 @@ class TlsTest(unittest.TestCase):
         for mode in ("prefer", "require"):
             r = self.make_router(server_tls=mode)
             self.assertTrue(self.server_ssl(self.dsn(router=r, sslmode="require")), mode)
+            # a cancel reaches a session whose server connection is TLS (pgrouter
+            # forwards it over TLS too)
+            c = connect(self.dsn(router=r, sslmode="require"))
+            threading.Timer(0.5, c.cancel).start()
+            with self.assertRaises(psycopg2.errors.QueryCanceled):
+                c.cursor().execute("select pg_sleep(20)")
+            c.close()
             # hostssl-only user: reachable only over TLS to the server
             self.assertEqual(one(self.dsn("plain", router=r, user="tlsuser", password="tls-pw"),
                                  "select current_user"), "tlsuser")
