@@ -18,6 +18,9 @@
 
 struct event_base;
 
+/* Milliseconds on the monotonic clock (topology.c); the router uses it too. */
+uint64_t now_ms(void);
+
 /* ---- servers: long-lived, one per address, never freed while running ---- */
 
 struct disc_server {

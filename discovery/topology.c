@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "discovery/discovery.h"
 
@@ -202,4 +203,11 @@ void topo_reset(void)
 	nsubs = 0;
 	pthread_mutex_unlock(&topo_lock);
 	topo_release(old);
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }

@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zookeeper/zookeeper.h>
 
 #include "discovery/internal.h"
@@ -225,13 +224,6 @@ static void set_stale(struct disc_zk *z, bool stale, const char *why)
 		disc_log(DISC_LOG_WARNING,
 			 "zookeeper: %s; keeping the last cluster state (stale) meanwhile", why);
 	disc_cluster_set_stale(z->cluster, stale);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void vanished_forget(struct disc_zk *z, unsigned i)

@@ -433,11 +433,8 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_string(p, k, v, c->etcd_user, sizeof(c->etcd_user));
 	if (strcmp(k, "etcd_password") == 0)
 		return set_string(p, k, v, c->etcd_password, sizeof(c->etcd_password));
-	if (strcmp(k, "etcd_cacert") == 0) {
-		if (*v && access(v, R_OK) != 0)
-			return fail(p, p->line, k, "cannot read %s: %s", v, strerror(errno));
-		return set_string(p, k, v, c->etcd_cacert, sizeof(c->etcd_cacert));
-	}
+	if (strcmp(k, "etcd_cacert") == 0)
+		return readable_file(p, k, v, c->etcd_cacert, sizeof(c->etcd_cacert));
 	if (strcmp(k, "max_lag") == 0) {
 		if (parse_size(v, &c->max_lag) != 0)
 			return fail(p, p->line, k, "invalid size \"%s\" (use kB, MB, GB)", v);

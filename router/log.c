@@ -25,13 +25,6 @@ int log_level_parse(const char *s)
 	return -1;
 }
 
-uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 void log_msg(int level, const char *fmt, ...)
 {
 	if (!log_enabled(level))

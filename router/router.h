@@ -35,7 +35,6 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_debug(...) \
 	do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 int log_level_parse(const char *s);
-uint64_t now_ms(void); /* monotonic */
 
 /* ---- config.c --------------------------------------------------------- */
 

@@ -70,6 +70,17 @@ static void common_options(SSL_CTX *ctx)
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
+/* A certificate chain and its key into ctx: 0, or which of them failed:
+ * 1 the certificate, 2 the key, 3 a key that does not match (OpenSSL's error queued). */
+static int use_pair(SSL_CTX *ctx, const char *cert, const char *key)
+{
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+		return 1;
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		return 2;
+	return SSL_CTX_check_private_key(ctx) == 1 ? 0 : 3;
+}
+
 #define FAIL_AT(line, key, ...) \
 	do { \
 		int n_ = snprintf(err, errlen, "%s:%d: %s: ", c->path, (line), (key)); \
@@ -95,14 +106,16 @@ static SSL_CTX *listener_ctx(const struct config *c, const struct tls_config *t,
 	if (t->ciphers[0] && !SSL_CTX_set_cipher_list(ctx, t->ciphers))
 		FAIL_AT(t->line[TK_CIPHERS], "client_tls_ciphers", "no usable cipher in \"%s\"",
 			t->ciphers);
-	if (SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1)
+	switch (use_pair(ctx, t->cert, t->key)) {
+	case 1:
 		FAIL_AT(t->line[TK_CERT], "client_tls_cert", "%s: %s", t->cert,
 			tls_why(why, sizeof(why), "cannot load"));
-	if (SSL_CTX_use_PrivateKey_file(ctx, t->key, SSL_FILETYPE_PEM) != 1)
+	case 2:
 		FAIL_AT(t->line[TK_KEY], "client_tls_key", "%s: %s", t->key,
 			tls_why(why, sizeof(why), "cannot load"));
-	if (SSL_CTX_check_private_key(ctx) != 1)
+	case 3:
 		FAIL_AT(t->line[TK_KEY], "client_tls_key", "%s does not match %s", t->key, t->cert);
+	}
 	if (t->ca[0]) {
 		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(t->ca);
 		if (!names || SSL_CTX_load_verify_locations(ctx, t->ca, NULL) != 1) {
@@ -139,15 +152,13 @@ static SSL_CTX *server_ctx(const struct config *c, char *err, size_t errlen)
 	} else {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	}
-	if (c->server_tls_cert[0]) {
-		if (SSL_CTX_use_certificate_chain_file(ctx, c->server_tls_cert) != 1)
-			FAIL_AT(c->server_tls_line[2], "server_tls_cert", "%s: %s", c->server_tls_cert,
-				tls_why(why, sizeof(why), "cannot load"));
-		if (SSL_CTX_use_PrivateKey_file(ctx, c->server_tls_key, SSL_FILETYPE_PEM) != 1 ||
-		    SSL_CTX_check_private_key(ctx) != 1)
-			FAIL_AT(c->server_tls_line[3], "server_tls_key", "%s: %s", c->server_tls_key,
-				tls_why(why, sizeof(why), "does not match server_tls_cert"));
-	}
+	int bad = c->server_tls_cert[0] ? use_pair(ctx, c->server_tls_cert, c->server_tls_key) : 0;
+	if (bad == 1)
+		FAIL_AT(c->server_tls_line[2], "server_tls_cert", "%s: %s", c->server_tls_cert,
+			tls_why(why, sizeof(why), "cannot load"));
+	if (bad)
+		FAIL_AT(c->server_tls_line[3], "server_tls_key", "%s: %s", c->server_tls_key,
+			tls_why(why, sizeof(why), "does not match server_tls_cert"));
 	return ctx;
 fail:
 	SSL_CTX_free(ctx);

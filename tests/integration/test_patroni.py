@@ -33,6 +33,15 @@ def try_port(dsn):
         return None
 
 
+def wire_port(w):
+    """inet_server_port() asked over a logged-in Wire session."""
+    w.send(msg(b"Q", cstr("select inet_server_port()")))
+    got = w.read_until_ready()
+    rows = [b for t, b in got if t == b"D"]
+    assert rows, got
+    return int(rows[0][6:])
+
+
 def log_time(log, needle):
     """Wall-clock time (seconds since the epoch) of the first log line with needle."""
     for line in log.splitlines():
@@ -117,9 +126,7 @@ class PatroniSuite:
         for _ in range(tries):
             w = Wire(self.router.port(listener))
             w.login()
-            w.send(msg(b"Q", cstr("select inet_server_port()")))
-            rows = [b for t, b in w.read_until_ready() if t == b"D"]
-            if int(rows[0][6:]) == node.pg_port:
+            if wire_port(w) == node.pg_port:
                 return w
             w.close()
         self.fail("no %s session landed on %s" % (listener, node.name))
@@ -378,11 +385,7 @@ class PatroniSuite:
             wait_for(tagged, 20, "the nosync tag in the DCS", interval=0.2)
             time.sleep(2.5)  # beyond pgrouter's hold and Patroni's next loop
             for w, port in ((rw, leader.pg_port), (ro, replica.pg_port)):
-                w.send(msg(b"Q", cstr("select inet_server_port()")))
-                got = w.read_until_ready()
-                rows = [b for t, b in got if t == b"D"]
-                self.assertTrue(rows, got)
-                self.assertEqual(int(rows[0][6:]), port)
+                self.assertEqual(wire_port(w), port)
             self.assertEqual(self.router.log_text().count("changed role"), shed_before)
         finally:
             for n in (leader, replica):
