@@ -212,4 +212,125 @@ size_t pgw_build_error(uint8_t *buf, size_t cap, const char *severity, const cha
 /* Terminate message ('X'): 5 bytes. */
 size_t pgw_build_terminate(uint8_t *buf, size_t cap);
 
+/* ---- auth.c: authentication messages, both directions ---------------- */
+
+#define PGW_AUTH_OK 0
+#define PGW_AUTH_CLEARTEXT 3
+#define PGW_AUTH_MD5 5
+#define PGW_AUTH_SASL_CONTINUE 11
+#define PGW_AUTH_SASL_FINAL 12
+#define PGW_MSG_PASSWORD 'p' /* PasswordMessage, SASLInitialResponse, SASLResponse */
+
+/*
+ * Builders; each writes one whole message into buf (capacity cap) and returns
+ * its length, or 0 when cap is too small.
+ * - Authentication ('R'): code and its data (MD5 salt, SASL mechanism list as
+ *   NUL-terminated names plus a final NUL, SASL data).
+ * - PasswordMessage/SASLResponse ('p'): data as given (a password message's
+ *   data includes its NUL).
+ * - SASLInitialResponse ('p'): mechanism name, data length, data.
+ * - BackendKeyData ('K'), ParameterStatus ('S'), ReadyForQuery ('Z').
+ */
+size_t pgw_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len);
+size_t pgw_build_password(uint8_t *buf, size_t cap, const void *data, size_t len);
+size_t pgw_build_sasl_initial(uint8_t *buf, size_t cap, const char *mech, const void *data,
+			      size_t len);
+size_t pgw_build_backend_key(uint8_t *buf, size_t cap, uint32_t pid, const uint8_t *key,
+			     size_t key_len);
+size_t pgw_build_parameter_status(uint8_t *buf, size_t cap, const char *name, const char *value);
+
+/* SASLInitialResponse body: mechanism (into body), data (NULL, 0 when the
+ * client sent length -1). 0 or PGW_MALFORMED. */
+int pgw_sasl_initial_parse(const uint8_t *body, uint32_t len, const char **mech,
+			   const uint8_t **data, uint32_t *data_len);
+/* AuthenticationSASL body (after the code): does it list mech? */
+bool pgw_sasl_offers(const uint8_t *body, uint32_t len, const char *mech);
+
+/* ---- scram.c: SCRAM-SHA-256 and md5 arithmetic ------------------------- */
+
+#define PGW_SCRAM_KEY_LEN 32
+#define PGW_SCRAM_MSG_MAX 512 /* longest SCRAM message accepted from a peer */
+#define PGW_SCRAM_CBIND_TYPE "tls-server-end-point"
+#define PGW_MD5_LEN 35 /* "md5" + 32 hex digits */
+enum {
+	PGW_SCRAM_BAD_PROOF = -4, /* wrong password (or server signature) */
+	PGW_SCRAM_CBIND = -5,     /* channel binding missing, unsupported or wrong */
+	PGW_SCRAM_MISMATCH = -6,  /* server's salt/iterations are not the verifier's */
+};
+
+/* pg_authid.rolpassword of a SCRAM user. */
+struct pgw_scram_verifier {
+	int iterations;
+	size_t salt_len;
+	uint8_t salt[64];
+	uint8_t stored_key[PGW_SCRAM_KEY_LEN];
+	uint8_t server_key[PGW_SCRAM_KEY_LEN];
+};
+int pgw_scram_parse_verifier(const char *s, struct pgw_scram_verifier *v);
+/* The verifier PostgreSQL would store for password (tests, tools). Returns its
+ * length or PGW_MALFORMED. */
+int pgw_scram_build_verifier(const char *password, const uint8_t *salt, size_t salt_len,
+			     int iterations, char *out, size_t cap);
+
+/* One exchange, either end: the parts of the AuthMessage. */
+struct pgw_scram {
+	char client_first_bare[PGW_SCRAM_MSG_MAX];
+	char server_first[PGW_SCRAM_MSG_MAX];
+	char client_final[PGW_SCRAM_MSG_MAX]; /* without proof (client side) */
+	char nonce[PGW_SCRAM_MSG_MAX / 2];
+	char gs2_header[64];
+	size_t cfb_len, sf_len, cf_len, nonce_len, gs2_len;
+	char cbind_flag; /* 'n', 'y' or 'p' */
+};
+
+/*
+ * Server side (pgrouter checks a client against verifier v).
+ * server_first: parse the client-first message (SASLInitialResponse data),
+ *   append server_nonce (printable, no ','), write the server-first message
+ *   into out. Returns its length, PGW_MALFORMED or PGW_SCRAM_CBIND (a binding
+ *   type other than tls-server-end-point). st->cbind_flag tells what the client
+ *   asked for; the caller checks it against the mechanism it chose.
+ * server_final: check the client-final message (binding data: the hash of the
+ *   certificate pgrouter presented, for 'p'); on success write the
+ *   server-final message ("v=...") and the client's ClientKey. Returns the
+ *   message length, PGW_SCRAM_BAD_PROOF, PGW_SCRAM_CBIND or PGW_MALFORMED.
+ */
+int pgw_scram_server_first(struct pgw_scram *st, const struct pgw_scram_verifier *v,
+			   const uint8_t *msg, size_t len, const char *server_nonce, char *out,
+			   size_t cap);
+int pgw_scram_server_final(struct pgw_scram *st, const struct pgw_scram_verifier *v,
+			   const uint8_t *msg, size_t len, const uint8_t *cbind_data,
+			   size_t cbind_len, uint8_t client_key[PGW_SCRAM_KEY_LEN], char *out,
+			   size_t cap);
+/*
+ * Client side (pgrouter logs in to a server as the user whose ClientKey it
+ * holds; no channel binding toward servers).
+ * client_first: "n,,n=,r=<client_nonce>" into out.
+ * client_final: from the server-first message, the client-final message with
+ *   its proof; PGW_SCRAM_MISMATCH when the server's salt or iterations differ
+ *   from v's (the key does not fit that server: a password changed).
+ * client_verify: the server-final message carries ServerSignature; 0 if right.
+ */
+int pgw_scram_client_first(struct pgw_scram *st, const char *client_nonce, char *out, size_t cap);
+int pgw_scram_client_final(struct pgw_scram *st, const struct pgw_scram_verifier *v,
+			   const uint8_t client_key[PGW_SCRAM_KEY_LEN], const uint8_t *msg,
+			   size_t len, char *out, size_t cap);
+int pgw_scram_client_verify(const struct pgw_scram *st, const struct pgw_scram_verifier *v,
+			    const uint8_t *msg, size_t len);
+/* Overwrite secrets (not optimised away). */
+void pgw_scram_wipe(void *p, size_t n);
+
+/* md5: the stored form is "md5" + md5(password + user); on the wire the
+ * answer to salt is "md5" + md5(hex of the stored hash + salt). */
+bool pgw_md5_verifier_ok(const char *s);
+void pgw_md5_password(const char *password, const char *user, char out[PGW_MD5_LEN + 1]);
+void pgw_md5_answer(const char *verifier, const uint8_t salt[4], char out[PGW_MD5_LEN + 1]);
+/* Constant time; answer: the client's PasswordMessage text (without NUL). */
+bool pgw_md5_check(const char *verifier, const uint8_t salt[4], const char *answer, size_t len);
+
+/* Base64 with padding. encode: returns the length written (NUL added) or 0 if
+ * cap is short; decode: bytes written or -1 (bad input, cap short). */
+size_t pgw_b64_encode(const uint8_t *in, size_t n, char *out, size_t cap);
+int pgw_b64_decode(const char *in, size_t n, uint8_t *out, size_t cap);
+
 #endif
