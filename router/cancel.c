@@ -1,22 +1,31 @@
 /*
- * cancel.c — which server owns a backend key, for the keys of live sessions.
+ * cancel.c — pgrouter's own backend keys, and the server connection behind each.
  *
- * Keys are passed to clients unchanged (the server's own pid and secret), so a
- * CancelRequest arriving on any listener and any worker is forwarded verbatim
- * to the server this map names. A chained hash under one mutex: it is touched
- * once when a session starts, once when it ends, and once per cancel.
+ * A client never sees a server's key: it gets a random one of pgrouter's, and
+ * this map says which server connection (server, backend pid and key) the
+ * session holds now. A CancelRequest arriving on any listener and any worker
+ * is rewritten with the server's key and sent to that server, so a cancel
+ * reaches the right backend even after the session changed server
+ * connections, and a client cannot cancel another client's backend by
+ * guessing at pids. A chained hash under one mutex: touched when a session
+ * starts, when its server connection changes, when it ends, and per cancel.
  */
+#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "router/router.h"
 
+#define KEY_INLINE 32
+
 struct cancel_entry {
 	struct cancel_entry *next;
-	struct disc_server *srv;
-	uint32_t pid;
-	uint32_t key_len;
+	struct disc_server *srv; /* NULL until the server's key is known */
+	uint32_t pid, srv_pid;
+	uint32_t key_len, srv_key_len;
+	uint8_t *srv_key;        /* srv_key_inline, or allocated when longer */
+	uint8_t srv_key_inline[KEY_INLINE];
 	uint8_t key[];
 };
 
@@ -32,22 +41,61 @@ static unsigned bucket(uint32_t pid, const uint8_t *key, uint32_t key_len)
 	return h & (BUCKETS - 1);
 }
 
-struct cancel_entry *cancel_register(uint32_t pid, const uint8_t *key, uint32_t key_len,
-				     struct disc_server *srv)
+static struct cancel_entry *find(uint32_t pid, const uint8_t *key, uint32_t key_len)
 {
-	struct cancel_entry *e = malloc(sizeof(*e) + key_len);
+	for (struct cancel_entry *e = buckets[bucket(pid, key, key_len)]; e; e = e->next)
+		if (e->pid == pid && e->key_len == key_len && memcmp(e->key, key, key_len) == 0)
+			return e;
+	return NULL;
+}
+
+struct cancel_entry *cancel_new(uint32_t *pid, uint8_t *key, uint32_t key_len)
+{
+	if (key_len < 4 || key_len > PGW_CANCEL_KEY_MAX)
+		return NULL;
+	struct cancel_entry *e = calloc(1, sizeof(*e) + key_len);
 	if (!e)
 		return NULL;
-	e->srv = srv;
-	e->pid = pid;
 	e->key_len = key_len;
-	memcpy(e->key, key, key_len);
-	unsigned b = bucket(pid, key, key_len);
+	e->srv_key = e->srv_key_inline;
 	pthread_mutex_lock(&lock);
+	do {
+		if (RAND_bytes((uint8_t *)&e->pid, sizeof(e->pid)) != 1 ||
+		    RAND_bytes(e->key, (int)key_len) != 1) {
+			pthread_mutex_unlock(&lock);
+			free(e);
+			return NULL;
+		}
+		e->pid &= 0x7fffffffu; /* a positive int, as a pid is */
+	} while (e->pid == 0 || find(e->pid, e->key, key_len));
+	unsigned b = bucket(e->pid, e->key, key_len);
 	e->next = buckets[b];
 	buckets[b] = e;
 	pthread_mutex_unlock(&lock);
+	*pid = e->pid;
+	memcpy(key, e->key, key_len);
 	return e;
+}
+
+void cancel_set_server(struct cancel_entry *e, struct disc_server *srv, uint32_t pid,
+		       const uint8_t *key, uint32_t key_len)
+{
+	if (!e)
+		return;
+	uint8_t *k = e->srv_key_inline;
+	if (key_len > KEY_INLINE && !(k = malloc(key_len)))
+		srv = NULL, key_len = 0; /* out of memory: cancels go nowhere */
+	if (key_len)
+		memcpy(k, key, key_len);
+	pthread_mutex_lock(&lock);
+	uint8_t *old = e->srv_key;
+	e->srv = srv;
+	e->srv_pid = pid;
+	e->srv_key = k;
+	e->srv_key_len = key_len;
+	pthread_mutex_unlock(&lock);
+	if (old != e->srv_key_inline && old != k)
+		free(old);
 }
 
 void cancel_unregister(struct cancel_entry *e)
@@ -62,19 +110,25 @@ void cancel_unregister(struct cancel_entry *e)
 			break;
 		}
 	pthread_mutex_unlock(&lock);
+	if (e->srv_key != e->srv_key_inline)
+		free(e->srv_key);
 	free(e);
 }
 
-struct disc_server *cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len)
+size_t cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len,
+		     struct disc_server **srv, uint8_t *out, size_t cap)
 {
-	struct disc_server *srv = NULL;
-	unsigned b = bucket(pid, key, key_len);
+	size_t n = 0;
 	pthread_mutex_lock(&lock);
-	for (struct cancel_entry *e = buckets[b]; e; e = e->next)
-		if (e->pid == pid && e->key_len == key_len && memcmp(e->key, key, key_len) == 0) {
-			srv = e->srv;
-			break;
-		}
+	struct cancel_entry *e = find(pid, key, key_len);
+	if (e && e->srv && 12 + (size_t)e->srv_key_len <= cap) {
+		n = 12 + e->srv_key_len;
+		pgw_put32(out, (uint32_t)n);
+		pgw_put32(out + 4, PGW_CODE_CANCEL);
+		pgw_put32(out + 8, e->srv_pid);
+		memcpy(out + 12, e->srv_key, e->srv_key_len);
+		*srv = e->srv;
+	}
 	pthread_mutex_unlock(&lock);
-	return srv;
+	return n;
 }

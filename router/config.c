@@ -38,6 +38,13 @@ static const char *const tls_keys[TK_N] = { "client_tls",	      "client_tls_cert
 					    "client_tls_key",	      "client_tls_ca",
 					    "client_tls_min_version", "client_tls_ciphers" };
 
+static const char *const auth_names[] = { "passthrough", "router" };
+
+const char *auth_mode_name(enum auth_mode m)
+{
+	return auth_names[m];
+}
+
 const char *client_tls_name(enum client_tls m)
 {
 	return client_tls_names[m];
@@ -282,6 +289,18 @@ static int server_tls_key(struct parse_ctx *p, const char *k, const char *v)
 	return -1;
 }
 
+static int auth_mode_key(struct parse_ctx *p, const char *k, const char *v, enum auth_mode *m,
+			 int *line)
+{
+	for (unsigned i = 0; i < sizeof(auth_names) / sizeof(auth_names[0]); i++)
+		if (strcmp(v, auth_names[i]) == 0) {
+			*m = (enum auth_mode)i;
+			*line = p->line;
+			return 1;
+		}
+	return fail(p, p->line, k, "must be passthrough or router");
+}
+
 static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
@@ -317,6 +336,28 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be an integer 1..1000000");
 		return 1;
 	}
+	if (strcmp(k, "auth") == 0)
+		return auth_mode_key(p, k, v, &c->auth, &c->auth_line);
+	if (strcmp(k, "auth_query") == 0) {
+		c->auth_query_line = p->line;
+		if (!strstr(v, "$1"))
+			return fail(p, p->line, k, "must take the user name as $1");
+		return set_string(p, k, v, c->auth_query, sizeof(c->auth_query));
+	}
+	if (strcmp(k, "auth_user") == 0)
+		return set_string(p, k, v, c->auth_user, sizeof(c->auth_user));
+	if (strcmp(k, "auth_password") == 0) {
+		c->auth_password_set = true;
+		return set_string(p, k, v, c->auth_password, sizeof(c->auth_password));
+	}
+	if (strcmp(k, "auth_file") == 0) {
+		c->auth_file_line = p->line;
+		return readable_file(p, k, v, c->auth_file, sizeof(c->auth_file));
+	}
+	if (strcmp(k, "auth_trust_users") == 0)
+		return set_string(p, k, v, c->auth_trust_users, sizeof(c->auth_trust_users));
+	if (strcmp(k, "auth_cache_ttl") == 0)
+		return set_duration(p, k, v, &c->auth_cache_ttl_ms, true);
 	return fail(p, p->line, k, "unknown key in [pgrouter]");
 }
 
@@ -474,6 +515,8 @@ static int listener_key(struct parse_ctx *p, const char *k, const char *v)
 			}
 		return fail(p, p->line, k, "must be round-robin, random or least-connections");
 	}
+	if (strcmp(k, "auth") == 0)
+		return auth_mode_key(p, k, v, &l->auth, &l->auth_line);
 	return fail(p, p->line, k, "unknown key in [listener %s]", l->name);
 }
 
@@ -536,6 +579,8 @@ static void defaults(struct config *c)
 	c->zk_session_timeout_ms = 10000;
 	c->max_lag = 16 * 1024 * 1024;
 	strcpy(c->client_tls.min_version, "TLSv1.2");
+	strcpy(c->auth_query, AUTH_QUERY_DEFAULT);
+	c->auth_cache_ttl_ms = 60000;
 }
 
 /* A listener's TLS settings: [pgrouter]'s, with the keys it sets itself on top. */
@@ -649,9 +694,18 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 		snprintf(err, errlen, "%s:%d: listener: no [listener NAME] section", path, p.line);
 		return -1;
 	}
+	/* credentials: auth_query or auth_file make pgrouter authenticate by default */
+	if (!c->auth_line && (c->auth_query_line || c->auth_file_line))
+		c->auth = AUTH_ROUTER;
+	if (!c->auth_user[0])
+		strcpy(c->auth_user, c->probe_user);
+	if (!c->auth_password_set)
+		strcpy(c->auth_password, c->probe_password);
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		struct listener_config *l = &c->listeners[i];
 		inherit_tls(&l->tls, &c->client_tls);
+		if (!l->auth_line)
+			l->auth = c->auth;
 		if (!l->host[0]) {
 			snprintf(err, errlen, "%s:%d: listen: [listener %s] has no listen address",
 				 path, l->line, l->name);

@@ -80,6 +80,12 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
 	else
 		log_info("SIGHUP: TLS certificates and keys reloaded (other settings need a restart)");
+	if (router.cfg->auth_file[0]) {
+		if (auth_file_load(router.cfg, err, sizeof(err)) != 0)
+			log_error("SIGHUP: auth_file not reloaded, keeping the users in use: %s", err);
+		else
+			log_info("SIGHUP: auth_file %s reloaded", router.cfg->auth_file);
+	}
 }
 
 int main(int argc, char **argv)
@@ -117,7 +123,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	/* auth_file too: a line that is not a verifier is an error now, not at login */
+	if (auth_file_load(&cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		tls_teardown(&cfg);
+		return 1;
+	}
 	if (check) {
+		auth_stop();
 		tls_teardown(&cfg);
 		printf("%s: ok\n", path);
 		return 0;
@@ -148,6 +161,10 @@ int main(int argc, char **argv)
 			log_error("%s:%d: servers: %s", path, cfg.servers[i].line, why);
 			goto out;
 		}
+	}
+	if (auth_start(base, &cfg, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		goto out;
 	}
 	if (listeners_bind(&router, err, sizeof(err)) != 0) {
 		log_error("%s", err);
@@ -207,9 +224,10 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < cfg.nlisteners; i++) {
 		const struct listener_config *l = &cfg.listeners[i];
-		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s client_tls=%s",
+		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s client_tls=%s "
+			 "auth=%s",
 			 l->name, l->host, l->port, tsa_name(l->tsa), lb_name(l->lb),
-			 client_tls_name(l->tls.mode));
+			 client_tls_name(l->tls.mode), auth_mode_name(l->auth));
 	}
 	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
 		 cfg.workers, cfg.nservers, cfg.source);
@@ -236,6 +254,7 @@ out:
 	disc_etcd_stop(etcd);
 	disc_rest_stop(rest);
 	disc_zk_stop(zk);
+	auth_stop();
 	topo_reset();
 	disc_servers_free();
 	tls_teardown(&cfg);

@@ -74,6 +74,10 @@ enum server_tls {
 	SERVER_TLS_VERIFY_CA,
 	SERVER_TLS_VERIFY_FULL,
 };
+/* Who authenticates clients: the server through pgrouter (passthrough), or
+ * pgrouter itself with verifiers from auth_file / auth_query (router). */
+enum auth_mode { AUTH_PASSTHROUGH, AUTH_ROUTER };
+const char *auth_mode_name(enum auth_mode m);
 const char *client_tls_name(enum client_tls m);
 const char *server_tls_name(enum server_tls m);
 struct listener_config {
@@ -84,6 +88,8 @@ struct listener_config {
 	enum lb lb;
 	int line;
 	atomic_uint rr; /* round-robin cursor, shared by the workers */
+	enum auth_mode auth;
+	int auth_line; /* 0: [pgrouter]'s auth */
 	struct tls_config tls; /* after config_load: [pgrouter]'s keys with this listener's on top */
 	SSL_CTX *ssl_ctx;      /* tls.c; NULL when client_tls = disable */
 };
@@ -112,6 +118,17 @@ struct config {
 	char server_tls_ca[512], server_tls_cert[512], server_tls_key[512];
 	int server_tls_line[4]; /* server_tls, _ca, _cert, _key */
 	SSL_CTX *server_ssl_ctx; /* tls.c; NULL when server_tls = disable */
+
+	/* authentication by pgrouter (auth.c) */
+	enum auth_mode auth;
+	int auth_line, auth_query_line, auth_file_line;
+	char auth_query[1024];
+	char auth_user[64];     /* default probe_user */
+	char auth_password[256]; /* default probe_password */
+	bool auth_password_set;
+	char auth_file[512];
+	char auth_trust_users[1024];
+	unsigned auth_cache_ttl_ms;
 
 	char source[16];
 	unsigned nservers;
@@ -183,13 +200,61 @@ void select_describe(const struct topology *topo, char *buf, size_t len);
 
 /* ---- cancel.c --------------------------------------------------------- */
 
-/* Register the backend key of a live session routed to srv. Returns a handle
- * to pass to cancel_unregister, or NULL (out of memory). */
-struct cancel_entry *cancel_register(uint32_t pid, const uint8_t *key, uint32_t key_len,
-				     struct disc_server *srv);
+/*
+ * Clients get backend keys that pgrouter makes (random, unique among live
+ * sessions), mapped to the server connection the session uses now.
+ * cancel_new: a key of key_len bytes (4 for protocol 3.0, up to 256 for 3.2)
+ * into *pid and key; NULL on out of memory.
+ * cancel_set_server: the server connection behind it (srv, its own pid/key).
+ */
+struct cancel_entry *cancel_new(uint32_t *pid, uint8_t *key, uint32_t key_len);
+void cancel_set_server(struct cancel_entry *e, struct disc_server *srv, uint32_t pid,
+		       const uint8_t *key, uint32_t key_len);
 void cancel_unregister(struct cancel_entry *e);
-/* Which server owns this key? NULL if no live session has it. */
-struct disc_server *cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len);
+/* The server connection behind a client's key: fills the CancelRequest to
+ * send to it (out, capacity cap: 12 + its key) and returns its length with
+ * *srv set, or 0 when no live session holds the key. */
+size_t cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len,
+		     struct disc_server **srv, uint8_t *out, size_t cap);
+
+/* ---- auth.c ------------------------------------------------------------ */
+
+struct worker;
+
+#define AUTH_QUERY_DEFAULT                                                               \
+	"SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin AND " \
+	"(rolvaliduntil IS NULL OR rolvaliduntil > now())"
+
+/* What pgrouter knows of a user: a verifier (SCRAM or md5), or that the
+ * configuration trusts it. An unknown user gets a mock SCRAM verifier. */
+enum cred_kind { CRED_SCRAM, CRED_MD5, CRED_TRUST };
+struct cred {
+	enum cred_kind kind;
+	bool mock;
+	bool has_client_key; /* client_key recovered from the client's SCRAM proof */
+	struct pgw_scram_verifier scram;
+	char md5[PGW_MD5_LEN + 1];
+	uint8_t client_key[PGW_SCRAM_KEY_LEN]; /* memory only, wiped with the session */
+};
+enum { AUTH_FOUND, AUTH_PENDING, AUTH_UNAVAILABLE };
+
+/* Set up (main thread, before the workers start): the mock secret, the
+ * auth_query machinery on base, the auth_file. 0, or -1 with err. */
+int auth_start(struct event_base *base, const struct config *c, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+void auth_stop(void);
+/* (Re)read auth_file (start, --check, SIGHUP). On error the table in use stays. */
+int auth_file_load(const struct config *c, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/*
+ * A worker asks what it may check user against. AUTH_FOUND: *out filled
+ * (a mock verifier for an unknown user). AUTH_PENDING: auth_query runs; the
+ * worker's auth_done event fires when it answers, ask again then.
+ * AUTH_UNAVAILABLE: the lookup failed (why).
+ */
+int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why, size_t whylen);
+/* A login failed with the cached verifier: look it up again next time. */
+void auth_forget(const char *user);
 
 /* ---- worker.c / listener.c / session.c / relay.c ---------------------- */
 
@@ -203,6 +268,7 @@ struct worker {
 	struct event notify;   /* a new topology snapshot was published */
 	struct event shutdown; /* main thread asks to drain */
 	struct event drain_deadline;
+	struct event auth_done; /* auth.c answered a lookup this worker waits for */
 	struct topology *topo; /* this worker's reference to the current snapshot */
 	struct evconnlistener **listeners;
 	struct session_list sessions; /* every session */
@@ -237,9 +303,12 @@ void workers_join(struct router *r);
  */
 enum sess_state {
 	SS_STARTUP,    /* reading the client's first packet(s) */
+	SS_LOOKUP,     /* auth = router: waiting for the user's verifier (auth_query) */
+	SS_LOGIN,      /* auth = router: pgrouter authenticates the client */
 	SS_QUEUED,     /* no eligible server yet: waiting for a new snapshot */
 	SS_CONNECTING, /* TCP connect to the chosen server */
-	SS_AUTH,       /* startup packet sent; server messages read whole until ReadyForQuery */
+	SS_AUTH,       /* startup packet sent; server messages read whole until ReadyForQuery
+			  (auth = router: pgrouter answers the server's authentication) */
 	SS_RELAY,      /* bytes move both ways */
 	SS_CANCEL,     /* forwarding a CancelRequest to the server that owns the key */
 	SS_CLOSING,    /* flushing a final message to the client, then lingering for its EOF */
@@ -270,6 +339,8 @@ struct session {
 	uint32_t startup_len;
 	struct disc_server *srv;
 	struct cancel_entry *cancel;
+	struct login *login;  /* auth = router: the exchanges in progress (session.c) */
+	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
 	uint64_t tried;       /* servers that refused this session (bit = server id) */
 	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
@@ -286,8 +357,12 @@ struct session {
 	unsigned s_phase : 2;          /* server connection: enum srv_phase (session.c) */
 	unsigned tls_direct : 1;       /* the client began with a TLS ClientHello */
 	unsigned plus_dropped : 1;     /* SCRAM-SHA-256-PLUS taken out of the server's offer */
+	unsigned router_auth : 1;      /* pgrouter authenticates the client (auth = router) */
+	unsigned key_sent : 1;         /* the client got pgrouter's BackendKeyData */
 	char peer[48];
 	char who[96]; /* user@database */
+	char user[64];
+	uint32_t proto;         /* client's protocol version */
 };
 
 /* session.c */
@@ -303,6 +378,22 @@ void sessions_topology_changed(struct worker *w);
 void sessions_drain(struct worker *w);
 void sessions_close_all(struct worker *w, const char *why);
 void sessions_free_all(struct worker *w);
+/* for login.c: the timer (ms from now), which client events to watch, the end
+ * of a callback (frees a dead session), and "the client is authenticated". */
+void session_timer(struct session *s, uint64_t ms);
+void session_watch_client(struct session *s, short what);
+void session_finish(struct session *s);
+void session_authenticated(struct session *s);
+
+/* login.c: auth = router */
+enum { LOGIN_STOP, LOGIN_SWALLOW };
+void login_start(struct session *s);
+void login_client_read(struct session *s);
+void login_lookups_answered(struct worker *w);
+/* An Authentication message from the server, answered here: LOGIN_SWALLOW
+ * (not for the client), or LOGIN_STOP (the session failed). */
+int login_server_auth(struct session *s, const uint8_t *body, uint32_t len);
+void login_free(struct session *s);
 #define slog(level, s, fmt, ...) \
 	do { \
 		if (log_enabled(level)) \
@@ -345,6 +436,9 @@ void end_shutdown_wr(struct end *e);
 /* Does the client end present the very certificate the server end received? */
 bool tls_same_certificate(const struct end *c, const struct end *s);
 void tls_describe(const struct end *e, char *buf, size_t len);
+/* Channel binding data (tls-server-end-point) of the certificate pgrouter
+ * presented on client end c. Returns its length, or -1. */
+int tls_cbind_data(const struct end *c, uint8_t *out, size_t cap);
 /* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
  * error (errno 0 for EOF), -2 on a framing error, else 0. */
 int relay_move(struct session *s, struct end *from, struct end *to);

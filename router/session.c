@@ -44,8 +44,8 @@
 enum srv_phase { PH_TCP, PH_SSLREQUEST, PH_HANDSHAKE, PH_UP };
 #define AUTH_MESSAGE_MAX (1u << 20) /* largest single message accepted before RELAY */
 
-static const char *const state_names[] = { "startup", "queued",  "connecting", "auth",
-					   "relay",   "cancel",  "closing" };
+static const char *const state_names[] = { "startup", "lookup", "login",  "queued", "connecting",
+					   "auth",    "relay",  "cancel", "closing" };
 
 const char *sess_state_name(enum sess_state st)
 {
@@ -63,6 +63,12 @@ static void timer_set(struct session *s, uint64_t ms)
 {
 	struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
 	evtimer_add(&s->timer, &tv);
+}
+
+void session_timer(struct session *s, uint64_t ms)
+{
+	evtimer_del(&s->timer);
+	timer_set(s, ms);
 }
 
 static void unqueue(struct session *s)
@@ -100,6 +106,11 @@ static void client_watch(struct session *s, short what)
 	end_read(c, true);
 }
 
+void session_watch_client(struct session *s, short what)
+{
+	client_watch(s, what);
+}
+
 static void session_free(struct session *s)
 {
 	struct worker *w = s->w;
@@ -112,6 +123,7 @@ static void session_free(struct session *s)
 		evbuffer_free(s->in);
 	free(s->startup);
 	cancel_unregister(s->cancel);
+	login_free(s);
 	if (s->srv)
 		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
@@ -129,6 +141,11 @@ static void finish(struct session *s)
 		session_free(s);
 }
 
+void session_finish(struct session *s)
+{
+	finish(s);
+}
+
 static void detach_server(struct session *s)
 {
 	if (s->s.fd >= 0 || s->s.out)
@@ -139,8 +156,8 @@ static void detach_server(struct session *s)
 	}
 	if (s->in)
 		evbuffer_drain(s->in, evbuffer_get_length(s->in));
-	cancel_unregister(s->cancel);
-	s->cancel = NULL;
+	/* the client keeps its key; no backend is behind it for now */
+	cancel_set_server(s->cancel, NULL, 0, NULL, 0);
 }
 
 /* Best effort: tell the server we are leaving if the stream sits between messages. */
@@ -317,6 +334,21 @@ static void server_failed(struct session *s, const char *fmt, ...)
 
 static void start_cancel(struct session *s, const struct pgw_first *f);
 
+/* The client's bytes past its startup (or authentication) go to the server. */
+static bool pass_pipelined(struct session *s)
+{
+	if (!s->in)
+		return true;
+	size_t extra = evbuffer_get_length(s->in);
+	if (extra && !end_queue(&s->s, evbuffer_pullup(s->in, -1), extra)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return false;
+	}
+	evbuffer_free(s->in);
+	s->in = NULL;
+	return true;
+}
+
 static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const struct pgw_first *f)
 {
 	s->startup = malloc(len);
@@ -327,25 +359,36 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	memcpy(s->startup, p, len);
 	s->startup_len = len;
 	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
+	snprintf(s->user, sizeof(s->user), "%s", f->user);
+	s->proto = f->version;
 	evtimer_del(&s->timer);
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
 	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
-	if (s->in) {
-		/* p pointed into s->in; it is copied, drop it there */
-		evbuffer_drain(s->in, len);
-		/* a client that pipelines past its startup packet: keep those bytes */
-		size_t extra = evbuffer_get_length(s->in);
-		if (extra) {
-			if (!end_queue(&s->s, evbuffer_pullup(s->in, -1), extra)) {
-				session_fail(s, "53200", "pgrouter: out of memory");
-				return;
-			}
+	if (s->in)
+		evbuffer_drain(s->in, len); /* p pointed into s->in; it is copied */
+	if (s->l->auth == AUTH_ROUTER) {
+		if (strlen(f->user) >= sizeof(s->user)) {
+			session_fail(s, "28000", "user name too long");
+			return;
 		}
-		evbuffer_free(s->in);
-		s->in = NULL;
+		/* pgrouter checks the client first; what it sent along is read then */
+		s->router_auth = true;
+		login_start(s);
+		return;
 	}
-	route(s);
+	/* a client that pipelines past its startup packet: keep those bytes */
+	if (pass_pipelined(s))
+		route(s);
+}
+
+void session_authenticated(struct session *s)
+{
+	/* queue_timeout counts from here: typing a password is not waiting for a server */
+	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	evtimer_del(&s->timer);
+	if (pass_pipelined(s))
+		route(s);
 }
 
 static void startup_read(struct session *s);
@@ -536,15 +579,17 @@ static void startup_read(struct session *s)
 
 static void start_cancel(struct session *s, const struct pgw_first *f)
 {
-	struct disc_server *srv = cancel_lookup(f->cancel_pid, f->cancel_key, f->cancel_key_len);
+	struct disc_server *srv = NULL;
+	uint8_t req[12 + PGW_CANCEL_KEY_MAX];
+	size_t n = cancel_lookup(f->cancel_pid, f->cancel_key, f->cancel_key_len, &srv, req,
+				 sizeof(req));
 	snprintf(s->who, sizeof(s->who), "cancel pid %u", f->cancel_pid);
-	if (!srv) {
+	if (!n) {
 		/* PostgreSQL answers an unknown key with silence, and so do we */
 		slog(LOG_INFO, s, "cancel request for a key no live session holds; ignored");
 		s->dead = true;
 		return;
 	}
-	const uint8_t *p = evbuffer_pullup(s->in, f->len);
 	evtimer_del(&s->timer);
 	session_set_state(s, SS_CANCEL);
 	end_read(&s->c, false);
@@ -557,7 +602,8 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 	}
 	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
 	s->s_phase = PH_TCP;
-	if (!end_queue(&s->s, p, f->len) ||
+	/* the server's own pid and key, not the client's (pgrouter's) */
+	if (!end_queue(&s->s, req, n) ||
 	    (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS)) {
 		slog(LOG_WARNING, s, "cannot forward cancel request: %s", strerror(errno));
 		s->dead = true;
@@ -606,15 +652,47 @@ static void enter_relay(struct session *s, char txn_status)
 		check_fit(s); /* a snapshot may have arrived while it authenticated */
 }
 
+/*
+ * The server's BackendKeyData: the client gets pgrouter's key instead, made
+ * once per session (4 bytes when the server's key has 4, protocol 3.0; else
+ * 32, as PostgreSQL 18 makes them), and the map points it at this server
+ * connection. The server's message is not passed on (returns false then, with
+ * the session failed, only when out of memory).
+ */
+static bool own_key(struct session *s, uint32_t pid, const uint8_t *key, uint32_t klen)
+{
+	if (!s->cancel) {
+		uint8_t mine[32];
+		uint32_t mypid, mylen = klen == 4 ? 4 : 32;
+		s->cancel = cancel_new(&mypid, mine, mylen);
+		uint8_t msg[PGW_HEADER_LEN + 4 + 32];
+		size_t n = s->cancel ? pgw_build_backend_key(msg, sizeof(msg), mypid, mine, mylen) : 0;
+		if (!n || !end_queue(&s->c, msg, n)) {
+			session_fail(s, "53200", "pgrouter: out of memory");
+			return false;
+		}
+		s->key_sent = true;
+	}
+	cancel_set_server(s->cancel, s->srv, pid, key, klen);
+	return true;
+}
+
 static bool param_on(const char *v)
 {
 	return strcmp(v, "on") == 0 || strcmp(v, "true") == 0;
 }
 
-/* One whole server message during AUTH. Returns false when it ended the attempt. */
-static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
+#define PASS_ON 2 /* auth_message: the message goes to the client */
+
+/* One whole server message during AUTH: LOGIN_STOP when it ended the attempt,
+ * LOGIN_SWALLOW when it is not for the client, else PASS_ON. */
+static int auth_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
 {
 	switch (type) {
+	case PGW_MSG_AUTH:
+		if (s->router_auth)
+			return login_server_auth(s, body, len);
+		break;
 	case PGW_MSG_ERROR: {
 		struct pgw_error_fields ef;
 		if (pgw_error_parse(body, len, &ef) != 0)
@@ -624,7 +702,7 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, u
 			/* starting up, shutting down, in recovery, or full: another server may
 			 * take the session, and the client has seen nothing yet */
 			server_failed(s, "server answered %s: %s", code, ef.message ? ef.message : "");
-			return false;
+			return LOGIN_STOP;
 		}
 		if (s->plus_dropped && ef.message &&
 		    strncmp(ef.message, "SCRAM channel binding negotiation error", 39) == 0) {
@@ -638,18 +716,23 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, u
 				     "channel_binding=disable, or give pgrouter the servers' own "
 				     "certificate (then binding works end to end)",
 				     s->srv->name, server_tls_name(router.cfg->server_tls));
-			return false;
+			return LOGIN_STOP;
 		}
 		slog(LOG_INFO, s, "server refused the session: %s %s", code,
 		     ef.message ? ef.message : "");
+		if (s->router_auth && strcmp(code, "28P01") == 0)
+			auth_forget(s->user); /* look the verifier up again next time */
 		break;
 	}
 	case PGW_MSG_BACKEND_KEY: {
 		uint32_t pid, klen;
 		const uint8_t *key;
-		if (pgw_backend_key(body, len, &pid, &key, &klen) == 0 && !s->cancel)
-			s->cancel = cancel_register(pid, key, klen, s->srv);
-		break;
+		if (pgw_backend_key(body, len, &pid, &key, &klen) != 0) {
+			session_fail(s, "08P01", "server %s sent an invalid BackendKeyData",
+				     s->srv->name);
+			return LOGIN_STOP;
+		}
+		return own_key(s, pid, key, klen) ? LOGIN_SWALLOW : LOGIN_STOP;
 	}
 	case PGW_MSG_PARAMETER_STATUS: {
 		const char *name, *value;
@@ -671,11 +754,11 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, u
 				     "default_transaction_read_only=%s); the cluster changed, reconnect",
 				     s->srv->name, tsa_name(s->l->tsa), s->l->name,
 				     s->hot_standby == 1 ? "on" : "off", s->read_only == 1 ? "on" : "off");
-			return false;
+			return LOGIN_STOP;
 		}
 		break;
 	}
-	return true;
+	return PASS_ON;
 }
 
 /*
@@ -746,11 +829,17 @@ static void auth_read(struct session *s)
 		if (have < PGW_HEADER_LEN + body)
 			break;
 		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
-		if (!auth_message(s, type, m + PGW_HEADER_LEN, body))
+		int r = auth_message(s, type, m + PGW_HEADER_LEN, body);
+		if (r == LOGIN_STOP)
 			return;
 		if (!s->c.out && !(s->c.out = evbuffer_new())) {
 			s->dead = true;
 			return;
+		}
+		if (r == LOGIN_SWALLOW) {
+			/* answered by pgrouter, or replaced (BackendKeyData) */
+			evbuffer_drain(s->in, PGW_HEADER_LEN + body);
+			continue;
 		}
 		if (type == PGW_MSG_AUTH && pgw_auth_code(m + PGW_HEADER_LEN, body) == PGW_AUTH_SASL)
 			sasl_offer(s, m, PGW_HEADER_LEN + body);
@@ -895,6 +984,10 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_STARTUP:
 		startup_read(s);
 		break;
+	case SS_LOGIN:
+		login_client_read(s);
+		break;
+	case SS_LOOKUP:
 	case SS_QUEUED:
 	case SS_CONNECTING:
 	case SS_CANCEL:
@@ -1111,6 +1204,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_fail(s, "08P01", "startup packet not received within %.1fs",
 			     router.cfg->startup_timeout_ms / 1000.0);
 		break;
+	case SS_LOOKUP:
+		session_fail(s, "08001",
+			     "pgrouter: could not look up the password verifier of user \"%s\" "
+			     "within %.1fs (no server answered auth_query)",
+			     s->user, router.cfg->queue_timeout_ms / 1000.0);
+		break;
+	case SS_LOGIN:
+		session_fail(s, "08P01", "pgrouter: authentication not completed within %.1fs",
+			     router.cfg->startup_timeout_ms / 1000.0);
+		break;
 	case SS_QUEUED:
 		no_server(s);
 		break;
@@ -1220,6 +1323,8 @@ void sessions_drain(struct worker *w)
 		s->draining = true;
 		switch (s->state) {
 		case SS_STARTUP:
+		case SS_LOOKUP:
+		case SS_LOGIN:
 		case SS_QUEUED:
 			session_fail(s, "57P01", "pgrouter is shutting down");
 			break;

@@ -25,6 +25,8 @@
 #include <event2/buffer.h>
 #include <limits.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
@@ -397,4 +399,22 @@ void tls_describe(const struct end *e, char *buf, size_t len)
 		return;
 	}
 	snprintf(buf, len, "%s %s", SSL_get_version(e->ssl), SSL_get_cipher_name(e->ssl));
+}
+
+int tls_cbind_data(const struct end *c, uint8_t *out, size_t cap)
+{
+	/* RFC 5929 tls-server-end-point: the hash of the certificate pgrouter
+	 * presented, with its signature's hash (SHA-256 for MD5 and SHA-1) */
+	X509 *mine = c->ssl ? SSL_get_certificate(c->ssl) : NULL;
+	if (!mine)
+		return -1;
+	int md_nid, pk_nid;
+	if (!OBJ_find_sigid_algs(X509_get_signature_nid(mine), &md_nid, &pk_nid))
+		return -1;
+	const EVP_MD *md = md_nid == NID_md5 || md_nid == NID_sha1 ? EVP_sha256()
+								 : EVP_get_digestbynid(md_nid);
+	unsigned n = 0;
+	if (!md || (size_t)EVP_MD_get_size(md) > cap || !X509_digest(mine, md, out, &n))
+		return -1;
+	return (int)n;
 }

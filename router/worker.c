@@ -53,6 +53,11 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 	sessions_topology_changed(w);
 }
 
+static void auth_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	login_lookups_answered(arg);
+}
+
 static void topo_notify(void *arg)
 {
 	struct worker *w = arg;
@@ -121,6 +126,7 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		event_assign(&w->notify, w->base, -1, 0, notify_cb, w);
 		event_assign(&w->shutdown, w->base, -1, 0, shutdown_cb, w);
 		evtimer_assign(&w->drain_deadline, w->base, drain_deadline_cb, w);
+		event_assign(&w->auth_done, w->base, -1, 0, auth_done_cb, w);
 		w->topo = topo_acquire();
 		w->listeners = calloc(c->nlisteners, sizeof(*w->listeners));
 		struct accept_arg *args = calloc(c->nlisteners, sizeof(*args));

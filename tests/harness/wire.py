@@ -108,3 +108,50 @@ def error_fields(body):
         if field:
             out[chr(field[0])] = field[1:].decode(errors="replace")
     return out
+
+
+def scram_client_first(nonce="pgroutertestnonce"):
+    """The gs2 header and client-first-message-bare of a SCRAM exchange."""
+    return "n,,", "n=,r=" + nonce
+
+
+def scram_proof(password, server_first, client_first_bare, gs2="n,,"):
+    """client-final-message for server_first (str), from the password."""
+    import base64
+    import hashlib
+    import hmac
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    salt = base64.b64decode(attrs["s"])
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, int(attrs["i"]))
+    ck = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored = hashlib.sha256(ck).digest()
+    without = "c=%s,r=%s" % (base64.b64encode(gs2.encode()).decode(), attrs["r"])
+    am = ",".join((client_first_bare, server_first, without)).encode()
+    sig = hmac.new(stored, am, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(ck, sig))
+    return without + ",p=" + base64.b64encode(proof).decode()
+
+
+def scram_login(w, user, password, **params):
+    """Startup + SCRAM-SHA-256 on Wire w. Returns the messages that followed
+    the client-final message (up to ReadyForQuery or an ErrorResponse), and
+    the SASL mechanism list offered."""
+    w.send(startup_packet(user=user, **params))
+    t, body = w.read_msg()
+    if t != b"R" or struct.unpack("!I", body[:4])[0] != 10:
+        return [(t, body)], []
+    mechs = [m.decode() for m in body[4:].split(b"\0") if m]
+    gs2, bare = scram_client_first()
+    first = (gs2 + bare).encode()
+    w.send(msg(b"p", cstr("SCRAM-SHA-256") + struct.pack("!i", len(first)) + first))
+    t, body = w.read_msg()
+    if t != b"R":
+        return [(t, body)], mechs
+    server_first = body[4:].decode()
+    w.send(msg(b"p", scram_proof(password, server_first, bare).encode()))
+    out = []
+    while True:
+        t, body = w.read_msg()
+        out.append((t, body))
+        if t in (b"Z", b"E"):
+            return out, mechs

@@ -1,0 +1,621 @@
+/*
+ * auth.c — what pgrouter knows of users' passwords: verifiers, never passwords.
+ *
+ *   worker: auth_lookup(user) ─▶ trust list? auth_file? cache (fresh)? ─▶ FOUND
+ *                 │ not cached / expired
+ *                 ▼
+ *           entry PENDING, main thread kicked ─▶ auth_query on one libpq connection
+ *                                                 (non-blocking, main event loop,
+ *                                                  to the primary or any reachable
+ *                                                  server: members share pg_authid)
+ *                                                      │ row / no row / error
+ *                 ┌────────────────────────────────────┘
+ *                 ▼
+ *           entry FOUND / MISSING / ERROR, every worker waiting is woken
+ *           (worker->auth_done) and its sessions look again
+ *
+ * The cache and the auth_file table sit under one mutex, touched once or twice
+ * per login, never per message. An unknown user gets a mock verifier derived
+ * from a secret made at start, so that its exchange looks exactly like a wrong
+ * password's (PostgreSQL's "mock authentication").
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router/router.h"
+
+#define ERROR_TTL_MS 1000   /* a failed lookup is retried after this */
+#define RETRY_MS 250        /* no server to ask: look again */
+#define USER_MAX 64
+
+enum entry_state { E_PENDING, E_QUERYING, E_FOUND, E_MISSING, E_ERROR };
+
+struct entry {
+	struct entry *next;
+	enum entry_state state;
+	uint64_t at_ms;            /* when it was fetched */
+	uint64_t waiters;          /* bit = worker id (ids >= 64 share bit 63) */
+	char user[USER_MAX];
+	char value[512];           /* verifier, or the error for E_ERROR */
+};
+
+struct file_user {
+	char user[USER_MAX];
+	char verifier[512];
+};
+
+#define BUCKETS 1024u
+static struct {
+	pthread_mutex_t lock;
+	struct entry *buckets[BUCKETS];
+	struct file_user *file;    /* auth_file, sorted by nothing: scanned */
+	unsigned nfile;
+	uint8_t secret[32];        /* for mock verifiers */
+	const struct config *cfg;
+	bool query_on;
+	/* main thread only */
+	struct event_base *base;
+	struct event *kick, *io, *retry, *deadline;
+	PGconn *conn;
+	struct disc_server *conn_srv;
+	struct entry *busy;        /* the entry whose query is in flight */
+	bool connecting;
+} A = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static unsigned bucket(const char *user)
+{
+	uint32_t h = 2166136261u;
+	for (const char *p = user; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	return h & (BUCKETS - 1);
+}
+
+/* ---- auth_file: PgBouncer's userlist format --------------------------- */
+
+/* One "quoted" field ("" is a quote inside); returns the byte after it or NULL. */
+static const char *quoted(const char *p, char *out, size_t cap)
+{
+	if (*p != '"')
+		return NULL;
+	size_t n = 0;
+	for (p++;; p++) {
+		if (*p == 0)
+			return NULL;
+		if (*p == '"') {
+			if (p[1] != '"')
+				break;
+			p++;
+		}
+		if (n + 1 >= cap)
+			return NULL;
+		out[n++] = *p;
+	}
+	out[n] = 0;
+	return p + 1;
+}
+
+static bool verifier_usable(const char *v)
+{
+	struct pgw_scram_verifier sv;
+	return pgw_scram_parse_verifier(v, &sv) == 0 || pgw_md5_verifier_ok(v);
+}
+
+int auth_file_load(const struct config *c, char *err, size_t errlen)
+{
+	if (!c->auth_file[0])
+		return 0;
+	FILE *f = fopen(c->auth_file, "r");
+	if (!f) {
+		snprintf(err, errlen, "%s:%d: auth_file: cannot read %s: %s", c->path,
+			 c->auth_file_line, c->auth_file, strerror(errno));
+		return -1;
+	}
+	struct file_user *users = NULL;
+	unsigned n = 0, cap = 0;
+	char line[2048];
+	int lineno = 0, rc = 0;
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		char *p = line;
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p || *p == ';' || *p == '#')
+			continue;
+		struct file_user u;
+		const char *q = quoted(p, u.user, sizeof(u.user));
+		while (q && (*q == ' ' || *q == '\t'))
+			q++;
+		q = q ? quoted(q, u.verifier, sizeof(u.verifier)) : NULL;
+		if (!q || !u.user[0]) {
+			snprintf(err, errlen, "%s:%d: expected \"user\" \"verifier\"", c->auth_file,
+				 lineno);
+			rc = -1;
+			break;
+		}
+		if (!verifier_usable(u.verifier)) {
+			/* pgrouter never holds a password, so a plaintext one is refused */
+			snprintf(err, errlen,
+				 "%s:%d: user \"%s\": not a SCRAM-SHA-256 or md5 verifier (plaintext "
+				 "passwords are not accepted; copy pg_authid.rolpassword)",
+				 c->auth_file, lineno, u.user);
+			rc = -1;
+			break;
+		}
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct file_user *nu = realloc(users, cap * sizeof(*users));
+			if (!nu) {
+				snprintf(err, errlen, "%s: out of memory", c->auth_file);
+				rc = -1;
+				break;
+			}
+			users = nu;
+		}
+		users[n++] = u;
+		pgw_scram_wipe(&u, sizeof(u));
+	}
+	fclose(f);
+	pgw_scram_wipe(line, sizeof(line));
+	if (rc != 0) {
+		if (users)
+			pgw_scram_wipe(users, n * sizeof(*users));
+		free(users);
+		return -1;
+	}
+	pthread_mutex_lock(&A.lock);
+	struct file_user *old = A.file;
+	unsigned oldn = A.nfile;
+	A.file = users;
+	A.nfile = n;
+	pthread_mutex_unlock(&A.lock);
+	if (old)
+		pgw_scram_wipe(old, oldn * sizeof(*old));
+	free(old);
+	return 0;
+}
+
+/* ---- verifiers into credentials --------------------------------------- */
+
+static bool listed(const char *list, const char *user)
+{
+	size_t ul = strlen(user);
+	for (const char *p = list; *p;) {
+		while (*p == ',' || isspace((unsigned char)*p))
+			p++;
+		const char *e = p;
+		while (*e && *e != ',' && !isspace((unsigned char)*e))
+			e++;
+		if ((size_t)(e - p) == ul && memcmp(p, user, ul) == 0)
+			return true;
+		p = e;
+	}
+	return false;
+}
+
+static bool cred_from(const char *verifier, struct cred *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (pgw_scram_parse_verifier(verifier, &out->scram) == 0) {
+		out->kind = CRED_SCRAM;
+		return true;
+	}
+	if (pgw_md5_verifier_ok(verifier)) {
+		out->kind = CRED_MD5;
+		memcpy(out->md5, verifier, PGW_MD5_LEN + 1);
+		return true;
+	}
+	return false;
+}
+
+/* A SCRAM verifier no password matches, the same for the same user every time. */
+static void mock(const char *user, struct cred *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->kind = CRED_SCRAM;
+	out->mock = true;
+	uint8_t h[32];
+	unsigned l = sizeof(h);
+	HMAC(EVP_sha256(), A.secret, sizeof(A.secret), (const uint8_t *)user, strlen(user), h, &l);
+	out->scram.iterations = 4096;
+	out->scram.salt_len = 16;
+	memcpy(out->scram.salt, h, 16);
+	HMAC(EVP_sha256(), h, sizeof(h), (const uint8_t *)"stored", 6, out->scram.stored_key, &l);
+	HMAC(EVP_sha256(), h, sizeof(h), (const uint8_t *)"server", 6, out->scram.server_key, &l);
+}
+
+static struct entry *find(const char *user)
+{
+	for (struct entry *e = A.buckets[bucket(user)]; e; e = e->next)
+		if (strcmp(e->user, user) == 0)
+			return e;
+	return NULL;
+}
+
+static void wake_waiters(struct entry *e)
+{
+	uint64_t w = e->waiters;
+	e->waiters = 0;
+	for (unsigned i = 0; i < router.nworkers && router.workers; i++)
+		if (w & (1ull << (i < 64 ? i : 63)))
+			event_active(&router.workers[i].auth_done, EV_READ, 0);
+}
+
+int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why, size_t whylen)
+{
+	const struct config *c = A.cfg;
+	if (listed(c->auth_trust_users, user)) {
+		memset(out, 0, sizeof(*out));
+		out->kind = CRED_TRUST;
+		return AUTH_FOUND;
+	}
+	if (strlen(user) >= USER_MAX) {
+		mock(user, out);
+		return AUTH_FOUND;
+	}
+	pthread_mutex_lock(&A.lock);
+	for (unsigned i = 0; i < A.nfile; i++)
+		if (strcmp(A.file[i].user, user) == 0) {
+			bool ok = cred_from(A.file[i].verifier, out);
+			pthread_mutex_unlock(&A.lock);
+			if (!ok)
+				mock(user, out);
+			return AUTH_FOUND;
+		}
+	if (!A.query_on) {
+		pthread_mutex_unlock(&A.lock);
+		mock(user, out);
+		return AUTH_FOUND;
+	}
+	uint64_t now = now_ms();
+	struct entry *e = find(user);
+	if (e) {
+		uint64_t age = now - e->at_ms;
+		switch (e->state) {
+		case E_FOUND:
+		case E_MISSING:
+			if (age < c->auth_cache_ttl_ms) {
+				bool ok = e->state == E_FOUND && cred_from(e->value, out);
+				pthread_mutex_unlock(&A.lock);
+				if (!ok)
+					mock(user, out);
+				return AUTH_FOUND;
+			}
+			break;
+		case E_ERROR:
+			if (age < ERROR_TTL_MS) {
+				snprintf(why, whylen, "%s", e->value);
+				pthread_mutex_unlock(&A.lock);
+				return AUTH_UNAVAILABLE;
+			}
+			break;
+		default: /* pending or querying: wait with the others */
+			e->waiters |= 1ull << (w->id < 64 ? w->id : 63);
+			pthread_mutex_unlock(&A.lock);
+			return AUTH_PENDING;
+		}
+	} else {
+		e = calloc(1, sizeof(*e));
+		if (!e) {
+			pthread_mutex_unlock(&A.lock);
+			snprintf(why, whylen, "out of memory");
+			return AUTH_UNAVAILABLE;
+		}
+		snprintf(e->user, sizeof(e->user), "%s", user);
+		unsigned b = bucket(user);
+		e->next = A.buckets[b];
+		A.buckets[b] = e;
+	}
+	e->state = E_PENDING;
+	e->waiters |= 1ull << (w->id < 64 ? w->id : 63);
+	pthread_mutex_unlock(&A.lock);
+	event_active(A.kick, EV_READ, 0);
+	return AUTH_PENDING;
+}
+
+void auth_forget(const char *user)
+{
+	pthread_mutex_lock(&A.lock);
+	struct entry *e = find(user);
+	if (e && (e->state == E_FOUND || e->state == E_MISSING))
+		e->at_ms = 0; /* expired: the next login asks the server again */
+	pthread_mutex_unlock(&A.lock);
+}
+
+/* ---- auth_query on the main thread ------------------------------------ */
+
+static void next_query(void);
+
+static void drop_conn(void)
+{
+	if (A.io) {
+		event_free(A.io);
+		A.io = NULL;
+	}
+	if (A.conn) {
+		PQfinish(A.conn);
+		A.conn = NULL;
+	}
+	A.conn_srv = NULL;
+	A.connecting = false;
+}
+
+/* The busy entry is answered (state set by the caller): wake its waiters. */
+static void answered(enum entry_state st, const char *value)
+{
+	event_del(A.deadline);
+	pthread_mutex_lock(&A.lock);
+	struct entry *e = A.busy;
+	A.busy = NULL;
+	if (e) {
+		e->state = st;
+		e->at_ms = now_ms();
+		snprintf(e->value, sizeof(e->value), "%s", value ? value : "");
+		wake_waiters(e);
+	}
+	pthread_mutex_unlock(&A.lock);
+	event_active(A.kick, EV_READ, 0);
+}
+
+static void failed(const char *what, const char *detail)
+{
+	char why[512];
+	snprintf(why, sizeof(why), "%s%s", what, detail ? detail : "");
+	why[strcspn(why, "\n")] = 0;
+	log_warning("auth_query: %s", why);
+	drop_conn();
+	answered(E_ERROR, why);
+}
+
+static void io_cb(evutil_socket_t fd, short what, void *arg);
+
+static void watch(short what)
+{
+	if (A.io)
+		event_free(A.io);
+	A.io = event_new(A.base, PQsocket(A.conn), what, io_cb, NULL);
+	if (A.io)
+		event_add(A.io, NULL);
+}
+
+static void send_query(void)
+{
+	const char *params[1] = { A.busy->user };
+	if (!PQsendQueryParams(A.conn, A.cfg->auth_query, 1, NULL, params, NULL, NULL, 0)) {
+		failed("cannot send: ", PQerrorMessage(A.conn));
+		return;
+	}
+	int f = PQflush(A.conn);
+	if (f < 0) {
+		failed("cannot send: ", PQerrorMessage(A.conn));
+		return;
+	}
+	watch(f ? EV_READ | EV_WRITE : EV_READ);
+}
+
+static void read_result(void)
+{
+	if (!PQconsumeInput(A.conn) || PQflush(A.conn) < 0) {
+		failed("", PQerrorMessage(A.conn));
+		return;
+	}
+	if (PQisBusy(A.conn)) {
+		watch(EV_READ);
+		return;
+	}
+	enum entry_state st = E_ERROR;
+	char value[512] = "no result";
+	PGresult *r;
+	while ((r = PQgetResult(A.conn))) {
+		if (PQresultStatus(r) == PGRES_TUPLES_OK && PQnfields(r) >= 2) {
+			if (PQntuples(r) == 0 || PQgetisnull(r, 0, 1)) {
+				st = E_MISSING; /* no such login role, or no password */
+				value[0] = 0;
+			} else if (PQntuples(r) == 1) {
+				snprintf(value, sizeof(value), "%s", PQgetvalue(r, 0, 1));
+				st = verifier_usable(value) ? E_FOUND : E_MISSING;
+				if (st == E_MISSING)
+					log_warning("auth_query: the password of user \"%s\" is "
+						    "stored neither as SCRAM-SHA-256 nor md5; "
+						    "logins fail", A.busy->user);
+			} else {
+				snprintf(value, sizeof(value), "auth_query returned %d rows",
+					 PQntuples(r));
+			}
+		} else if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+			snprintf(value, sizeof(value), "auth_query must return (name, verifier)");
+		} else {
+			snprintf(value, sizeof(value), "%s", PQresultErrorMessage(r));
+		}
+		PQclear(r);
+	}
+	if (A.io) {
+		event_free(A.io);
+		A.io = NULL;
+	}
+	if (st == E_ERROR) {
+		failed("", value);
+		return;
+	}
+	log_debug("auth_query: user \"%s\" %s", A.busy->user,
+		  st == E_FOUND ? "found" : "unknown or without password");
+	answered(st, value);
+	pgw_scram_wipe(value, sizeof(value));
+}
+
+static void poll_connect(void)
+{
+	switch (PQconnectPoll(A.conn)) {
+	case PGRES_POLLING_READING:
+		watch(EV_READ);
+		break;
+	case PGRES_POLLING_WRITING:
+		watch(EV_WRITE);
+		break;
+	case PGRES_POLLING_OK:
+		A.connecting = false;
+		send_query();
+		break;
+	default:
+		failed("connect: ", PQerrorMessage(A.conn));
+		break;
+	}
+}
+
+static void io_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (A.connecting)
+		poll_connect();
+	else
+		read_result();
+}
+
+/* Where to ask: the primary if one is routable, else any reachable server. */
+static struct disc_server *pick_server(void)
+{
+	struct topology *t = topo_acquire();
+	struct disc_server *srv = NULL;
+	for (unsigned i = 0; t && i < t->n && !srv; i++)
+		if (t->e[i].reachable && t->e[i].role == DISC_ROLE_PRIMARY)
+			srv = t->e[i].srv;
+	for (unsigned i = 0; t && i < t->n && !srv; i++)
+		if (t->e[i].reachable)
+			srv = t->e[i].srv;
+	/* keep a connection that still goes somewhere reachable */
+	for (unsigned i = 0; t && A.conn_srv && i < t->n; i++)
+		if (t->e[i].srv == A.conn_srv && t->e[i].reachable)
+			srv = A.conn_srv;
+	topo_release(t);
+	return srv;
+}
+
+static void open_conn(struct disc_server *srv)
+{
+	const struct config *c = A.cfg;
+	const char *keys[12] = { "host", "port", "user", "dbname", "application_name", "gssencmode" };
+	const char *vals[12] = { srv->host, srv->port, c->auth_user, c->probe_dbname,
+				 "pgrouter-auth", "disable" };
+	unsigned n = 6;
+	const char *opt_keys[] = { "password", "sslmode", "sslrootcert", "sslcert", "sslkey" };
+	const char *opt_vals[] = { c->auth_password, server_tls_name(c->server_tls),
+				   c->server_tls_ca, c->server_tls_cert, c->server_tls_key };
+	for (unsigned i = 0; i < sizeof(opt_keys) / sizeof(opt_keys[0]); i++)
+		if (opt_vals[i] && *opt_vals[i]) {
+			keys[n] = opt_keys[i];
+			vals[n++] = opt_vals[i];
+		}
+	keys[n] = vals[n] = NULL;
+	A.conn = PQconnectStartParams(keys, vals, 0);
+	A.conn_srv = srv;
+	if (!A.conn || PQstatus(A.conn) == CONNECTION_BAD) {
+		failed("connect: ", A.conn ? PQerrorMessage(A.conn) : "out of memory");
+		return;
+	}
+	A.connecting = true;
+	watch(EV_WRITE);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char why[64];
+	snprintf(why, sizeof(why), "%u ms", A.cfg->connect_timeout_ms);
+	failed("no answer within ", why);
+}
+
+static void next_query(void)
+{
+	if (A.busy)
+		return;
+	pthread_mutex_lock(&A.lock);
+	struct entry *e = NULL;
+	for (unsigned b = 0; b < BUCKETS && !e; b++)
+		for (struct entry *x = A.buckets[b]; x && !e; x = x->next)
+			if (x->state == E_PENDING)
+				e = x;
+	if (e)
+		e->state = E_QUERYING;
+	A.busy = e;
+	pthread_mutex_unlock(&A.lock);
+	if (!e)
+		return;
+	struct disc_server *srv = pick_server();
+	if (!srv) {
+		/* nothing reachable (a failover, or the start): wait for one; the
+		 * sessions that wait are bounded by their own timers */
+		pthread_mutex_lock(&A.lock);
+		e->state = E_PENDING;
+		A.busy = NULL;
+		pthread_mutex_unlock(&A.lock);
+		drop_conn();
+		struct timeval tv = { 0, RETRY_MS * 1000 };
+		event_add(A.retry, &tv);
+		return;
+	}
+	struct timeval tv = { A.cfg->connect_timeout_ms / 1000,
+			      (A.cfg->connect_timeout_ms % 1000) * 1000 };
+	event_add(A.deadline, &tv);
+	if (A.conn && (A.conn_srv != srv || PQstatus(A.conn) != CONNECTION_OK))
+		drop_conn();
+	if (A.conn)
+		send_query();
+	else
+		open_conn(srv);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	next_query();
+}
+
+int auth_start(struct event_base *base, const struct config *c, char *err, size_t errlen)
+{
+	A.cfg = c;
+	A.base = base;
+	if (RAND_bytes(A.secret, sizeof(A.secret)) != 1) {
+		snprintf(err, errlen, "no random bytes for the mock-authentication secret");
+		return -1;
+	}
+	/* auth_query is used when it was set, or when there is no auth_file */
+	A.query_on = c->auth_query_line || !c->auth_file[0];
+	A.kick = event_new(base, -1, 0, kick_cb, NULL);
+	A.retry = evtimer_new(base, kick_cb, NULL);
+	A.deadline = evtimer_new(base, deadline_cb, NULL);
+	if (!A.kick || !A.retry || !A.deadline) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return auth_file_load(c, err, errlen);
+}
+
+void auth_stop(void)
+{
+	drop_conn();
+	if (A.kick)
+		event_free(A.kick);
+	if (A.retry)
+		event_free(A.retry);
+	if (A.deadline)
+		event_free(A.deadline);
+	A.kick = A.retry = A.deadline = NULL;
+	for (unsigned b = 0; b < BUCKETS; b++)
+		while (A.buckets[b]) {
+			struct entry *e = A.buckets[b];
+			A.buckets[b] = e->next;
+			pgw_scram_wipe(e, sizeof(*e));
+			free(e);
+		}
+	if (A.file)
+		pgw_scram_wipe(A.file, A.nfile * sizeof(*A.file));
+	free(A.file);
+	A.file = NULL;
+	A.nfile = 0;
+	pgw_scram_wipe(A.secret, sizeof(A.secret));
+}
