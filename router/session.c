@@ -365,10 +365,11 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
 	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
+	bool user_fits = strlen(f->user) < sizeof(s->user);
 	if (s->in)
-		evbuffer_drain(s->in, len); /* p pointed into s->in; it is copied */
+		evbuffer_drain(s->in, len); /* p and f pointed into s->in; not used from here */
 	if (s->l->auth == AUTH_ROUTER) {
-		if (strlen(f->user) >= sizeof(s->user)) {
+		if (!user_fits) {
 			session_fail(s, "28000", "user name too long");
 			return;
 		}
