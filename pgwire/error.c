@@ -47,3 +47,95 @@ size_t pgw_build_terminate(uint8_t *buf, size_t cap)
 	pgw_put32(buf + 1, 4);
 	return 5;
 }
+
+/* type + length, then body pieces; 0 when the whole does not fit */
+static size_t typed(uint8_t *buf, size_t cap, uint8_t type, size_t body)
+{
+	if (body > PGW_MESSAGE_MAX - 4 || cap < PGW_HEADER_LEN + body)
+		return 0;
+	buf[0] = type;
+	pgw_put32(buf + 1, (uint32_t)(body + 4));
+	return PGW_HEADER_LEN;
+}
+
+size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql)
+{
+	size_t n = strlen(sql) + 1;
+	if (!typed(buf, cap, 'Q', n))
+		return 0;
+	memcpy(buf + PGW_HEADER_LEN, sql, n);
+	return PGW_HEADER_LEN + n;
+}
+
+size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *sql)
+{
+	size_t n = strlen(sql) + 1;
+	if (!typed(buf, cap, 'P', 1 + n + 2))
+		return 0;
+	uint8_t *p = buf + PGW_HEADER_LEN;
+	*p++ = 0; /* unnamed statement */
+	memcpy(p, sql, n);
+	p += n;
+	*p++ = 0; /* no parameter types */
+	*p++ = 0;
+	return (size_t)(p - buf);
+}
+
+size_t pgw_build_bind(uint8_t *buf, size_t cap, unsigned n, const char *const *values)
+{
+	size_t body = 1 + 1 + 2 + 2 + 2;
+	for (unsigned i = 0; i < n; i++)
+		body += 4 + strlen(values[i]);
+	if (n > 0xffff || !typed(buf, cap, 'B', body))
+		return 0;
+	uint8_t *p = buf + PGW_HEADER_LEN;
+	*p++ = 0; /* unnamed portal */
+	*p++ = 0; /* unnamed statement */
+	*p++ = 0; /* no format codes: all text */
+	*p++ = 0;
+	*p++ = (uint8_t)(n >> 8);
+	*p++ = (uint8_t)n;
+	for (unsigned i = 0; i < n; i++) {
+		size_t l = strlen(values[i]);
+		pgw_put32(p, (uint32_t)l);
+		memcpy(p + 4, values[i], l);
+		p += 4 + l;
+	}
+	*p++ = 0; /* results in text */
+	*p++ = 0;
+	return (size_t)(p - buf);
+}
+
+size_t pgw_build_execute(uint8_t *buf, size_t cap)
+{
+	if (!typed(buf, cap, 'E', 5))
+		return 0;
+	memset(buf + PGW_HEADER_LEN, 0, 5); /* unnamed portal, no row limit */
+	return PGW_HEADER_LEN + 5;
+}
+
+size_t pgw_build_sync(uint8_t *buf, size_t cap)
+{
+	return typed(buf, cap, 'S', 0);
+}
+
+size_t pgw_build_startup(uint8_t *buf, size_t cap, uint32_t version, unsigned n,
+			 const char *const *names, const char *const *values)
+{
+	size_t len = 8 + 1;
+	for (unsigned i = 0; i < n; i++)
+		len += strlen(names[i]) + 1 + strlen(values[i]) + 1;
+	if (len > cap || len > PGW_STARTUP_MAX)
+		return 0;
+	pgw_put32(buf, (uint32_t)len);
+	pgw_put32(buf + 4, version);
+	uint8_t *p = buf + 8;
+	for (unsigned i = 0; i < n; i++) {
+		size_t a = strlen(names[i]) + 1, b = strlen(values[i]) + 1;
+		memcpy(p, names[i], a);
+		memcpy(p + a, values[i], b);
+		p += a + b;
+	}
+	*p++ = 0;
+	return len;
+}

@@ -212,6 +212,24 @@ size_t pgw_build_error(uint8_t *buf, size_t cap, const char *severity, const cha
 /* Terminate message ('X'): 5 bytes. */
 size_t pgw_build_terminate(uint8_t *buf, size_t cap);
 
+/*
+ * Messages pgrouter sends a server on its own (resetting or preparing a
+ * pooled connection). Each writes one message into buf (capacity cap) and
+ * returns its length, or 0 when it does not fit.
+ * - Query ('Q'): one SQL string.
+ * - Parse ('P'): unnamed statement, no parameter types.
+ * - Bind ('B'): unnamed portal and statement, n text parameters, text results.
+ * - Execute ('E'): unnamed portal, no row limit. Sync ('S').
+ * - StartupMessage: version and n name/value pairs (names[i], values[i]).
+ */
+size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql);
+size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *sql);
+size_t pgw_build_bind(uint8_t *buf, size_t cap, unsigned n, const char *const *values);
+size_t pgw_build_execute(uint8_t *buf, size_t cap);
+size_t pgw_build_sync(uint8_t *buf, size_t cap);
+size_t pgw_build_startup(uint8_t *buf, size_t cap, uint32_t version, unsigned n,
+			 const char *const *names, const char *const *values);
+
 /* ---- auth.c: authentication messages, both directions ---------------- */
 
 #define PGW_AUTH_OK 0

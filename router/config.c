@@ -39,6 +39,12 @@ static const char *const tls_keys[TK_N] = { "client_tls",	      "client_tls_cert
 					    "client_tls_min_version", "client_tls_ciphers" };
 
 static const char *const auth_names[] = { "passthrough", "router" };
+static const char *const pool_mode_names[] = { "none", "session" };
+
+const char *pool_mode_name(enum pool_mode m)
+{
+	return pool_mode_names[m];
+}
 
 const char *auth_mode_name(enum auth_mode m)
 {
@@ -289,6 +295,18 @@ static int server_tls_key(struct parse_ctx *p, const char *k, const char *v)
 	return -1;
 }
 
+static int pool_mode_key(struct parse_ctx *p, const char *k, const char *v, enum pool_mode *m,
+			 int *line)
+{
+	for (unsigned i = 0; i < sizeof(pool_mode_names) / sizeof(pool_mode_names[0]); i++)
+		if (strcmp(v, pool_mode_names[i]) == 0) {
+			*m = (enum pool_mode)i;
+			*line = p->line;
+			return 1;
+		}
+	return fail(p, p->line, k, "must be none or session");
+}
+
 static int auth_mode_key(struct parse_ctx *p, const char *k, const char *v, enum auth_mode *m,
 			 int *line)
 {
@@ -358,6 +376,19 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_string(p, k, v, c->auth_trust_users, sizeof(c->auth_trust_users));
 	if (strcmp(k, "auth_cache_ttl") == 0)
 		return set_duration(p, k, v, &c->auth_cache_ttl_ms, true);
+	if (strcmp(k, "pool_mode") == 0)
+		return pool_mode_key(p, k, v, &c->pool_mode, &c->pool_mode_line);
+	if (strcmp(k, "pool_size") == 0) {
+		if (parse_uint(v, 1, 100000, &c->pool_size) != 0)
+			return fail(p, p->line, k, "must be an integer 1..100000");
+		return 1;
+	}
+	if (strcmp(k, "server_reset_query") == 0)
+		return set_string(p, k, v, c->server_reset_query, sizeof(c->server_reset_query));
+	if (strcmp(k, "server_idle_timeout") == 0)
+		return set_duration(p, k, v, &c->server_idle_timeout_ms, true);
+	if (strcmp(k, "server_lifetime") == 0)
+		return set_duration(p, k, v, &c->server_lifetime_ms, true);
 	return fail(p, p->line, k, "unknown key in [pgrouter]");
 }
 
@@ -517,6 +548,14 @@ static int listener_key(struct parse_ctx *p, const char *k, const char *v)
 	}
 	if (strcmp(k, "auth") == 0)
 		return auth_mode_key(p, k, v, &l->auth, &l->auth_line);
+	if (strcmp(k, "pool_mode") == 0)
+		return pool_mode_key(p, k, v, &l->pool_mode, &l->pool_mode_line);
+	if (strcmp(k, "pool_size") == 0) {
+		l->pool_size_line = p->line;
+		if (parse_uint(v, 1, 100000, &l->pool_size) != 0)
+			return fail(p, p->line, k, "must be an integer 1..100000");
+		return 1;
+	}
 	return fail(p, p->line, k, "unknown key in [listener %s]", l->name);
 }
 
@@ -581,6 +620,10 @@ static void defaults(struct config *c)
 	strcpy(c->client_tls.min_version, "TLSv1.2");
 	strcpy(c->auth_query, AUTH_QUERY_DEFAULT);
 	c->auth_cache_ttl_ms = 60000;
+	c->pool_size = 20;
+	strcpy(c->server_reset_query, "DISCARD ALL");
+	c->server_idle_timeout_ms = 600000;
+	c->server_lifetime_ms = 3600000;
 }
 
 /* A listener's TLS settings: [pgrouter]'s, with the keys it sets itself on top. */
@@ -706,6 +749,20 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 		inherit_tls(&l->tls, &c->client_tls);
 		if (!l->auth_line)
 			l->auth = c->auth;
+		if (!l->pool_mode_line) {
+			l->pool_mode = c->pool_mode;
+			l->pool_mode_line = c->pool_mode_line;
+		}
+		if (!l->pool_size_line)
+			l->pool_size = c->pool_size;
+		if (l->pool_mode == POOL_SESSION && l->auth != AUTH_ROUTER) {
+			snprintf(err, errlen,
+				 "%s:%d: pool_mode: pool_mode = session needs auth = router on listener "
+				 "%s (a pooled server connection is logged in as its user: only a "
+				 "client pgrouter authenticated may have it)",
+				 path, l->pool_mode_line, l->name);
+			return -1;
+		}
 		if (!l->host[0]) {
 			snprintf(err, errlen, "%s:%d: listen: [listener %s] has no listen address",
 				 path, l->line, l->name);

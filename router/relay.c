@@ -171,6 +171,14 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 			goto read_failed;
 		if (scan(from, buf, (size_t)n) != 0)
 			return -2;
+		if (from->scan.last_type == PGW_MSG_TERMINATE && s->sc && from == &s->c &&
+		    !s->client_quit && pgw_scan_at_boundary(&from->scan) && n >= 5) {
+			/* a pooled connection outlives its client: its Terminate (the
+			 * last message it sends, so the chunk's last 5 bytes) stays here */
+			s->client_quit = true;
+			if ((n -= 5) == 0)
+				return 0;
+		}
 		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR)
@@ -213,6 +221,8 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 			}
 		}
 		evbuffer_commit_space(to->out, v, used);
+		if (from->scan.last_type == PGW_MSG_TERMINATE && s->sc && from == &s->c)
+			s->quit_passed = true; /* queued behind a backlog: the server gets it */
 		if (to->fd >= 0 && end_flush(to) < 0)
 			return -1;
 	}

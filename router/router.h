@@ -78,6 +78,10 @@ enum server_tls {
  * pgrouter itself with verifiers from auth_file / auth_query (router). */
 enum auth_mode { AUTH_PASSTHROUGH, AUTH_ROUTER };
 const char *auth_mode_name(enum auth_mode m);
+/* Server connections: one per client session for its life (none), or kept in
+ * pools and handed from client to client (session). */
+enum pool_mode { POOL_NONE, POOL_SESSION };
+const char *pool_mode_name(enum pool_mode m);
 const char *client_tls_name(enum client_tls m);
 const char *server_tls_name(enum server_tls m);
 struct listener_config {
@@ -90,6 +94,10 @@ struct listener_config {
 	atomic_uint rr; /* round-robin cursor, shared by the workers */
 	enum auth_mode auth;
 	int auth_line; /* 0: [pgrouter]'s auth */
+	enum pool_mode pool_mode;
+	int pool_mode_line;
+	unsigned pool_size;
+	int pool_size_line;
 	struct tls_config tls; /* after config_load: [pgrouter]'s keys with this listener's on top */
 	SSL_CTX *ssl_ctx;      /* tls.c; NULL when client_tls = disable */
 };
@@ -129,6 +137,14 @@ struct config {
 	char auth_file[512];
 	char auth_trust_users[1024];
 	unsigned auth_cache_ttl_ms;
+
+	/* server connection pools (pool.c) */
+	enum pool_mode pool_mode;
+	int pool_mode_line;
+	unsigned pool_size;
+	char server_reset_query[512];
+	unsigned server_idle_timeout_ms;
+	unsigned server_lifetime_ms;
 
 	char source[16];
 	unsigned nservers;
@@ -269,6 +285,9 @@ struct worker {
 	struct event shutdown; /* main thread asks to drain */
 	struct event drain_deadline;
 	struct event auth_done; /* auth.c answered a lookup this worker waits for */
+	struct event pool_wake; /* a pool this worker waits on has room, or must give some */
+	struct event pool_sweep; /* closes idle server connections past their time */
+	struct pool *pools;     /* this worker's pools of server connections */
 	struct topology *topo; /* this worker's reference to the current snapshot */
 	struct evconnlistener **listeners;
 	struct session_list sessions; /* every session */
@@ -309,6 +328,7 @@ enum sess_state {
 	SS_CONNECTING, /* TCP connect to the chosen server */
 	SS_AUTH,       /* startup packet sent; server messages read whole until ReadyForQuery
 			  (auth = router: pgrouter answers the server's authentication) */
+	SS_HANDOVER,   /* pooled: the client's startup parameters applied on its connection */
 	SS_RELAY,      /* bytes move both ways */
 	SS_CANCEL,     /* forwarding a CancelRequest to the server that owns the key */
 	SS_CLOSING,    /* flushing a final message to the client, then lingering for its EOF */
@@ -340,6 +360,7 @@ struct session {
 	struct disc_server *srv;
 	struct cancel_entry *cancel;
 	struct login *login;  /* auth = router: the exchanges in progress (session.c) */
+	struct srv_conn *sc;  /* pool_mode = session: the pooled server connection held */
 	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
 	uint64_t tried;       /* servers that refused this session (bit = server id) */
 	uint64_t deadline_ms; /* end of queue_timeout */
@@ -359,6 +380,10 @@ struct session {
 	unsigned plus_dropped : 1;     /* SCRAM-SHA-256-PLUS taken out of the server's offer */
 	unsigned router_auth : 1;      /* pgrouter authenticates the client (auth = router) */
 	unsigned key_sent : 1;         /* the client got pgrouter's BackendKeyData */
+	unsigned pooled : 1;           /* pool_mode = session for this session */
+	unsigned pool_full : 1;        /* queued because its pool was at pool_size */
+	unsigned client_quit : 1;      /* the client's Terminate was kept from the server */
+	unsigned quit_passed : 1;      /* ... or it went to the server (not reusable then) */
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];
@@ -375,6 +400,8 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 /* Close without a message; client_gone: the client already left (no lingering). */
 void session_close(struct session *s, bool client_gone);
 void sessions_topology_changed(struct worker *w);
+/* Sessions queued for room in a pool try again. */
+void sessions_retry_queued(struct worker *w);
 void sessions_drain(struct worker *w);
 void sessions_close_all(struct worker *w, const char *why);
 void sessions_free_all(struct worker *w);
@@ -384,6 +411,41 @@ void session_timer(struct session *s, uint64_t ms);
 void session_watch_client(struct session *s, short what);
 void session_finish(struct session *s);
 void session_authenticated(struct session *s);
+
+/* pool.c: pool_mode = session */
+enum { POOL_GOT, POOL_NEW, POOL_FULL };
+/*
+ * A server connection for s on srv (role: as the snapshot says now).
+ * POOL_GOT: an idle one is attached (s->sc set, its socket in s->s): hand it
+ * over. POOL_NEW: s->sc is a new connection's record (counted): connect.
+ * POOL_FULL: pool_size reached; wait (the worker's pool_wake re-routes).
+ */
+int pool_take(struct session *s, struct disc_server *srv, enum disc_role role);
+/* The startup packet for a new pooled connection: only what cannot be SET
+ * later (user, database, options, protocol extensions). Length, or 0. */
+size_t pool_startup(const struct session *s, uint8_t *buf, size_t cap);
+/* A server message while the connection is set up for s: record
+ * ParameterStatus, BackendKeyData and NegotiateProtocolVersion in s->sc. */
+void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t len);
+/* The session is done with s->sc: reusable (it sits between transactions
+ * with nothing in flight) is reset and parked, otherwise closed. */
+void pool_give_back(struct session *s, bool reusable);
+/* The parameters the client must be told, as ParameterStatus messages, and
+ * the protocol negotiation, into out. */
+bool pool_replay(struct session *s, struct evbuffer *out);
+/* The client's cancel key now reaches s->sc's backend. */
+void pool_point_cancel(struct session *s);
+/* Move s->sc's socket (and TLS) into e, whose events the caller assigns. */
+void pool_adopt(struct session *s, struct end *e);
+/* Length of the server's backend key on s->sc. */
+uint32_t pool_key_len(const struct session *s);
+/* The session no longer waits for room in a pool. */
+void pool_unwait(struct session *s);
+/* Worker-wide: a new snapshot (close connections whose server changed), exit. */
+void pools_topology_changed(struct worker *w);
+void pools_close_all(struct worker *w);
+void pools_init(struct worker *w);
+void pool_wake_cb(evutil_socket_t fd, short what, void *arg);
 
 /* login.c: auth = router */
 enum { LOGIN_STOP, LOGIN_SWALLOW };

@@ -44,8 +44,9 @@
 enum srv_phase { PH_TCP, PH_SSLREQUEST, PH_HANDSHAKE, PH_UP };
 #define AUTH_MESSAGE_MAX (1u << 20) /* largest single message accepted before RELAY */
 
-static const char *const state_names[] = { "startup", "lookup", "login",  "queued", "connecting",
-					   "auth",    "relay",  "cancel", "closing" };
+static const char *const state_names[] = { "startup", "lookup",   "login", "queued",
+					   "connecting", "auth", "handover", "relay",
+					   "cancel", "closing" };
 
 const char *sess_state_name(enum sess_state st)
 {
@@ -58,6 +59,7 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg);
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
 static void route(struct session *s);
+static void release_pooled(struct session *s);
 
 static void timer_set(struct session *s, uint64_t ms)
 {
@@ -115,8 +117,10 @@ static void session_free(struct session *s)
 {
 	struct worker *w = s->w;
 	unqueue(s);
+	pool_unwait(s);
 	TAILQ_REMOVE(&w->sessions, s, link);
 	evtimer_del(&s->timer);
+	release_pooled(s);
 	end_close(&s->c);
 	end_close(&s->s);
 	if (s->in)
@@ -146,8 +150,21 @@ void session_finish(struct session *s)
 	finish(s);
 }
 
+static bool at_boundary(const struct session *s);
+
+/* A pooled connection goes back for the next client when the session sits
+ * between transactions with nothing in flight and the client's Terminate did
+ * not reach it. */
+static void release_pooled(struct session *s)
+{
+	if (s->sc)
+		pool_give_back(s, s->state == SS_RELAY && at_boundary(s) && !s->quit_passed &&
+				  pgw_scan_at_boundary(&s->s.scan));
+}
+
 static void detach_server(struct session *s)
 {
+	release_pooled(s);
 	if (s->s.fd >= 0 || s->s.out)
 		end_close(&s->s);
 	if (s->srv) {
@@ -163,9 +180,9 @@ static void detach_server(struct session *s)
 /* Best effort: tell the server we are leaving if the stream sits between messages. */
 static void say_goodbye(struct session *s)
 {
-	if (s->s.fd < 0 || (s->s.out && evbuffer_get_length(s->s.out)) ||
+	if (s->sc || s->s.fd < 0 || (s->s.out && evbuffer_get_length(s->s.out)) ||
 	    !pgw_scan_at_boundary(&s->c.scan) || s->state != SS_RELAY)
-		return;
+		return; /* a pooled connection stays: pool_give_back decides */
 	uint8_t x[5];
 	size_t n = pgw_build_terminate(x, sizeof(x));
 	ssize_t w = end_send(&s->s, x, n);
@@ -263,8 +280,39 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	end_write(&s->s, true);
 }
 
+static void handover_start(struct session *s);
+
+/* pool_mode = session: an idle server connection from the pool becomes this
+ * session's; the client's own parameters are set on it next. */
+static void adopt(struct session *s, struct disc_server *srv)
+{
+	s->srv = srv;
+	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
+	struct end *e = &s->s;
+	pool_adopt(s, e);
+	event_assign(&e->rd, s->w->base, e->fd, EV_READ | EV_PERSIST, server_rd_cb, s);
+	event_assign(&e->wr, s->w->base, e->fd, EV_WRITE | EV_PERSIST, server_wr_cb, s);
+	e->rd_on = e->wr_on = e->paused = false;
+	s->s_phase = PH_UP;
+	s->server_spoke = true;
+	s->client_saw = false;
+	pgw_scanner_init(&s->s.scan, 0, false);
+	pgw_scanner_init(&s->c.scan, 0, true);
+	if (s->state != SS_QUEUED)
+		client_watch(s, EV_CLOSED);
+	slog(LOG_DEBUG, s, "reusing a pooled connection to %s", srv->name);
+	handover_start(s);
+}
+
 static void no_server(struct session *s)
 {
+	if (s->pool_full) {
+		session_fail(s, "53300",
+			     "pgrouter: no server connection free for %s on listener \"%s\" after "
+			     "%.1fs: the pool is at pool_size=%u",
+			     s->who, s->l->name, router.cfg->queue_timeout_ms / 1000.0, s->l->pool_size);
+		return;
+	}
 	char desc[160];
 	select_describe(s->w->topo, desc, sizeof(desc));
 	session_fail(s, "08001",
@@ -285,15 +333,22 @@ static void route(struct session *s)
 	 * publish a moment later (its notify event), and a session must not route
 	 * on a view older than the last publish — e.g. to a primary already
 	 * draining for a switchover. One uncontended lock per new session. */
+	pool_unwait(s);
 	struct topology *t = topo_acquire();
 	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
 	if (i >= 0) {
 		s->srv_role = t->e[i].role;
-		connect_server(s, t->e[i].srv);
+		int r = s->pooled ? pool_take(s, t->e[i].srv, t->e[i].role) : POOL_NEW;
+		if (r == POOL_GOT)
+			adopt(s, t->e[i].srv);
+		else if (r == POOL_NEW)
+			connect_server(s, t->e[i].srv);
 		topo_release(t);
-		return;
+		if (r != POOL_FULL)
+			return;
+	} else {
+		topo_release(t);
 	}
-	topo_release(t);
 	uint64_t now = now_ms();
 	if (now >= s->deadline_ms) {
 		no_server(s);
@@ -302,8 +357,13 @@ static void route(struct session *s)
 	if (s->state != SS_QUEUED) {
 		char desc[160];
 		select_describe(w->topo, desc, sizeof(desc));
-		slog(LOG_INFO, s, "waiting up to %llu ms for a server with target_session_attrs=%s (%s)",
-		     (unsigned long long)(s->deadline_ms - now), tsa_name(s->l->tsa), desc);
+		if (s->pool_full)
+			slog(LOG_INFO, s, "waiting up to %llu ms for room in the pool (pool_size=%u)",
+			     (unsigned long long)(s->deadline_ms - now), s->l->pool_size);
+		else
+			slog(LOG_INFO, s,
+			     "waiting up to %llu ms for a server with target_session_attrs=%s (%s)",
+			     (unsigned long long)(s->deadline_ms - now), tsa_name(s->l->tsa), desc);
 		if (s->state != SS_CONNECTING)
 			client_watch(s, EV_CLOSED);
 		session_set_state(s, SS_QUEUED);
@@ -365,7 +425,7 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
 	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
-	bool user_fits = strlen(f->user) < sizeof(s->user);
+	bool user_fits = strlen(f->user) < sizeof(s->user), f_replication = f->replication;
 	if (s->in)
 		evbuffer_drain(s->in, len); /* p and f pointed into s->in; not used from here */
 	if (s->l->auth == AUTH_ROUTER) {
@@ -375,6 +435,8 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 		}
 		/* pgrouter checks the client first; what it sent along is read then */
 		s->router_auth = true;
+		/* replication connections are never pooled */
+		s->pooled = s->l->pool_mode == POOL_SESSION && !f_replication;
 		login_start(s);
 		return;
 	}
@@ -388,8 +450,16 @@ void session_authenticated(struct session *s)
 	/* queue_timeout counts from here: typing a password is not waiting for a server */
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	evtimer_del(&s->timer);
-	if (pass_pipelined(s))
-		route(s);
+	if (s->in && evbuffer_get_length(s->in)) {
+		/* the client may speak once it has its ReadyForQuery */
+		session_fail(s, "08P01", "pgrouter: message sent before ReadyForQuery");
+		return;
+	}
+	if (s->in) {
+		evbuffer_free(s->in);
+		s->in = NULL;
+	}
+	route(s);
 }
 
 static void startup_read(struct session *s);
@@ -647,6 +717,8 @@ static void enter_relay(struct session *s, char txn_status)
 		evbuffer_free(s->in);
 		s->in = NULL;
 	}
+	if (s->router_auth)
+		client_watch(s, EV_READ); /* it may speak now */
 	if (s->draining)
 		session_fail(s, "57P01", "pgrouter is shutting down");
 	else
@@ -660,19 +732,26 @@ static void enter_relay(struct session *s, char txn_status)
  * connection. The server's message is not passed on (returns false then, with
  * the session failed, only when out of memory).
  */
+static bool send_own_key(struct session *s, uint32_t server_klen)
+{
+	if (s->cancel)
+		return true;
+	uint8_t mine[32];
+	uint32_t mypid, mylen = server_klen == 4 ? 4 : 32;
+	s->cancel = cancel_new(&mypid, mine, mylen);
+	uint8_t msg[PGW_HEADER_LEN + 4 + 32];
+	size_t n = s->cancel ? pgw_build_backend_key(msg, sizeof(msg), mypid, mine, mylen) : 0;
+	if (!n || !end_queue(&s->c, msg, n))
+		return false;
+	s->key_sent = true;
+	return true;
+}
+
 static bool own_key(struct session *s, uint32_t pid, const uint8_t *key, uint32_t klen)
 {
-	if (!s->cancel) {
-		uint8_t mine[32];
-		uint32_t mypid, mylen = klen == 4 ? 4 : 32;
-		s->cancel = cancel_new(&mypid, mine, mylen);
-		uint8_t msg[PGW_HEADER_LEN + 4 + 32];
-		size_t n = s->cancel ? pgw_build_backend_key(msg, sizeof(msg), mypid, mine, mylen) : 0;
-		if (!n || !end_queue(&s->c, msg, n)) {
-			session_fail(s, "53200", "pgrouter: out of memory");
-			return false;
-		}
-		s->key_sent = true;
+	if (!send_own_key(s, klen)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return false;
 	}
 	cancel_set_server(s->cancel, s->srv, pid, key, klen);
 	return true;
@@ -689,6 +768,21 @@ static bool param_on(const char *v)
  * LOGIN_SWALLOW when it is not for the client, else PASS_ON. */
 static int auth_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
 {
+	if (s->sc) {
+		/* a pooled connection's setup belongs to the connection: recorded,
+		 * replayed to each client at hand-over */
+		switch (type) {
+		case PGW_MSG_PARAMETER_STATUS:
+		case PGW_MSG_BACKEND_KEY:
+		case PGW_MSG_NEGOTIATE:
+			pool_note(s, type, body, len);
+			if (type != PGW_MSG_PARAMETER_STATUS)
+				return LOGIN_SWALLOW;
+			break;
+		case PGW_MSG_NOTICE:
+			return LOGIN_SWALLOW;
+		}
+	}
 	switch (type) {
 	case PGW_MSG_AUTH:
 		if (s->router_auth)
@@ -743,6 +837,8 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 			s->hot_standby = param_on(value);
 		else if (strcmp(name, "default_transaction_read_only") == 0)
 			s->read_only = param_on(value);
+		if (s->sc)
+			return LOGIN_SWALLOW;
 		break;
 	}
 	case PGW_MSG_READY:
@@ -757,9 +853,122 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 				     s->hot_standby == 1 ? "on" : "off", s->read_only == 1 ? "on" : "off");
 			return LOGIN_STOP;
 		}
+		if (s->sc)
+			return LOGIN_SWALLOW; /* the client's comes after the hand-over */
 		break;
 	}
 	return PASS_ON;
+}
+
+/* ---- HANDOVER: a pooled connection takes the client's parameters ------ */
+
+#define SET_CONFIG_SQL "SELECT pg_catalog.set_config($1, $2, false)"
+
+/*
+ * The client's startup parameters (application_name, client_encoding,
+ * DateStyle, TimeZone, ...) are SET on the connection in one round trip:
+ * Parse, then Bind + Execute per parameter, then Sync. The same round trip
+ * shows the connection is alive before the client is told anything.
+ */
+static void handover_start(struct session *s)
+{
+	session_set_state(s, SS_HANDOVER);
+	evtimer_del(&s->timer);
+	timer_set(s, router.cfg->connect_timeout_ms);
+	struct pgw_first f;
+	if (!s->startup || pgw_first_parse(s->startup, s->startup_len, &f) <= 0) {
+		session_fail(s, "08P01", "pgrouter: lost the startup packet");
+		return;
+	}
+	if (!s->s.out && !(s->s.out = evbuffer_new())) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	uint8_t m[PGW_STARTUP_MAX + 64];
+	size_t n;
+	bool parsed = false;
+	for (unsigned i = 0; i < f.nparams; i++) {
+		const char *name = f.params[i].name;
+		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
+		    strcmp(name, "options") == 0 || strcmp(name, "replication") == 0 ||
+		    strncmp(name, "_pq_.", 5) == 0)
+			continue;
+		if (!parsed) {
+			n = pgw_build_parse(m, sizeof(m), SET_CONFIG_SQL);
+			evbuffer_add(s->s.out, m, n);
+			parsed = true;
+		}
+		const char *values[2] = { name, f.params[i].value };
+		if (!(n = pgw_build_bind(m, sizeof(m), 2, values))) {
+			session_fail(s, "08P01", "startup parameter %s too long", name);
+			return;
+		}
+		evbuffer_add(s->s.out, m, n);
+		n = pgw_build_execute(m, sizeof(m));
+		evbuffer_add(s->s.out, m, n);
+	}
+	n = pgw_build_sync(m, sizeof(m));
+	if (evbuffer_add(s->s.out, m, n) != 0) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	end_read(&s->s, true);
+	if (end_flush(&s->s) < 0)
+		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+}
+
+/* The hand-over's answers: nothing reaches the client but an error. */
+static int handover_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
+{
+	switch (type) {
+	case PGW_MSG_PARAMETER_STATUS: {
+		pool_note(s, type, body, len);
+		const char *name, *value;
+		if (pgw_parameter_status(body, len, &name, &value) == 0) {
+			if (strcmp(name, "in_hot_standby") == 0)
+				s->hot_standby = param_on(value);
+			else if (strcmp(name, "default_transaction_read_only") == 0)
+				s->read_only = param_on(value);
+		}
+		return LOGIN_SWALLOW;
+	}
+	case '1': case '2': case 'C': case 'D': case 'n': case PGW_MSG_NOTICE:
+		return LOGIN_SWALLOW;
+	case PGW_MSG_ERROR: {
+		/* the client asked for a setting the server refuses: what PostgreSQL
+		 * would have answered its startup packet */
+		struct pgw_error_fields ef;
+		if (pgw_error_parse(body, len, &ef) != 0)
+			memset(&ef, 0, sizeof(ef));
+		session_fail(s, ef.sqlstate ? ef.sqlstate : "08P01", "%s",
+			     ef.message ? ef.message : "invalid startup parameter");
+		return LOGIN_STOP;
+	}
+	case PGW_MSG_READY: {
+		if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
+			session_fail(s, "08001",
+				     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
+				     "listener \"%s\"; the cluster changed, reconnect",
+				     s->srv->name, tsa_name(s->l->tsa), s->l->name);
+			return LOGIN_STOP;
+		}
+		/* the client now hears what a fresh server would have said */
+		if (!s->c.out && !(s->c.out = evbuffer_new())) {
+			s->dead = true;
+			return LOGIN_STOP;
+		}
+		if (!pool_replay(s, s->c.out) || !send_own_key(s, pool_key_len(s))) {
+			session_fail(s, "53200", "pgrouter: out of memory");
+			return LOGIN_STOP;
+		}
+		pool_point_cancel(s);
+		return PASS_ON; /* the server's ReadyForQuery, which the client waits for */
+	}
+	default:
+		session_fail(s, "08P01", "server %s sent message type %d during the hand-over",
+			     s->srv->name, type);
+		return LOGIN_STOP;
+	}
 }
 
 /*
@@ -830,25 +1039,39 @@ static void auth_read(struct session *s)
 		if (have < PGW_HEADER_LEN + body)
 			break;
 		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
-		int r = auth_message(s, type, m + PGW_HEADER_LEN, body);
+		bool handover = s->state == SS_HANDOVER;
+		int r = handover ? handover_message(s, type, m + PGW_HEADER_LEN, body)
+				 : auth_message(s, type, m + PGW_HEADER_LEN, body);
 		if (r == LOGIN_STOP)
 			return;
 		if (!s->c.out && !(s->c.out = evbuffer_new())) {
 			s->dead = true;
 			return;
 		}
+		char status = type == PGW_MSG_READY ? (char)m[PGW_HEADER_LEN] : 0;
 		if (r == LOGIN_SWALLOW) {
-			/* answered by pgrouter, or replaced (BackendKeyData) */
+			/* answered by pgrouter, replaced (BackendKeyData), or kept by a
+			 * pooled connection */
 			evbuffer_drain(s->in, PGW_HEADER_LEN + body);
-			continue;
+		} else {
+			if (type == PGW_MSG_AUTH &&
+			    pgw_auth_code(m + PGW_HEADER_LEN, body) == PGW_AUTH_SASL)
+				sasl_offer(s, m, PGW_HEADER_LEN + body);
+			else
+				evbuffer_remove_buffer(s->in, s->c.out, PGW_HEADER_LEN + body);
+			s->client_saw = true;
 		}
-		if (type == PGW_MSG_AUTH && pgw_auth_code(m + PGW_HEADER_LEN, body) == PGW_AUTH_SASL)
-			sasl_offer(s, m, PGW_HEADER_LEN + body);
-		else
-			evbuffer_remove_buffer(s->in, s->c.out, PGW_HEADER_LEN + body);
-		s->client_saw = true;
 		if (type == PGW_MSG_READY) {
-			enter_relay(s, (char)m[PGW_HEADER_LEN]);
+			if (s->sc && !handover) {
+				/* a new pooled connection: now the client's own settings */
+				if (evbuffer_get_length(s->in)) {
+					session_fail(s, "08P01", "server spoke after ReadyForQuery");
+					return;
+				}
+				handover_start(s);
+			} else {
+				enter_relay(s, status);
+			}
 			break;
 		}
 	}
@@ -991,6 +1214,7 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_LOOKUP:
 	case SS_QUEUED:
 	case SS_CONNECTING:
+	case SS_HANDOVER:
 	case SS_CANCEL:
 		if (what & EV_CLOSED) {
 			slog(LOG_INFO, s, "client left while %s", state_names[s->state]);
@@ -1053,12 +1277,24 @@ static void server_up(struct session *s)
 		s->dead = true;
 		return;
 	}
-	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
+	if (s->sc) {
+		/* a pooled connection logs in with only what cannot be SET later */
+		uint8_t pkt[PGW_STARTUP_MAX];
+		size_t n = pool_startup(s, pkt, sizeof(pkt));
+		if (!n || evbuffer_prepend(s->s.out, pkt, n) != 0) {
+			session_fail(s, "53200", "pgrouter: cannot build the startup packet");
+			return;
+		}
+	} else {
+		evbuffer_prepend(s->s.out, s->startup, s->startup_len);
+	}
 	pgw_scanner_init(&s->c.scan, 0, true);
 	s->hot_standby = s->read_only = -1;
 	s->client_saw = false;
 	end_read(&s->s, true);
-	client_watch(s, EV_READ);
+	/* passthrough: the client answers the server's authentication itself;
+	 * otherwise it has nothing to say until its ReadyForQuery */
+	client_watch(s, s->router_auth ? EV_CLOSED : EV_READ);
 	if (end_flush(&s->s) < 0)
 		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
 }
@@ -1174,6 +1410,7 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	switch (s->state) {
 	case SS_AUTH:
+	case SS_HANDOVER:
 		auth_read(s);
 		break;
 	case SS_RELAY: {
@@ -1220,6 +1457,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case SS_CONNECTING:
 	case SS_AUTH:
+	case SS_HANDOVER:
 		server_failed(s, "%s did not answer within %u ms", s->srv->name,
 			      router.cfg->connect_timeout_ms);
 		break;
@@ -1313,6 +1551,18 @@ void sessions_topology_changed(struct worker *w)
 		s->tried = 0; /* a new view: servers that refused may be back */
 		route(s);
 		finish(s);
+	}
+}
+
+void sessions_retry_queued(struct worker *w)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
+		next = TAILQ_NEXT(s, qlink);
+		if (s->pool_full) {
+			route(s);
+			finish(s);
+		}
 	}
 }
 

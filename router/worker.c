@@ -51,6 +51,7 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 	topo_release(w->topo);
 	w->topo = t;
 	sessions_topology_changed(w);
+	pools_topology_changed(w);
 }
 
 static void auth_done_cb(evutil_socket_t fd, short what, void *arg)
@@ -79,6 +80,7 @@ static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
 	if (w->draining)
 		return;
 	w->draining = true;
+	pools_close_all(w);
 	for (unsigned i = 0; i < router.cfg->nlisteners; i++)
 		if (w->listeners[i]) {
 			evconnlistener_free(w->listeners[i]);
@@ -99,6 +101,7 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	event_base_dispatch(w->base);
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
+	pools_close_all(w);
 	return NULL;
 }
 
@@ -127,6 +130,7 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		event_assign(&w->shutdown, w->base, -1, 0, shutdown_cb, w);
 		evtimer_assign(&w->drain_deadline, w->base, drain_deadline_cb, w);
 		event_assign(&w->auth_done, w->base, -1, 0, auth_done_cb, w);
+		pools_init(w);
 		w->topo = topo_acquire();
 		w->listeners = calloc(c->nlisteners, sizeof(*w->listeners));
 		struct accept_arg *args = calloc(c->nlisteners, sizeof(*args));

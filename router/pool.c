@@ -1,0 +1,643 @@
+/*
+ * pool.c — server connections kept for the next client (pool_mode = session).
+ *
+ *   client leaves between transactions
+ *        │ pool_give_back
+ *        ▼
+ *     RESET: server_reset_query (DISCARD ALL) ── error / EOF / not idle ──▶ closed
+ *        │ ReadyForQuery 'I'
+ *        ▼
+ *     IDLE in its worker's pool ── server_idle_timeout, server_lifetime, server
+ *        │                         gone/demoted/draining, EOF ──▶ closed
+ *        │ pool_take (same server, user, database, options)
+ *        ▼
+ *     held by a session: session.c sets the client's startup parameters on it
+ *     (SS_HANDOVER) and tells the client the server's ParameterStatus set
+ *
+ * A pool is keyed by server, user, database, protocol version and the startup
+ * options that cannot be SET later; a connection is only ever handed to a
+ * client that pgrouter authenticated as its user (pool_mode = session needs
+ * auth = router). New pooled connections log in with only those keys, so a
+ * reset returns them to a state no client chose.
+ *
+ * Each worker keeps its own idle connections (its event loop watches them);
+ * pool_size counts every connection of a key across the workers. A session
+ * that finds its pool full waits in its worker's queue; a release anywhere
+ * wakes the workers that have such waiters, and a worker short of room asks
+ * the others to close an idle connection of that key.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router/router.h"
+
+#define SWEEP_MS 1000
+#define RESET_MESSAGE_MAX (1u << 20)
+
+struct sparam {
+	struct sparam *next;
+	char *value;
+	char name[];
+};
+
+struct pool_key {
+	struct pool_key *next;
+	struct disc_server *srv;
+	char user[64];
+	char database[64];
+	char extra[600]; /* version, options, protocol extensions */
+	atomic_int total;      /* connections, every worker, every state */
+	atomic_int idle;
+	atomic_int want_close; /* idle ones the workers are asked to close */
+};
+
+struct pool {
+	struct pool *next;
+	struct pool_key *k;
+	TAILQ_HEAD(srv_conn_list, srv_conn) idle;
+};
+
+enum sc_state { SC_ACTIVE, SC_RESET, SC_IDLE };
+
+struct srv_conn {
+	TAILQ_ENTRY(srv_conn) link;
+	struct pool *pool;
+	struct worker *w;
+	struct end e;        /* the socket while no session holds it */
+	struct evbuffer *in; /* RESET / IDLE: server bytes, read whole */
+	enum sc_state state;
+	enum disc_role role;
+	uint64_t created_ms, idle_ms;
+	struct sparam *params;
+	uint8_t *negotiate; /* the server's NegotiateProtocolVersion, whole */
+	uint32_t negotiate_len;
+	uint32_t be_pid, be_key_len;
+	uint8_t be_key[PGW_CANCEL_KEY_MAX];
+};
+
+static struct pool_key *keys;
+static pthread_mutex_t keys_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int waiters; /* sessions queued for room in a pool, all workers */
+
+/* ---- keys ---------------------------------------------------------------- */
+
+/* The startup parameters that are part of the key, not SET at hand-over. */
+static bool keyed(const char *name)
+{
+	return strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
+	       strcmp(name, "options") == 0 || strcmp(name, "replication") == 0 ||
+	       strncmp(name, "_pq_.", 5) == 0;
+}
+
+static bool parse_startup(const struct session *s, struct pgw_first *f)
+{
+	return s->startup && pgw_first_parse(s->startup, s->startup_len, f) > 0 &&
+	       f->kind == PGW_FIRST_STARTUP;
+}
+
+static struct pool_key *key_for(const struct session *s, struct disc_server *srv)
+{
+	struct pgw_first f;
+	if (!parse_startup(s, &f))
+		return NULL;
+	char extra[600];
+	int n = snprintf(extra, sizeof(extra), "v%u", f.version);
+	for (unsigned i = 0; i < f.nparams && n > 0 && (size_t)n < sizeof(extra); i++)
+		if (keyed(f.params[i].name) && strcmp(f.params[i].name, "user") != 0 &&
+		    strcmp(f.params[i].name, "database") != 0)
+			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s=%s", f.params[i].name,
+				      f.params[i].value);
+	if (n < 0 || (size_t)n >= sizeof(extra) || strlen(f.database) >= 64)
+		return NULL;
+	pthread_mutex_lock(&keys_lock);
+	struct pool_key *k;
+	for (k = keys; k; k = k->next)
+		if (k->srv == srv && strcmp(k->user, s->user) == 0 &&
+		    strcmp(k->database, f.database) == 0 && strcmp(k->extra, extra) == 0)
+			break;
+	if (!k && (k = calloc(1, sizeof(*k)))) {
+		k->srv = srv;
+		snprintf(k->user, sizeof(k->user), "%s", s->user);
+		snprintf(k->database, sizeof(k->database), "%s", f.database);
+		memcpy(k->extra, extra, (size_t)n + 1);
+		k->next = keys;
+		keys = k;
+	}
+	pthread_mutex_unlock(&keys_lock);
+	return k;
+}
+
+static struct pool *pool_for(struct worker *w, struct pool_key *k)
+{
+	struct pool *p;
+	for (p = w->pools; p; p = p->next)
+		if (p->k == k)
+			return p;
+	if (!(p = calloc(1, sizeof(*p))))
+		return NULL;
+	p->k = k;
+	TAILQ_INIT(&p->idle);
+	p->next = w->pools;
+	w->pools = p;
+	return p;
+}
+
+size_t pool_startup(const struct session *s, uint8_t *buf, size_t cap)
+{
+	struct pgw_first f;
+	if (!parse_startup(s, &f))
+		return 0;
+	const char *names[PGW_MAX_PARAMS], *values[PGW_MAX_PARAMS];
+	unsigned n = 0;
+	for (unsigned i = 0; i < f.nparams; i++)
+		if (keyed(f.params[i].name)) {
+			names[n] = f.params[i].name;
+			values[n++] = f.params[i].value;
+		}
+	return pgw_build_startup(buf, cap, f.version, n, names, values);
+}
+
+/* ---- a connection's record ------------------------------------------------ */
+
+static void wake_waiters(void)
+{
+	if (atomic_load_explicit(&waiters, memory_order_relaxed) <= 0)
+		return;
+	for (unsigned i = 0; i < router.nworkers && router.workers; i++)
+		event_active(&router.workers[i].pool_wake, EV_READ, 0);
+}
+
+static void free_params(struct srv_conn *sc)
+{
+	while (sc->params) {
+		struct sparam *p = sc->params;
+		sc->params = p->next;
+		free(p);
+	}
+}
+
+static bool set_param(struct srv_conn *sc, const char *name, const char *value)
+{
+	struct sparam **pp = &sc->params;
+	for (; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->name, name) == 0)
+			break;
+	size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
+	struct sparam *p = malloc(sizeof(*p) + nl + vl);
+	if (!p)
+		return false;
+	memcpy(p->name, name, nl);
+	p->value = p->name + nl;
+	memcpy(p->value, value, vl);
+	if (*pp) {
+		p->next = (*pp)->next;
+		free(*pp);
+	} else {
+		p->next = NULL;
+	}
+	*pp = p;
+	return true;
+}
+
+static const char *get_param(const struct srv_conn *sc, const char *name)
+{
+	for (const struct sparam *p = sc->params; p; p = p->next)
+		if (strcmp(p->name, name) == 0)
+			return p->value;
+	return NULL;
+}
+
+static void conn_free(struct srv_conn *sc)
+{
+	struct pool_key *k = sc->pool->k;
+	if (sc->state == SC_IDLE) {
+		TAILQ_REMOVE(&sc->pool->idle, sc, link);
+		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
+	}
+	if (sc->e.fd >= 0 && (!sc->e.out || evbuffer_get_length(sc->e.out) == 0) &&
+	    sc->state == SC_IDLE) {
+		uint8_t x[5];
+		ssize_t n = end_send(&sc->e, x, pgw_build_terminate(x, sizeof(x)));
+		(void)n;
+	}
+	end_close(&sc->e);
+	if (sc->in)
+		evbuffer_free(sc->in);
+	free_params(sc);
+	free(sc->negotiate);
+	atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
+	free(sc);
+	wake_waiters();
+}
+
+static void conn_close(struct srv_conn *sc, const char *why)
+{
+	log_debug("pool %s@%s on %s: server connection closed: %s", sc->pool->k->user,
+		  sc->pool->k->database, sc->pool->k->srv->name, why);
+	conn_free(sc);
+}
+
+/* Does the connection still go where the snapshot says it was made for? */
+static bool conn_fits(const struct srv_conn *sc)
+{
+	const struct topology *t = sc->w->topo;
+	for (unsigned i = 0; t && i < t->n; i++)
+		if (t->e[i].srv == sc->pool->k->srv)
+			return t->e[i].reachable && !t->e[i].draining && t->e[i].role == sc->role;
+	return false;
+}
+
+static bool too_old(const struct srv_conn *sc, uint64_t now)
+{
+	unsigned life = router.cfg->server_lifetime_ms;
+	return life && now - sc->created_ms >= life;
+}
+
+/* ---- RESET and IDLE: the pool's own reading ------------------------------- */
+
+static void park(struct srv_conn *sc)
+{
+	const char *why = sc->w->draining ? "pgrouter is shutting down"
+			  : !conn_fits(sc) ? "its server changed role, left or is draining"
+			  : too_old(sc, now_ms()) ? "server_lifetime reached"
+						  : NULL;
+	if (why) {
+		conn_close(sc, why);
+		return;
+	}
+	sc->state = SC_IDLE;
+	sc->idle_ms = now_ms();
+	TAILQ_INSERT_HEAD(&sc->pool->idle, sc, link); /* most recently used first */
+	atomic_fetch_add_explicit(&sc->pool->k->idle, 1, memory_order_relaxed);
+	if (!evtimer_pending(&sc->w->pool_sweep, NULL)) {
+		struct timeval tv = { SWEEP_MS / 1000, (SWEEP_MS % 1000) * 1000 };
+		evtimer_add(&sc->w->pool_sweep, &tv);
+	}
+	wake_waiters();
+}
+
+/* Whole messages from the server while nobody holds the connection. Returns
+ * false when the connection was closed. */
+static bool conn_messages(struct srv_conn *sc)
+{
+	for (;;) {
+		size_t have = evbuffer_get_length(sc->in);
+		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint32_t body;
+		if (have < PGW_HEADER_LEN)
+			return true;
+		evbuffer_copyout(sc->in, hdr, sizeof(hdr));
+		if (pgw_header(hdr, RESET_MESSAGE_MAX, &type, &body) != 0) {
+			conn_close(sc, "invalid message from the server");
+			return false;
+		}
+		if (have < PGW_HEADER_LEN + body)
+			return true;
+		const uint8_t *m = evbuffer_pullup(sc->in, PGW_HEADER_LEN + body) + PGW_HEADER_LEN;
+		const char *name, *value;
+		switch (type) {
+		case PGW_MSG_PARAMETER_STATUS:
+			if (pgw_parameter_status(m, body, &name, &value) == 0 &&
+			    !set_param(sc, name, value)) {
+				conn_close(sc, "out of memory");
+				return false;
+			}
+			break;
+		case PGW_MSG_READY:
+			if (sc->state != SC_RESET || pgw_ready_status(m, body) != 'I') {
+				conn_close(sc, "not idle after server_reset_query");
+				return false;
+			}
+			evbuffer_drain(sc->in, PGW_HEADER_LEN + body);
+			if (evbuffer_get_length(sc->in)) {
+				conn_close(sc, "the server spoke after ReadyForQuery");
+				return false;
+			}
+			park(sc);
+			return false; /* parked or closed: nothing more to read now */
+		case PGW_MSG_ERROR: {
+			struct pgw_error_fields ef;
+			if (pgw_error_parse(m, body, &ef) != 0)
+				memset(&ef, 0, sizeof(ef));
+			log_warning("pool %s@%s on %s: server_reset_query or idle connection got "
+				    "%s %s; closing it",
+				    sc->pool->k->user, sc->pool->k->database, sc->pool->k->srv->name,
+				    ef.sqlstate ? ef.sqlstate : "", ef.message ? ef.message : "");
+			conn_close(sc, "server error");
+			return false;
+		}
+		case PGW_MSG_NOTICE:
+		case 'C': /* CommandComplete of the reset query */
+			if (sc->state == SC_RESET || type == PGW_MSG_NOTICE)
+				break;
+			/* fall through */
+		default:
+			conn_close(sc, "unexpected message from the server");
+			return false;
+		}
+		evbuffer_drain(sc->in, PGW_HEADER_LEN + body);
+	}
+}
+
+static void conn_rd_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct srv_conn *sc = arg;
+	if (!sc->in && !(sc->in = evbuffer_new())) {
+		conn_close(sc, "out of memory");
+		return;
+	}
+	ssize_t n = end_recv(&sc->e, sc->w->scratch, sizeof(sc->w->scratch));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		conn_close(sc, n == 0 ? "the server closed it" : strerror(errno));
+		return;
+	}
+	if (evbuffer_add(sc->in, sc->w->scratch, (size_t)n) != 0) {
+		conn_close(sc, "out of memory");
+		return;
+	}
+	if (conn_messages(sc) && sc->state == SC_IDLE && evbuffer_get_length(sc->in) == 0) {
+		evbuffer_free(sc->in); /* idle connections hold no buffer */
+		sc->in = NULL;
+	}
+}
+
+static void conn_wr_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct srv_conn *sc = arg;
+	if (end_flush(&sc->e) < 0)
+		conn_close(sc, strerror(errno));
+}
+
+/* ---- the session's side ---------------------------------------------------- */
+
+int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
+{
+	struct pool_key *k = key_for(s, srv);
+	struct pool *p = k ? pool_for(s->w, k) : NULL;
+	if (!p)
+		return POOL_FULL; /* out of memory: wait, and fail at queue_timeout */
+	uint64_t now = now_ms();
+	struct srv_conn *sc;
+	while ((sc = TAILQ_FIRST(&p->idle))) {
+		if (sc->role != role || too_old(sc, now)) {
+			conn_close(sc, sc->role != role ? "its server changed role"
+							: "server_lifetime reached");
+			continue;
+		}
+		TAILQ_REMOVE(&p->idle, sc, link);
+		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
+		sc->state = SC_ACTIVE;
+		end_read(&sc->e, false);
+		end_write(&sc->e, false);
+		if (sc->in) {
+			evbuffer_free(sc->in);
+			sc->in = NULL;
+		}
+		s->sc = sc;
+		const char *v = get_param(sc, "in_hot_standby");
+		s->hot_standby = v ? strcmp(v, "on") == 0 : -1;
+		v = get_param(sc, "default_transaction_read_only");
+		s->read_only = v ? strcmp(v, "on") == 0 : -1;
+		return POOL_GOT;
+	}
+	unsigned size = s->l->pool_size;
+	int total = atomic_fetch_add_explicit(&k->total, 1, memory_order_relaxed);
+	if (total >= (int)size) {
+		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
+		if (atomic_load_explicit(&k->idle, memory_order_relaxed) > 0) {
+			/* another worker holds idle ones: ask for one back */
+			atomic_fetch_add_explicit(&k->want_close, 1, memory_order_relaxed);
+			for (unsigned i = 0; i < router.nworkers; i++)
+				event_active(&router.workers[i].pool_wake, EV_READ, 0);
+		}
+		if (!s->pool_full) {
+			s->pool_full = true;
+			atomic_fetch_add_explicit(&waiters, 1, memory_order_relaxed);
+		}
+		return POOL_FULL;
+	}
+	if (!(sc = calloc(1, sizeof(*sc)))) {
+		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
+		return POOL_FULL;
+	}
+	sc->pool = p;
+	sc->w = s->w;
+	sc->e.fd = -1;
+	sc->state = SC_ACTIVE;
+	sc->role = role;
+	sc->created_ms = now;
+	s->sc = sc;
+	return POOL_NEW;
+}
+
+void pool_unwait(struct session *s)
+{
+	if (s->pool_full) {
+		s->pool_full = false;
+		atomic_fetch_sub_explicit(&waiters, 1, memory_order_relaxed);
+	}
+}
+
+void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
+{
+	struct srv_conn *sc = s->sc;
+	const char *name, *value;
+	uint32_t pid, klen;
+	const uint8_t *key;
+	switch (type) {
+	case PGW_MSG_PARAMETER_STATUS:
+		if (pgw_parameter_status(body, len, &name, &value) == 0)
+			set_param(sc, name, value);
+		break;
+	case PGW_MSG_BACKEND_KEY:
+		if (pgw_backend_key(body, len, &pid, &key, &klen) == 0) {
+			sc->be_pid = pid;
+			sc->be_key_len = klen;
+			memcpy(sc->be_key, key, klen);
+		}
+		break;
+	case PGW_MSG_NEGOTIATE:
+		free(sc->negotiate);
+		if ((sc->negotiate = malloc(PGW_HEADER_LEN + len))) {
+			sc->negotiate[0] = type;
+			pgw_put32(sc->negotiate + 1, len + 4);
+			memcpy(sc->negotiate + PGW_HEADER_LEN, body, len);
+			sc->negotiate_len = PGW_HEADER_LEN + len;
+		}
+		break;
+	}
+}
+
+void pool_adopt(struct session *s, struct end *e)
+{
+	struct srv_conn *sc = s->sc;
+	e->fd = sc->e.fd;
+	e->ssl = sc->e.ssl;
+	sc->e.fd = -1;
+	sc->e.ssl = NULL;
+}
+
+uint32_t pool_key_len(const struct session *s)
+{
+	return s->sc->be_key_len;
+}
+
+bool pool_replay(struct session *s, struct evbuffer *out)
+{
+	struct srv_conn *sc = s->sc;
+	if (sc->negotiate && evbuffer_add(out, sc->negotiate, sc->negotiate_len) != 0)
+		return false;
+	for (const struct sparam *p = sc->params; p; p = p->next) {
+		uint8_t m[1024];
+		size_t n = pgw_build_parameter_status(m, sizeof(m), p->name, p->value);
+		if (n && evbuffer_add(out, m, n) != 0)
+			return false;
+	}
+	return true;
+}
+
+void pool_point_cancel(struct session *s)
+{
+	struct srv_conn *sc = s->sc;
+	cancel_set_server(s->cancel, sc->pool->k->srv, sc->be_pid, sc->be_key, sc->be_key_len);
+}
+
+void pool_give_back(struct session *s, bool reusable)
+{
+	struct srv_conn *sc = s->sc;
+	if (!sc)
+		return;
+	s->sc = NULL;
+	struct end *e = &s->s;
+	/* the socket (and its TLS) move from the session to the record */
+	end_read(e, false);
+	end_write(e, false);
+	if (e->out && evbuffer_get_length(e->out))
+		reusable = false; /* something of the client's still unsent */
+	sc->e.fd = e->fd;
+	sc->e.ssl = e->ssl;
+	e->fd = -1;
+	e->ssl = NULL;
+	e->rd_wants_wr = e->wr_wants_rd = false;
+	if (e->out) {
+		evbuffer_free(e->out);
+		e->out = NULL;
+	}
+	if (sc->e.fd < 0) { /* never connected */
+		conn_free(sc);
+		return;
+	}
+	event_assign(&sc->e.rd, sc->w->base, sc->e.fd, EV_READ | EV_PERSIST, conn_rd_cb, sc);
+	event_assign(&sc->e.wr, sc->w->base, sc->e.fd, EV_WRITE | EV_PERSIST, conn_wr_cb, sc);
+	sc->e.rd_on = sc->e.wr_on = sc->e.paused = false;
+	if (!reusable) {
+		conn_close(sc, "the client left mid-transaction or the session failed");
+		return;
+	}
+	sc->state = SC_RESET;
+	const char *q = router.cfg->server_reset_query;
+	if (!*q) {
+		park(sc);
+		return;
+	}
+	uint8_t m[600];
+	size_t n = pgw_build_query(m, sizeof(m), q);
+	if (!n || !end_queue(&sc->e, m, n) || end_flush(&sc->e) < 0) {
+		conn_close(sc, "cannot send server_reset_query");
+		return;
+	}
+	end_read(&sc->e, true);
+}
+
+/* ---- worker-wide ------------------------------------------------------------ */
+
+static void close_where(struct worker *w, bool (*bad)(struct srv_conn *, uint64_t),
+			const char *why)
+{
+	uint64_t now = now_ms();
+	for (struct pool *p = w->pools; p; p = p->next) {
+		struct srv_conn *sc, *next;
+		for (sc = TAILQ_FIRST(&p->idle); sc; sc = next) {
+			next = TAILQ_NEXT(sc, link);
+			if (bad(sc, now))
+				conn_close(sc, why);
+		}
+	}
+}
+
+static bool unfit(struct srv_conn *sc, uint64_t now)
+{
+	return !conn_fits(sc);
+}
+
+static bool expired(struct srv_conn *sc, uint64_t now)
+{
+	unsigned idle = router.cfg->server_idle_timeout_ms;
+	return (idle && now - sc->idle_ms >= idle) || too_old(sc, now);
+}
+
+static bool any(struct srv_conn *sc, uint64_t now)
+{
+	return true;
+}
+
+void pools_topology_changed(struct worker *w)
+{
+	/* idle connections to a server that no longer is what they were made for
+	 * go at once; those being reset are checked when they would park */
+	close_where(w, unfit, "its server changed role, left or is draining");
+}
+
+void pools_close_all(struct worker *w)
+{
+	close_where(w, any, "pgrouter is shutting down");
+	while (w->pools) {
+		struct pool *p = w->pools;
+		w->pools = p->next;
+		free(p);
+	}
+	evtimer_del(&w->pool_sweep);
+	event_del(&w->pool_wake);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	close_where(w, expired, "server_idle_timeout or server_lifetime reached");
+	bool left = false;
+	for (struct pool *p = w->pools; p && !left; p = p->next)
+		left = !TAILQ_EMPTY(&p->idle);
+	if (left) {
+		struct timeval tv = { SWEEP_MS / 1000, (SWEEP_MS % 1000) * 1000 };
+		evtimer_add(&w->pool_sweep, &tv);
+	}
+}
+
+void pool_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	/* give back idle connections other workers need room for */
+	for (struct pool *p = w->pools; p; p = p->next) {
+		struct srv_conn *sc;
+		if (atomic_load_explicit(&p->k->idle, memory_order_relaxed) == 0)
+			atomic_store_explicit(&p->k->want_close, 0, memory_order_relaxed);
+		while (atomic_load_explicit(&p->k->want_close, memory_order_relaxed) > 0 &&
+		       (sc = TAILQ_LAST(&p->idle, srv_conn_list))) {
+			atomic_fetch_sub_explicit(&p->k->want_close, 1, memory_order_relaxed);
+			conn_close(sc, "another worker needs room in the pool");
+		}
+	}
+	sessions_retry_queued(w);
+}
+
+void pools_init(struct worker *w)
+{
+	event_assign(&w->pool_wake, w->base, -1, 0, pool_wake_cb, w);
+	evtimer_assign(&w->pool_sweep, w->base, sweep_cb, w);
+}
