@@ -234,11 +234,17 @@ static void conn_free(struct srv_conn *sc)
 	wake_waiters();
 }
 
+static void conn_close_at(int level, struct srv_conn *sc, const char *why)
+{
+	if (log_enabled(level))
+		log_msg(level, "pool %s@%s on %s: server connection closed: %s", sc->pool->k->user,
+			sc->pool->k->database, sc->pool->k->srv->name, why);
+	conn_free(sc);
+}
+
 static void conn_close(struct srv_conn *sc, const char *why)
 {
-	log_debug("pool %s@%s on %s: server connection closed: %s", sc->pool->k->user,
-		  sc->pool->k->database, sc->pool->k->srv->name, why);
-	conn_free(sc);
+	conn_close_at(LOG_DEBUG, sc, why);
 }
 
 /* Does the connection still go where the snapshot says it was made for? */
@@ -266,7 +272,7 @@ static void park(struct srv_conn *sc)
 			  : too_old(sc, now_ms()) ? "server_lifetime reached"
 						  : NULL;
 	if (why) {
-		conn_close(sc, why);
+		conn_close_at(sc->w->draining ? LOG_DEBUG : LOG_INFO, sc, why);
 		return;
 	}
 	sc->state = SC_IDLE;
@@ -558,7 +564,7 @@ void pool_give_back(struct session *s, bool reusable)
 /* ---- worker-wide ------------------------------------------------------------ */
 
 static void close_where(struct worker *w, bool (*bad)(struct srv_conn *, uint64_t),
-			const char *why)
+			int level, const char *why)
 {
 	uint64_t now = now_ms();
 	for (struct pool *p = w->pools; p; p = p->next) {
@@ -566,7 +572,7 @@ static void close_where(struct worker *w, bool (*bad)(struct srv_conn *, uint64_
 		for (sc = TAILQ_FIRST(&p->idle); sc; sc = next) {
 			next = TAILQ_NEXT(sc, link);
 			if (bad(sc, now))
-				conn_close(sc, why);
+				conn_close_at(level, sc, why);
 		}
 	}
 }
@@ -591,12 +597,12 @@ void pools_topology_changed(struct worker *w)
 {
 	/* idle connections to a server that no longer is what they were made for
 	 * go at once; those being reset are checked when they would park */
-	close_where(w, unfit, "its server changed role, left or is draining");
+	close_where(w, unfit, LOG_INFO, "its server changed role, left or is draining");
 }
 
 void pools_close_all(struct worker *w)
 {
-	close_where(w, any, "pgrouter is shutting down");
+	close_where(w, any, LOG_DEBUG, "pgrouter is shutting down");
 	while (w->pools) {
 		struct pool *p = w->pools;
 		w->pools = p->next;
@@ -609,7 +615,7 @@ void pools_close_all(struct worker *w)
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
-	close_where(w, expired, "server_idle_timeout or server_lifetime reached");
+	close_where(w, expired, LOG_DEBUG, "server_idle_timeout or server_lifetime reached");
 	bool left = false;
 	for (struct pool *p = w->pools; p && !left; p = p->next)
 		left = !TAILQ_EMPTY(&p->idle);
