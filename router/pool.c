@@ -59,6 +59,7 @@ struct pool {
 	struct pool *next;
 	struct pool_key *k;
 	TAILQ_HEAD(srv_conn_list, srv_conn) idle;
+	struct srv_conn_list resetting; /* given back, server_reset_query running */
 };
 
 enum sc_state { SC_ACTIVE, SC_RESET, SC_IDLE };
@@ -141,6 +142,7 @@ static struct pool *pool_for(struct worker *w, struct pool_key *k)
 		return NULL;
 	p->k = k;
 	TAILQ_INIT(&p->idle);
+	TAILQ_INIT(&p->resetting);
 	p->next = w->pools;
 	w->pools = p;
 	return p;
@@ -217,6 +219,8 @@ static void conn_free(struct srv_conn *sc)
 	if (sc->state == SC_IDLE) {
 		TAILQ_REMOVE(&sc->pool->idle, sc, link);
 		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
+	} else if (sc->state == SC_RESET) {
+		TAILQ_REMOVE(&sc->pool->resetting, sc, link);
 	}
 	if (sc->e.fd >= 0 && (!sc->e.out || evbuffer_get_length(sc->e.out) == 0) &&
 	    sc->state == SC_IDLE) {
@@ -275,6 +279,8 @@ static void park(struct srv_conn *sc)
 		conn_close_at(sc->w->draining ? LOG_DEBUG : LOG_INFO, sc, why);
 		return;
 	}
+	if (sc->state == SC_RESET)
+		TAILQ_REMOVE(&sc->pool->resetting, sc, link);
 	sc->state = SC_IDLE;
 	sc->idle_ms = now_ms();
 	TAILQ_INSERT_HEAD(&sc->pool->idle, sc, link); /* most recently used first */
@@ -547,6 +553,7 @@ void pool_give_back(struct session *s, bool reusable)
 		return;
 	}
 	sc->state = SC_RESET;
+	TAILQ_INSERT_TAIL(&sc->pool->resetting, sc, link);
 	const char *q = router.cfg->server_reset_query;
 	if (!*q) {
 		park(sc);
@@ -577,6 +584,18 @@ static void close_where(struct worker *w, bool (*bad)(struct srv_conn *, uint64_
 	}
 }
 
+void pools_free(struct worker *w)
+{
+	pools_close_all(w);
+	while (w->pools) {
+		struct pool *p = w->pools;
+		w->pools = p->next;
+		while (!TAILQ_EMPTY(&p->resetting))
+			conn_close(TAILQ_FIRST(&p->resetting), "pgrouter is shutting down");
+		free(p);
+	}
+}
+
 static bool unfit(struct srv_conn *sc, uint64_t now)
 {
 	return !conn_fits(sc);
@@ -602,14 +621,13 @@ void pools_topology_changed(struct worker *w)
 
 void pools_close_all(struct worker *w)
 {
+	/* idle and resetting connections go; those still held by sessions go when
+	 * their sessions end (park() refuses them while draining) */
 	close_where(w, any, LOG_DEBUG, "pgrouter is shutting down");
-	while (w->pools) {
-		struct pool *p = w->pools;
-		w->pools = p->next;
-		free(p);
-	}
+	for (struct pool *p = w->pools; p; p = p->next)
+		while (!TAILQ_EMPTY(&p->resetting))
+			conn_close(TAILQ_FIRST(&p->resetting), "pgrouter is shutting down");
 	evtimer_del(&w->pool_sweep);
-	event_del(&w->pool_wake);
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)

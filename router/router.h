@@ -444,6 +444,8 @@ void pool_unwait(struct session *s);
 /* Worker-wide: a new snapshot (close connections whose server changed), exit. */
 void pools_topology_changed(struct worker *w);
 void pools_close_all(struct worker *w);
+/* After the worker's loop ended and its sessions are freed. */
+void pools_free(struct worker *w);
 void pools_init(struct worker *w);
 void pool_wake_cb(evutil_socket_t fd, short what, void *arg);
 

@@ -101,7 +101,8 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	event_base_dispatch(w->base);
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
-	pools_close_all(w);
+	pools_free(w);
+	event_del(&w->pool_wake);
 	return NULL;
 }
 
