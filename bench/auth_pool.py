@@ -29,6 +29,7 @@ from run import HAProxy, Proxy, cpu_seconds, median, raise_nofile, rss_kb  # noq
 from wire import Wire, scram_login  # noqa: E402
 
 USERS = {"md5user": "md5pw", "scramuser": "scrampw"}
+WORKERS = os.cpu_count()
 
 
 class PgBouncerAuth(Proxy):
@@ -77,7 +78,7 @@ class RouterWay:
             listener["pool_mode"] = "session"
             listener["pool_size"] = pool_size
         self.router = Router([s.addr for s in cluster.servers], {"rw": listener}, workdir,
-                             workers=2, log_level="warning", max_client_conn=5000,
+                             workers=WORKERS, log_level="warning", max_client_conn=5000,
                              probe_interval="1s", queue_timeout="30s")
 
     def start(self):
@@ -150,8 +151,15 @@ def main():
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--idle", type=int, default=500)
     ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=os.cpu_count(),
+                    help="pgrouter worker threads (default: CPUs)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated ways to run besides direct (default: all)")
+    ap.add_argument("--rows", default="connect,persistent")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     raise_nofile()
     cluster = PgCluster(0, conf={"password_encryption": "'scram-sha-256'",
                                  "max_connections": args.idle * 2 + 300},
@@ -180,6 +188,12 @@ def main():
             PgBouncerAuth(cluster.dir, p.port, userlist, size).start(),
             HAProxy(cluster.dir, p.port).start(),
         ]
+        if args.only:
+            keep = args.only.split(",")
+            for t in targets:
+                if t.name not in keep:
+                    t.stop()
+            targets = [t for t in targets if t.name in keep]
         ways = [("direct", p.port, None)] + [(t.name, t.port, t.proc.pid) for t in targets]
 
         def row(kind, label, user, pgargs):
@@ -200,11 +214,11 @@ def main():
                     label, user, name, r["tps"],
                     "%.1f us" % r["cpu_us"] if r["cpu_us"] is not None else "-"), flush=True)
 
-        for user in ("md5user", "scramuser"):
+        for user in ("md5user", "scramuser") if "connect" in args.rows else ():
             row("connect", "-C -c%d select 1" % args.connect_clients, user,
                 ["-C", "-c", str(args.connect_clients), "-j", "2", "-T", str(args.duration),
                  "-f", "/dev/stdin"])
-        for c in [int(x) for x in args.clients.split(",")]:
+        for c in [int(x) for x in args.clients.split(",")] if "persistent" in args.rows else []:
             row("persistent", "-S -c%d" % c, "scramuser",
                 ["-S", "-c", str(c), "-j", str(min(c, 2)), "-T", str(args.duration)])
         if args.idle:

@@ -10,7 +10,6 @@
  * guessing at pids. A chained hash under one mutex: touched when a session
  * starts, when its server connection changes, when it ends, and per cancel.
  */
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,8 +59,7 @@ struct cancel_entry *cancel_new(uint32_t *pid, uint8_t *key, uint32_t key_len)
 	e->srv_key = e->srv_key_inline;
 	pthread_mutex_lock(&lock);
 	do {
-		if (RAND_bytes((uint8_t *)&e->pid, sizeof(e->pid)) != 1 ||
-		    RAND_bytes(e->key, (int)key_len) != 1) {
+		if (!random_bytes(&e->pid, sizeof(e->pid)) || !random_bytes(e->key, key_len)) {
 			pthread_mutex_unlock(&lock);
 			free(e);
 			return NULL;

@@ -50,3 +50,35 @@ void log_msg(int level, const char *fmt, ...)
 	ssize_t w = write(STDERR_FILENO, line, n);
 	(void)w;
 }
+
+/* ---- random bytes ------------------------------------------------------ */
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+/* OpenSSL's generator, drawn 4 KB at a time per thread: each RAND_bytes call
+ * costs a getpid() (its fork check) and locking, and a login needs several
+ * small draws (salt, nonce, backend key). Bytes are handed out once and wiped
+ * from the buffer as they go. */
+bool random_bytes(void *out, size_t n)
+{
+	static __thread uint8_t pool[4096];
+	static __thread size_t left;
+	uint8_t *o = out;
+	while (n) {
+		if (left == 0) {
+			if (RAND_bytes(pool, sizeof(pool)) != 1)
+				return false;
+			left = sizeof(pool);
+		}
+		size_t k = n < left ? n : left;
+		uint8_t *from = pool + sizeof(pool) - left;
+		memcpy(o, from, k);
+		OPENSSL_cleanse(from, k);
+		o += k;
+		n -= k;
+		left -= k;
+	}
+	return true;
+}

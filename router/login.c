@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +40,12 @@ static void wipe_free(void *p, size_t n)
 		pgw_scram_wipe(p, n);
 		free(p);
 	}
+}
+
+void login_done(struct session *s)
+{
+	wipe_free(s->login, sizeof(*s->login));
+	s->login = NULL;
 }
 
 void login_free(struct session *s)
@@ -81,16 +86,20 @@ static bool send_server(struct session *s, const uint8_t *m, size_t n)
 static bool nonce(char *out, size_t cap)
 {
 	uint8_t raw[NONCE_BYTES];
-	return RAND_bytes(raw, sizeof(raw)) == 1 && pgw_b64_encode(raw, sizeof(raw), out, cap) > 0;
+	return random_bytes(raw, sizeof(raw)) && pgw_b64_encode(raw, sizeof(raw), out, cap) > 0;
 }
 
 /* ---- the client's side ------------------------------------------------- */
 
 static void authenticated(struct session *s)
 {
+	/* AuthenticationOk goes out with what follows it (the server's
+	 * parameters, or an error): one write instead of two */
 	uint8_t ok[16];
-	if (!send_client(s, ok, pgw_build_auth(ok, sizeof(ok), PGW_AUTH_OK, NULL, 0)))
+	if (!end_queue(&s->c, ok, pgw_build_auth(ok, sizeof(ok), PGW_AUTH_OK, NULL, 0))) {
+		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
+	}
 	slog(LOG_DEBUG, s, "client authenticated by pgrouter (%s)",
 	     s->cred->kind == CRED_TRUST ? "trust" : s->cred->kind == CRED_MD5 ? "md5"
 					   : s->login->plus_chosen ? "SCRAM-SHA-256-PLUS"
@@ -123,7 +132,7 @@ static void begin_exchange(struct session *s)
 		authenticated(s);
 		return;
 	case CRED_MD5:
-		if (RAND_bytes(s->login->md5_salt, 4) != 1) {
+		if (!random_bytes(s->login->md5_salt, 4)) {
 			session_fail(s, "53200", "pgrouter: no random bytes");
 			return;
 		}
@@ -250,8 +259,12 @@ static void scram_message(struct session *s, const uint8_t *body, uint32_t len)
 		return;
 	}
 	s->cred->has_client_key = true;
-	if (send_client(s, m, pgw_build_auth(m, sizeof(m), PGW_AUTH_SASL_FINAL, out, (size_t)n)))
-		authenticated(s);
+	size_t fl = pgw_build_auth(m, sizeof(m), PGW_AUTH_SASL_FINAL, out, (size_t)n);
+	if (!fl || !end_queue(&s->c, m, fl)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	authenticated(s);
 }
 
 static void md5_message(struct session *s, const uint8_t *body, uint32_t len)

@@ -75,6 +75,8 @@ struct srv_conn {
 	uint64_t created_ms, idle_ms;
 	struct sparam *params;
 	uint8_t *negotiate; /* the server's NegotiateProtocolVersion, whole */
+	uint8_t *startup;   /* the startup packet it logged in with: RESET values */
+	uint32_t startup_len;
 	uint32_t negotiate_len;
 	uint32_t be_pid, be_key_len;
 	uint8_t be_key[PGW_CANCEL_KEY_MAX];
@@ -105,13 +107,21 @@ static struct pool_key *key_for(const struct session *s, struct disc_server *srv
 	struct pgw_first f;
 	if (!parse_startup(s, &f))
 		return NULL;
+	/* values of what cannot be SET later; names only of the rest: a client
+	 * sending the same parameters can be given any connection of the key and
+	 * only the values that differ are SET */
 	char extra[600];
 	int n = snprintf(extra, sizeof(extra), "v%u", f.version);
-	for (unsigned i = 0; i < f.nparams && n > 0 && (size_t)n < sizeof(extra); i++)
-		if (keyed(f.params[i].name) && strcmp(f.params[i].name, "user") != 0 &&
-		    strcmp(f.params[i].name, "database") != 0)
-			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s=%s", f.params[i].name,
+	for (unsigned i = 0; i < f.nparams && n > 0 && (size_t)n < sizeof(extra); i++) {
+		const char *name = f.params[i].name;
+		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
+			continue;
+		if (keyed(name))
+			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s=%s", name,
 				      f.params[i].value);
+		else
+			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s", name);
+	}
 	if (n < 0 || (size_t)n >= sizeof(extra) || strlen(f.database) >= 64)
 		return NULL;
 	pthread_mutex_lock(&keys_lock);
@@ -148,19 +158,15 @@ static struct pool *pool_for(struct worker *w, struct pool_key *k)
 	return p;
 }
 
-size_t pool_startup(const struct session *s, uint8_t *buf, size_t cap)
+const uint8_t *pool_conn_startup(const struct session *s, uint32_t *len)
 {
-	struct pgw_first f;
-	if (!parse_startup(s, &f))
-		return 0;
-	const char *names[PGW_MAX_PARAMS], *values[PGW_MAX_PARAMS];
-	unsigned n = 0;
-	for (unsigned i = 0; i < f.nparams; i++)
-		if (keyed(f.params[i].name)) {
-			names[n] = f.params[i].name;
-			values[n++] = f.params[i].value;
-		}
-	return pgw_build_startup(buf, cap, f.version, n, names, values);
+	*len = s->sc->startup_len;
+	return s->sc->startup;
+}
+
+uint64_t pool_conn_idle_ms(const struct session *s)
+{
+	return s->sc->idle_ms ? now_ms() - s->sc->idle_ms : 0;
 }
 
 /* ---- a connection's record ------------------------------------------------ */
@@ -233,6 +239,7 @@ static void conn_free(struct srv_conn *sc)
 		evbuffer_free(sc->in);
 	free_params(sc);
 	free(sc->negotiate);
+	free(sc->startup);
 	atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
 	free(sc);
 	wake_waiters();
@@ -434,10 +441,16 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 		}
 		return POOL_FULL;
 	}
-	if (!(sc = calloc(1, sizeof(*sc)))) {
+	if (!(sc = calloc(1, sizeof(*sc))) || !(sc->startup = malloc(s->startup_len))) {
+		free(sc);
 		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
 		return POOL_FULL;
 	}
+	/* it logs in with this client's whole startup packet: its parameters are
+	 * what RESET (DISCARD ALL) returns to, usually what the next client of
+	 * the same application asks for, so nothing needs SET then */
+	memcpy(sc->startup, s->startup, s->startup_len);
+	sc->startup_len = s->startup_len;
 	sc->pool = p;
 	sc->w = s->w;
 	sc->e.fd = -1;

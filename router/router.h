@@ -35,6 +35,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_debug(...) \
 	do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 int log_level_parse(const char *s);
+/* Cryptographically random bytes (OpenSSL's), buffered per thread. */
+bool random_bytes(void *out, size_t n) __attribute__((warn_unused_result));
 
 /* ---- config.c --------------------------------------------------------- */
 
@@ -421,9 +423,10 @@ enum { POOL_GOT, POOL_NEW, POOL_FULL };
  * POOL_FULL: pool_size reached; wait (the worker's pool_wake re-routes).
  */
 int pool_take(struct session *s, struct disc_server *srv, enum disc_role role);
-/* The startup packet for a new pooled connection: only what cannot be SET
- * later (user, database, options, protocol extensions). Length, or 0. */
-size_t pool_startup(const struct session *s, uint8_t *buf, size_t cap);
+/* The startup packet s->sc logged in with (its parameters' RESET values), and
+ * how long it was idle before s took it (0: new). */
+const uint8_t *pool_conn_startup(const struct session *s, uint32_t *len);
+uint64_t pool_conn_idle_ms(const struct session *s);
 /* A server message while the connection is set up for s: record
  * ParameterStatus, BackendKeyData and NegotiateProtocolVersion in s->sc. */
 void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t len);
@@ -457,6 +460,9 @@ void login_lookups_answered(struct worker *w);
 /* An Authentication message from the server, answered here: LOGIN_SWALLOW
  * (not for the client), or LOGIN_STOP (the session failed). */
 int login_server_auth(struct session *s, const uint8_t *body, uint32_t len);
+/* The exchanges are over (RELAY): their state is wiped and freed. */
+void login_done(struct session *s);
+/* The session ends: credentials (and the ClientKey) too. */
 void login_free(struct session *s);
 #define slog(level, s, fmt, ...) \
 	do { \

@@ -103,6 +103,8 @@ static void client_watch(struct session *s, short what)
 	struct end *c = &s->c;
 	if (c->fd < 0)
 		return;
+	if (c->rd_on && (event_get_events(&c->rd) & (EV_READ | EV_CLOSED)) == what)
+		return; /* no epoll_ctl for nothing */
 	end_read(c, false);
 	event_assign(&c->rd, s->w->base, c->fd, what | EV_PERSIST, client_rd_cb, s);
 	end_read(c, true);
@@ -298,8 +300,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 	s->client_saw = false;
 	pgw_scanner_init(&s->s.scan, 0, false);
 	pgw_scanner_init(&s->c.scan, 0, true);
-	if (s->state != SS_QUEUED)
-		client_watch(s, EV_CLOSED);
+	end_read(e, true); /* also notices a server that goes away meanwhile */
 	slog(LOG_DEBUG, s, "reusing a pooled connection to %s", srv->name);
 	handover_start(s);
 }
@@ -717,8 +718,10 @@ static void enter_relay(struct session *s, char txn_status)
 		evbuffer_free(s->in);
 		s->in = NULL;
 	}
-	if (s->router_auth)
+	if (s->router_auth) {
 		client_watch(s, EV_READ); /* it may speak now */
+		login_done(s);        /* the exchanges' state goes; the credentials stay */
+	}
 	if (s->draining)
 		session_fail(s, "57P01", "pgrouter is shutting down");
 	else
@@ -863,20 +866,36 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 /* ---- HANDOVER: a pooled connection takes the client's parameters ------ */
 
 #define SET_CONFIG_SQL "SELECT pg_catalog.set_config($1, $2, false)"
+#define HANDOVER_CHECK_MS 30000 /* idle longer: one round trip shows it is alive */
+
+static const char *param_value(const struct pgw_first *f, const char *name)
+{
+	for (unsigned i = 0; i < f->nparams; i++)
+		if (strcmp(f->params[i].name, name) == 0)
+			return f->params[i].value;
+	return NULL;
+}
+
+static void handover_done(struct session *s);
 
 /*
- * The client's startup parameters (application_name, client_encoding,
- * DateStyle, TimeZone, ...) are SET on the connection in one round trip:
- * Parse, then Bind + Execute per parameter, then Sync. The same round trip
- * shows the connection is alive before the client is told anything.
+ * A pooled connection takes this client: the startup parameters whose values
+ * differ from the ones the connection logged in with (and so returns to after
+ * DISCARD ALL) are SET in one round trip — Parse, Bind + Execute each, Sync.
+ * The pool key holds the parameter names, so no parameter of the connection
+ * is missing from the client's. Nothing to SET and a connection idle for less
+ * than 30 s (PgBouncer's server_check_delay): straight to the client, no
+ * round trip; otherwise the Sync alone shows the connection is alive.
  */
 static void handover_start(struct session *s)
 {
 	session_set_state(s, SS_HANDOVER);
 	evtimer_del(&s->timer);
-	timer_set(s, router.cfg->connect_timeout_ms);
-	struct pgw_first f;
-	if (!s->startup || pgw_first_parse(s->startup, s->startup_len, &f) <= 0) {
+	struct pgw_first f, mine;
+	uint32_t clen;
+	const uint8_t *cpkt = pool_conn_startup(s, &clen);
+	if (!s->startup || pgw_first_parse(s->startup, s->startup_len, &f) <= 0 ||
+	    pgw_first_parse(cpkt, clen, &mine) <= 0) {
 		session_fail(s, "08P01", "pgrouter: lost the startup packet");
 		return;
 	}
@@ -886,17 +905,16 @@ static void handover_start(struct session *s)
 	}
 	uint8_t m[PGW_STARTUP_MAX + 64];
 	size_t n;
-	bool parsed = false;
+	unsigned sets = 0;
 	for (unsigned i = 0; i < f.nparams; i++) {
-		const char *name = f.params[i].name;
+		const char *name = f.params[i].name, *had = param_value(&mine, name);
 		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
 		    strcmp(name, "options") == 0 || strcmp(name, "replication") == 0 ||
-		    strncmp(name, "_pq_.", 5) == 0)
+		    strncmp(name, "_pq_.", 5) == 0 || (had && strcmp(had, f.params[i].value) == 0))
 			continue;
-		if (!parsed) {
+		if (sets++ == 0) {
 			n = pgw_build_parse(m, sizeof(m), SET_CONFIG_SQL);
 			evbuffer_add(s->s.out, m, n);
-			parsed = true;
 		}
 		const char *values[2] = { name, f.params[i].value };
 		if (!(n = pgw_build_bind(m, sizeof(m), 2, values))) {
@@ -907,6 +925,12 @@ static void handover_start(struct session *s)
 		n = pgw_build_execute(m, sizeof(m));
 		evbuffer_add(s->s.out, m, n);
 	}
+	if (sets == 0 && pool_conn_idle_ms(s) < HANDOVER_CHECK_MS) {
+		handover_done(s);
+		return;
+	}
+	timer_set(s, router.cfg->connect_timeout_ms);
+	client_watch(s, EV_CLOSED); /* it waits for the server now */
 	n = pgw_build_sync(m, sizeof(m));
 	if (evbuffer_add(s->s.out, m, n) != 0) {
 		session_fail(s, "53200", "pgrouter: out of memory");
@@ -915,6 +939,29 @@ static void handover_start(struct session *s)
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
 		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+}
+
+/* The client now hears what a fresh server would have said, and its
+ * ReadyForQuery. */
+static void handover_done(struct session *s)
+{
+	if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
+		session_fail(s, "08001",
+			     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
+			     "listener \"%s\"; the cluster changed, reconnect",
+			     s->srv->name, tsa_name(s->l->tsa), s->l->name);
+		return;
+	}
+	static const uint8_t ready[] = { PGW_MSG_READY, 0, 0, 0, 5, 'I' };
+	if ((!s->c.out && !(s->c.out = evbuffer_new())) || !pool_replay(s, s->c.out) ||
+	    !send_own_key(s, pool_key_len(s)) || evbuffer_add(s->c.out, ready, sizeof(ready)) != 0) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	pool_point_cancel(s);
+	enter_relay(s, 'I');
+	if (!s->dead && s->state == SS_RELAY && end_flush(&s->c) < 0)
+		s->dead = true;
 }
 
 /* The hand-over's answers: nothing reaches the client but an error. */
@@ -944,26 +991,8 @@ static int handover_message(struct session *s, uint8_t type, const uint8_t *body
 			     ef.message ? ef.message : "invalid startup parameter");
 		return LOGIN_STOP;
 	}
-	case PGW_MSG_READY: {
-		if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
-			session_fail(s, "08001",
-				     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
-				     "listener \"%s\"; the cluster changed, reconnect",
-				     s->srv->name, tsa_name(s->l->tsa), s->l->name);
-			return LOGIN_STOP;
-		}
-		/* the client now hears what a fresh server would have said */
-		if (!s->c.out && !(s->c.out = evbuffer_new())) {
-			s->dead = true;
-			return LOGIN_STOP;
-		}
-		if (!pool_replay(s, s->c.out) || !send_own_key(s, pool_key_len(s))) {
-			session_fail(s, "53200", "pgrouter: out of memory");
-			return LOGIN_STOP;
-		}
-		pool_point_cancel(s);
-		return PASS_ON; /* the server's ReadyForQuery, which the client waits for */
-	}
+	case PGW_MSG_READY:
+		return LOGIN_SWALLOW; /* auth_read ends the hand-over */
 	default:
 		session_fail(s, "08P01", "server %s sent message type %d during the hand-over",
 			     s->srv->name, type);
@@ -1062,16 +1091,19 @@ static void auth_read(struct session *s)
 			s->client_saw = true;
 		}
 		if (type == PGW_MSG_READY) {
-			if (s->sc && !handover) {
-				/* a new pooled connection: now the client's own settings */
+			if (s->sc) {
+				/* a pooled connection: the client's settings, then its start */
 				if (evbuffer_get_length(s->in)) {
 					session_fail(s, "08P01", "server spoke after ReadyForQuery");
 					return;
 				}
-				handover_start(s);
-			} else {
-				enter_relay(s, status);
+				if (handover)
+					handover_done(s);
+				else
+					handover_start(s);
+				return;
 			}
+			enter_relay(s, status);
 			break;
 		}
 	}
@@ -1277,17 +1309,7 @@ static void server_up(struct session *s)
 		s->dead = true;
 		return;
 	}
-	if (s->sc) {
-		/* a pooled connection logs in with only what cannot be SET later */
-		uint8_t pkt[PGW_STARTUP_MAX];
-		size_t n = pool_startup(s, pkt, sizeof(pkt));
-		if (!n || evbuffer_prepend(s->s.out, pkt, n) != 0) {
-			session_fail(s, "53200", "pgrouter: cannot build the startup packet");
-			return;
-		}
-	} else {
-		evbuffer_prepend(s->s.out, s->startup, s->startup_len);
-	}
+	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
 	pgw_scanner_init(&s->c.scan, 0, true);
 	s->hot_standby = s->read_only = -1;
 	s->client_saw = false;
@@ -1493,7 +1515,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->l = l;
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
-	evutil_make_socket_nonblocking(fd);
+	/* evconnlistener accepts with SOCK_NONBLOCK: no fcntl here */
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));

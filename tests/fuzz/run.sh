@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 CC=clang cmake -S . -B build-fuzz -DPGROUTER_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target fuzz_startup fuzz_frame fuzz_message
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_startup fuzz_frame fuzz_message fuzz_scram
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for t in startup frame message; do
+for t in startup frame message scram; do
   mkdir -p "$work/$t"
   cp tests/fuzz/corpus/$t/* "$work/$t/"
   echo "== fuzz_$t for ${secs}s"

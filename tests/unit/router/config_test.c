@@ -215,9 +215,63 @@ static void units(void **state)
 	assert_int_equal(parse_size("12 parsecs", &b), -1);
 }
 
+static void auth_and_pool_keys(void **state)
+{
+	static struct config c;
+	char err[512];
+	static const char listeners[] = "[cluster]\nservers = 127.0.0.1\n"
+					"[listener a]\nlisten = 127.0.0.1:6000\n"
+					"[listener b]\nlisten = 127.0.0.1:6001\nauth = passthrough\n";
+	/* defaults: passthrough, no pool */
+	char text[1024];
+	snprintf(text, sizeof(text), "%s", listeners);
+	assert_int_equal(load(text, &c, err), 0);
+	assert_int_equal(c.listeners[0].auth, AUTH_PASSTHROUGH);
+	assert_int_equal(c.listeners[0].pool_mode, POOL_NONE);
+	assert_int_equal(c.auth_cache_ttl_ms, 60000);
+	assert_int_equal(c.pool_size, 20);
+	assert_string_equal(c.server_reset_query, "DISCARD ALL");
+	assert_string_equal(c.auth_user, "postgres"); /* probe_user */
+	assert_true(strstr(c.auth_query, "pg_authid") != NULL);
+	/* auth_query set: auth = router becomes the default, listeners may opt out */
+	snprintf(text, sizeof(text),
+		 "[pgrouter]\nauth_query = SELECT u, p FROM f($1)\npool_mode = session\n"
+		 "pool_size = 5\nserver_idle_timeout = 30s\nserver_lifetime = 0\n"
+		 "auth_cache_ttl = 5s\n%s",
+		 "[cluster]\nservers = 127.0.0.1\nprobe_user = mon\nprobe_password = x\n"
+		 "[listener a]\nlisten = 127.0.0.1:6000\npool_size = 9\n"
+		 "[listener b]\nlisten = 127.0.0.1:6001\npool_mode = none\n");
+	assert_int_equal(load(text, &c, err), 0);
+	assert_int_equal(c.listeners[0].auth, AUTH_ROUTER);
+	assert_int_equal(c.listeners[0].pool_mode, POOL_SESSION);
+	assert_int_equal(c.listeners[0].pool_size, 9);
+	assert_int_equal(c.listeners[1].pool_mode, POOL_NONE);
+	assert_int_equal(c.listeners[1].pool_size, 5);
+	assert_int_equal(c.server_idle_timeout_ms, 30000);
+	assert_int_equal(c.server_lifetime_ms, 0);
+	assert_int_equal(c.auth_cache_ttl_ms, 5000);
+	assert_string_equal(c.auth_user, "mon");
+	assert_string_equal(c.auth_password, "x");
+	/* a pool needs pgrouter to have authenticated the client */
+	snprintf(text, sizeof(text), "[pgrouter]\npool_mode = session\n%s", listeners);
+	assert_int_equal(load(text, &c, err), -1);
+	assert_true(strstr(err, ":2: pool_mode: pool_mode = session needs auth = router on "
+				"listener a") != NULL);
+	snprintf(text, sizeof(text), "[pgrouter]\npool_size = 0\n%s", listeners);
+	assert_int_equal(load(text, &c, err), -1);
+	assert_true(strstr(err, ":2: pool_size: must be an integer") != NULL);
+	snprintf(text, sizeof(text), "[pgrouter]\npool_mode = transaction\n%s", listeners);
+	assert_int_equal(load(text, &c, err), -1);
+	assert_true(strstr(err, ":2: pool_mode: must be none or session") != NULL);
+	snprintf(text, sizeof(text), "[pgrouter]\nauth_query = select 1\n%s", listeners);
+	assert_int_equal(load(text, &c, err), -1);
+	assert_true(strstr(err, ":2: auth_query: must take the user name as $1") != NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
+					    cmocka_unit_test(auth_and_pool_keys),
 					    cmocka_unit_test(etcd_source),
 					    cmocka_unit_test(tls_keys),
 					    cmocka_unit_test(units) };
