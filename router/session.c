@@ -1258,6 +1258,9 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 		int r = relay_move(s, &s->c, &s->s);
 		if (r < 0)
 			relay_failed(s, r, true);
+		else if (s->client_quit)
+			session_close(s, true); /* its Terminate: nothing may follow, as in
+						   PostgreSQL; no need to wait for its EOF */
 		break;
 	}
 	case SS_CLOSING: {

@@ -121,6 +121,10 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		TAILQ_INIT(&w->queued);
 		struct event_config *ec = event_config_new();
 		event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+		/* epoll changes are batched per loop turn: a socket whose watch is
+		 * dropped and set again in one callback (a pooled server connection
+		 * changing owner, a client watch switched back) costs no epoll_ctl */
+		event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
 		w->base = event_base_new_with_config(ec);
 		event_config_free(ec);
 		if (!w->base) {
