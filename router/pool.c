@@ -38,12 +38,6 @@
 #define SWEEP_MS 1000
 #define RESET_MESSAGE_MAX (1u << 20)
 
-struct sparam {
-	struct sparam *next;
-	char *value;
-	char name[];
-};
-
 struct pool_key {
 	struct pool_key *next;
 	struct disc_server *srv;
@@ -73,13 +67,15 @@ struct srv_conn {
 	enum sc_state state;
 	enum disc_role role;
 	uint64_t created_ms, idle_ms;
-	struct sparam *params;
+	char *params;        /* the server's ParameterStatus set: "name\0value\0"... */
+	uint32_t params_len;
 	uint8_t *negotiate; /* the server's NegotiateProtocolVersion, whole */
 	uint8_t *startup;   /* the startup packet it logged in with: RESET values */
 	uint32_t startup_len;
 	uint32_t negotiate_len;
 	uint32_t be_pid, be_key_len;
-	uint8_t be_key[PGW_CANCEL_KEY_MAX];
+	uint8_t *be_key;     /* be_key_inline, or allocated when longer (protocol 3.2) */
+	uint8_t be_key_inline[32];
 };
 
 static struct pool_key *keys;
@@ -179,43 +175,47 @@ static void wake_waiters(void)
 		event_active(&router.workers[i].pool_wake, EV_READ, 0);
 }
 
-static void free_params(struct srv_conn *sc)
-{
-	while (sc->params) {
-		struct sparam *p = sc->params;
-		sc->params = p->next;
-		free(p);
-	}
-}
-
+/* The set lives in one block, in the order the server first reported it; a
+ * change (rare: a client's SET of a reported parameter, a reset) rebuilds it. */
 static bool set_param(struct srv_conn *sc, const char *name, const char *value)
 {
-	struct sparam **pp = &sc->params;
-	for (; *pp; pp = &(*pp)->next)
-		if (strcmp((*pp)->name, name) == 0)
+	size_t nl = strlen(name) + 1, vl = strlen(value) + 1, old = 0, at = sc->params_len;
+	for (size_t o = 0; o < sc->params_len;) {
+		const char *n = sc->params + o, *v = n + strlen(n) + 1;
+		size_t len = (size_t)(v + strlen(v) + 1 - n);
+		if (strcmp(n, name) == 0) {
+			if (strcmp(v, value) == 0)
+				return true;
+			at = o;
+			old = len;
 			break;
-	size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
-	struct sparam *p = malloc(sizeof(*p) + nl + vl);
-	if (!p)
-		return false;
-	memcpy(p->name, name, nl);
-	p->value = p->name + nl;
-	memcpy(p->value, value, vl);
-	if (*pp) {
-		p->next = (*pp)->next;
-		free(*pp);
-	} else {
-		p->next = NULL;
+		}
+		o += len;
 	}
-	*pp = p;
+	size_t total = sc->params_len - old + nl + vl;
+	char *b = malloc(total);
+	if (!b)
+		return false;
+	if (sc->params) { /* memcpy from NULL is undefined even for 0 bytes */
+		memcpy(b, sc->params, at);
+		memcpy(b + at + nl + vl, sc->params + at + old, sc->params_len - at - old);
+	}
+	memcpy(b + at, name, nl);
+	memcpy(b + at + nl, value, vl);
+	free(sc->params);
+	sc->params = b;
+	sc->params_len = (uint32_t)total;
 	return true;
 }
 
 static const char *get_param(const struct srv_conn *sc, const char *name)
 {
-	for (const struct sparam *p = sc->params; p; p = p->next)
-		if (strcmp(p->name, name) == 0)
-			return p->value;
+	for (size_t o = 0; o < sc->params_len;) {
+		const char *n = sc->params + o, *v = n + strlen(n) + 1;
+		if (strcmp(n, name) == 0)
+			return v;
+		o = (size_t)(v + strlen(v) + 1 - sc->params);
+	}
 	return NULL;
 }
 
@@ -237,7 +237,9 @@ static void conn_free(struct srv_conn *sc)
 	end_close(&sc->e);
 	if (sc->in)
 		evbuffer_free(sc->in);
-	free_params(sc);
+	free(sc->params);
+	if (sc->be_key != sc->be_key_inline)
+		free(sc->be_key);
 	free(sc->negotiate);
 	free(sc->startup);
 	atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
@@ -453,6 +455,7 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 	sc->startup_len = s->startup_len;
 	sc->pool = p;
 	sc->w = s->w;
+	sc->be_key = sc->be_key_inline;
 	sc->e.fd = -1;
 	sc->state = SC_ACTIVE;
 	sc->role = role;
@@ -483,8 +486,13 @@ void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t le
 	case PGW_MSG_BACKEND_KEY:
 		if (pgw_backend_key(body, len, &pid, &key, &klen) == 0) {
 			sc->be_pid = pid;
-			sc->be_key_len = klen;
-			memcpy(sc->be_key, key, klen);
+			if (sc->be_key != sc->be_key_inline)
+				free(sc->be_key);
+			sc->be_key = klen <= sizeof(sc->be_key_inline) ? sc->be_key_inline
+								       : malloc(klen);
+			sc->be_key_len = sc->be_key ? klen : 0;
+			if (sc->be_key)
+				memcpy(sc->be_key, key, klen);
 		}
 		break;
 	case PGW_MSG_NEGOTIATE:
@@ -518,11 +526,13 @@ bool pool_replay(struct session *s, struct evbuffer *out)
 	struct srv_conn *sc = s->sc;
 	if (sc->negotiate && evbuffer_add(out, sc->negotiate, sc->negotiate_len) != 0)
 		return false;
-	for (const struct sparam *p = sc->params; p; p = p->next) {
+	for (size_t o = 0; o < sc->params_len;) {
+		const char *n = sc->params + o, *v = n + strlen(n) + 1;
 		uint8_t m[1024];
-		size_t n = pgw_build_parameter_status(m, sizeof(m), p->name, p->value);
-		if (n && evbuffer_add(out, m, n) != 0)
+		size_t len = pgw_build_parameter_status(m, sizeof(m), n, v);
+		if (len && evbuffer_add(out, m, len) != 0)
 			return false;
+		o = (size_t)(v + strlen(v) + 1 - sc->params);
 	}
 	return true;
 }
