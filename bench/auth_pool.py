@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -228,6 +229,15 @@ def main():
                     results["held_bytes"][t.name] = b
                     print("%-14s %.0f bytes RSS per held session (%d open)" % (
                         t.name, b, args.idle), flush=True)
+    except BaseException:
+        # keep the proxies' logs for a look at what went wrong
+        keep = os.environ.get("BENCH_KEEP_LOGS", "/tmp/pgrouter-bench-logs")
+        os.makedirs(keep, exist_ok=True)
+        for name in os.listdir(cluster.dir):
+            if name.endswith(".log"):
+                shutil.copy(os.path.join(cluster.dir, name), keep)
+        print("logs kept in " + keep, file=sys.stderr)
+        raise
     finally:
         for t in ways and targets or []:
             t.stop()

@@ -413,6 +413,7 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 		}
 		TAILQ_REMOVE(&p->idle, sc, link);
 		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
+		pool_unwait(s);
 		sc->state = SC_ACTIVE;
 		end_read(&sc->e, false);
 		end_write(&sc->e, false);
@@ -431,18 +432,20 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 	int total = atomic_fetch_add_explicit(&k->total, 1, memory_order_relaxed);
 	if (total >= (int)size) {
 		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
-		if (atomic_load_explicit(&k->idle, memory_order_relaxed) > 0) {
-			/* another worker holds idle ones: ask for one back */
-			atomic_fetch_add_explicit(&k->want_close, 1, memory_order_relaxed);
-			for (unsigned i = 0; i < router.nworkers; i++)
-				event_active(&router.workers[i].pool_wake, EV_READ, 0);
-		}
 		if (!s->pool_full) {
 			s->pool_full = true;
 			atomic_fetch_add_explicit(&waiters, 1, memory_order_relaxed);
+			if (atomic_load_explicit(&k->idle, memory_order_relaxed) > 0) {
+				/* other workers hold idle ones: ask once for one back */
+				atomic_fetch_add_explicit(&k->want_close, 1, memory_order_relaxed);
+				for (unsigned i = 0; i < router.nworkers; i++)
+					if (&router.workers[i] != s->w)
+						event_active(&router.workers[i].pool_wake, EV_READ, 0);
+			}
 		}
 		return POOL_FULL;
 	}
+	pool_unwait(s);
 	if (!(sc = calloc(1, sizeof(*sc))) || !(sc->startup = malloc(s->startup_len))) {
 		free(sc);
 		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);

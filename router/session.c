@@ -334,7 +334,6 @@ static void route(struct session *s)
 	 * publish a moment later (its notify event), and a session must not route
 	 * on a view older than the last publish — e.g. to a primary already
 	 * draining for a switchover. One uncontended lock per new session. */
-	pool_unwait(s);
 	struct topology *t = topo_acquire();
 	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
 	if (i >= 0) {
@@ -349,6 +348,7 @@ static void route(struct session *s)
 			return;
 	} else {
 		topo_release(t);
+		pool_unwait(s); /* waiting for a server now, not for room in a pool */
 	}
 	uint64_t now = now_ms();
 	if (now >= s->deadline_ms) {

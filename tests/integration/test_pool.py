@@ -46,6 +46,7 @@ class PoolTest(unittest.TestCase):
         p.sql("create role scramuser login replication password 'scrampw'")
         p.sql("create role small login password 'smallpw'")
         p.sql("create role reuser login password 'reuserpw'")
+        p.sql("create role walker login password 'walkerpw'")
         for r in cls.cluster.replicas:
             wait_for(lambda: r.sql("select count(*) from pg_roles where rolname = 'reuser'")
                      == "1", 10, "roles on the replica")
@@ -58,15 +59,39 @@ class PoolTest(unittest.TestCase):
             "plain": {"target_session_attrs": "read-write"},
         }, cls.cluster.dir, auth="router", workers=1, queue_timeout="2s").start()
 
+        # two workers sharing one connection: its idle copy must move to
+        # whichever worker the next client lands on
+        cls.router2 = Router(servers, {
+            "one": {"target_session_attrs": "read-write", "pool_mode": "session",
+                    "pool_size": 1}}, cls.cluster.dir, auth="router", workers=2,
+            queue_timeout="3s").start()
+
     @classmethod
     def tearDownClass(cls):
-        rc = cls.router.stop()
-        log = cls.router.log_text()
-        if rc != 0:
-            raise AssertionError("pgrouter exited with %s:\n%s" % (rc, log[-3000:]))
-        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
-            if bad in log:
-                raise AssertionError("sanitizer report in pgrouter log:\n" + log[-5000:])
+        for r in (cls.router, cls.router2):
+            rc = r.stop()
+            log = r.log_text()
+            if rc != 0:
+                raise AssertionError("pgrouter exited with %s:\n%s" % (rc, log[-3000:]))
+            for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+                if bad in log:
+                    raise AssertionError("sanitizer report in pgrouter log:\n" + log[-5000:])
+
+    def test_pool_size_across_workers(self):
+        # 30 clients one after the other, on whichever worker the kernel picks:
+        # none waits for the pool's one connection for long, none gets 53300
+        dsn = self.router2.dsn("one", user="walker", password="walkerpw")
+        slowest = 0
+        for _ in range(30):
+            t0 = time.monotonic()
+            c = connect(dsn)
+            slowest = max(slowest, time.monotonic() - t0)
+            self.assertEqual(q(c, "select 1")[0], 1)
+            c.close()
+        self.assertLess(slowest, 2.0)
+        wait_for(lambda: int(self.cluster.primary.sql(
+            "select count(*) from pg_stat_activity where usename = 'walker'")) <= 1, 5,
+            "at most pool_size backends")
 
     def dsn(self, listener="rw", user="scramuser", password="scrampw", **kw):
         return self.router.dsn(listener, user=user, password=password, **kw)
