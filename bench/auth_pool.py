@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
                                 "harness"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import PG_BIN, PgCluster, Router, as_postgres, chown_postgres, free_port  # noqa
-from run import HAProxy, Proxy, cpu_seconds, median, raise_nofile, rss_kb  # noqa: E402
+from run import (HAProxy, Proxy, cpu_seconds, idle_rss_per_session, median,  # noqa: E402
+                 raise_nofile)
 from wire import Wire, scram_login  # noqa: E402
 
 USERS = {"md5user": "md5pw", "scramuser": "scrampw"}
@@ -120,28 +121,12 @@ def pgbench(port, user, args):
     return tps, txns
 
 
-def held_rss_per_session(port, pid, n, user="scramuser"):
-    def session():
-        w = Wire(port)
-        msgs, _ = scram_login(w, user, USERS[user])
-        if not msgs or msgs[-1][0] != b"Z":
-            raise RuntimeError("login failed: %r" % msgs[-1:])
-        return w
-    warm = [session() for _ in range(20)]
-    for w in warm:
-        w.close()
-    time.sleep(0.5)
-    before = rss_kb(pid)
-    held = []
-    try:
-        for _ in range(n):
-            held.append(session())
-        time.sleep(0.5)
-        after = rss_kb(pid)
-    finally:
-        for w in held:
-            w.close()
-    return (after - before) * 1024.0 / n
+def scram_session(port, user="scramuser"):
+    w = Wire(port)
+    msgs, _ = scram_login(w, user, USERS[user])
+    if not msgs or msgs[-1][0] != b"Z":
+        raise RuntimeError("login failed: %r" % msgs[-1:])
+    return w
 
 
 def main():
@@ -225,7 +210,8 @@ def main():
         if args.idle:
             for t in targets:
                 if t.name.startswith("pgrouter"):
-                    b = held_rss_per_session(t.port, t.proc.pid, args.idle)
+                    b = idle_rss_per_session(t.port, t.proc.pid, args.idle,
+                                             login=scram_session)
                     results["held_bytes"][t.name] = b
                     print("%-14s %.0f bytes RSS per held session (%d open)" % (
                         t.name, b, args.idle), flush=True)

@@ -209,9 +209,12 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def idle_rss_per_session(port, pid, n, tls=False):
-    """RSS growth of pid per idle session, with n fully started sessions open."""
+def idle_rss_per_session(port, pid, n, tls=False, login=None):
+    """RSS growth of pid per idle session, with n fully started sessions open.
+    login(port) opens one (default: trust login, TLS with tls)."""
     def session():
+        if login:
+            return login(port)
         w = Wire(port)
         if tls:
             w.start_tls()

@@ -3,19 +3,9 @@
 
 #include "pgwire/pgwire.h"
 
-/* type + length + body of n bytes: the header, or 0 when it does not fit. */
-static size_t header(uint8_t *buf, size_t cap, uint8_t type, size_t n)
-{
-	if (n > PGW_MESSAGE_MAX - 4 || cap < PGW_HEADER_LEN + n)
-		return 0;
-	buf[0] = type;
-	pgw_put32(buf + 1, (uint32_t)(n + 4));
-	return PGW_HEADER_LEN;
-}
-
 size_t pgw_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len)
 {
-	if (!header(buf, cap, PGW_MSG_AUTH, 4 + len))
+	if (!pgw_put_header(buf, cap, PGW_MSG_AUTH, 4 + len))
 		return 0;
 	pgw_put32(buf + PGW_HEADER_LEN, code);
 	if (len)
@@ -25,7 +15,7 @@ size_t pgw_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data,
 
 size_t pgw_build_password(uint8_t *buf, size_t cap, const void *data, size_t len)
 {
-	if (!header(buf, cap, PGW_MSG_PASSWORD, len))
+	if (!pgw_put_header(buf, cap, PGW_MSG_PASSWORD, len))
 		return 0;
 	if (len)
 		memcpy(buf + PGW_HEADER_LEN, data, len);
@@ -36,7 +26,7 @@ size_t pgw_build_sasl_initial(uint8_t *buf, size_t cap, const char *mech, const 
 			      size_t len)
 {
 	size_t ml = strlen(mech) + 1;
-	if (!header(buf, cap, PGW_MSG_PASSWORD, ml + 4 + len))
+	if (!pgw_put_header(buf, cap, PGW_MSG_PASSWORD, ml + 4 + len))
 		return 0;
 	memcpy(buf + PGW_HEADER_LEN, mech, ml);
 	pgw_put32(buf + PGW_HEADER_LEN + ml, (uint32_t)len);
@@ -49,7 +39,7 @@ size_t pgw_build_backend_key(uint8_t *buf, size_t cap, uint32_t pid, const uint8
 			     size_t key_len)
 {
 	if (key_len < 4 || key_len > PGW_CANCEL_KEY_MAX ||
-	    !header(buf, cap, PGW_MSG_BACKEND_KEY, 4 + key_len))
+	    !pgw_put_header(buf, cap, PGW_MSG_BACKEND_KEY, 4 + key_len))
 		return 0;
 	pgw_put32(buf + PGW_HEADER_LEN, pid);
 	memcpy(buf + PGW_HEADER_LEN + 4, key, key_len);
@@ -59,7 +49,7 @@ size_t pgw_build_backend_key(uint8_t *buf, size_t cap, uint32_t pid, const uint8
 size_t pgw_build_parameter_status(uint8_t *buf, size_t cap, const char *name, const char *value)
 {
 	size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
-	if (!header(buf, cap, PGW_MSG_PARAMETER_STATUS, nl + vl))
+	if (!pgw_put_header(buf, cap, PGW_MSG_PARAMETER_STATUS, nl + vl))
 		return 0;
 	memcpy(buf + PGW_HEADER_LEN, name, nl);
 	memcpy(buf + PGW_HEADER_LEN + nl, value, vl);

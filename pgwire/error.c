@@ -48,8 +48,7 @@ size_t pgw_build_terminate(uint8_t *buf, size_t cap)
 	return 5;
 }
 
-/* type + length, then body pieces; 0 when the whole does not fit */
-static size_t typed(uint8_t *buf, size_t cap, uint8_t type, size_t body)
+size_t pgw_put_header(uint8_t *buf, size_t cap, uint8_t type, size_t body)
 {
 	if (body > PGW_MESSAGE_MAX - 4 || cap < PGW_HEADER_LEN + body)
 		return 0;
@@ -61,7 +60,7 @@ static size_t typed(uint8_t *buf, size_t cap, uint8_t type, size_t body)
 size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql)
 {
 	size_t n = strlen(sql) + 1;
-	if (!typed(buf, cap, 'Q', n))
+	if (!pgw_put_header(buf, cap, 'Q', n))
 		return 0;
 	memcpy(buf + PGW_HEADER_LEN, sql, n);
 	return PGW_HEADER_LEN + n;
@@ -70,7 +69,7 @@ size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql)
 size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *sql)
 {
 	size_t n = strlen(sql) + 1;
-	if (!typed(buf, cap, 'P', 1 + n + 2))
+	if (!pgw_put_header(buf, cap, 'P', 1 + n + 2))
 		return 0;
 	uint8_t *p = buf + PGW_HEADER_LEN;
 	*p++ = 0; /* unnamed statement */
@@ -86,7 +85,7 @@ size_t pgw_build_bind(uint8_t *buf, size_t cap, unsigned n, const char *const *v
 	size_t body = 1 + 1 + 2 + 2 + 2;
 	for (unsigned i = 0; i < n; i++)
 		body += 4 + strlen(values[i]);
-	if (n > 0xffff || !typed(buf, cap, 'B', body))
+	if (n > 0xffff || !pgw_put_header(buf, cap, 'B', body))
 		return 0;
 	uint8_t *p = buf + PGW_HEADER_LEN;
 	*p++ = 0; /* unnamed portal */
@@ -108,7 +107,7 @@ size_t pgw_build_bind(uint8_t *buf, size_t cap, unsigned n, const char *const *v
 
 size_t pgw_build_execute(uint8_t *buf, size_t cap)
 {
-	if (!typed(buf, cap, 'E', 5))
+	if (!pgw_put_header(buf, cap, 'E', 5))
 		return 0;
 	memset(buf + PGW_HEADER_LEN, 0, 5); /* unnamed portal, no row limit */
 	return PGW_HEADER_LEN + 5;
@@ -116,7 +115,7 @@ size_t pgw_build_execute(uint8_t *buf, size_t cap)
 
 size_t pgw_build_sync(uint8_t *buf, size_t cap)
 {
-	return typed(buf, cap, 'S', 0);
+	return pgw_put_header(buf, cap, 'S', 0);
 }
 
 size_t pgw_build_startup(uint8_t *buf, size_t cap, uint32_t version, unsigned n,

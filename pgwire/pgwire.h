@@ -209,6 +209,10 @@ int pgw_error_parse(const uint8_t *body, uint32_t len, struct pgw_error_fields *
 size_t pgw_build_error(uint8_t *buf, size_t cap, const char *severity, const char *sqlstate,
 		       const char *message, const char *detail, const char *hint);
 
+/* The 5-byte header of a message of type with a body of n bytes, when the
+ * whole message fits in cap: returns PGW_HEADER_LEN, else 0. */
+size_t pgw_put_header(uint8_t *buf, size_t cap, uint8_t type, size_t n);
+
 /* Terminate message ('X'): 5 bytes. */
 size_t pgw_build_terminate(uint8_t *buf, size_t cap);
 

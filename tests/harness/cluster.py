@@ -111,6 +111,18 @@ def port_of(dsn):
     return query_one(dsn, "select inet_server_port()")
 
 
+def pgbench_select1(test, port, user, password, mode, clients=4, txns=50):
+    """pgbench -C (a connection per transaction) with `select 1` in protocol
+    mode (simple, extended, prepared) through port; asserts it ran clean."""
+    env = dict(os.environ, PGPASSWORD=password)
+    r = subprocess.run([os.path.join(PG_BIN, "pgbench"), "-n", "-M", mode, "-c", str(clients),
+                        "-t", str(txns), "-C", "-f", "/dev/stdin", "-h", "127.0.0.1", "-p",
+                        str(port), "-U", user, "postgres"], input="select 1;\n", env=env,
+                       capture_output=True, text=True, timeout=120)
+    test.assertEqual(r.returncode, 0, r.stderr)
+    test.assertIn("number of failed transactions: 0", r.stdout)
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, **kw)
@@ -355,6 +367,17 @@ class Router:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+    def stop_clean(self):
+        """Stop; raise unless pgrouter exited 0 with no sanitizer report. Returns its log."""
+        rc = self.stop()
+        log = self.log_text()
+        if rc != 0:
+            raise AssertionError("pgrouter exited with %s:\n%s" % (rc, log[-3000:]))
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            if bad in log:
+                raise AssertionError("sanitizer report in pgrouter log:\n" + log[-5000:])
+        return log
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc and self.proc.poll() is None:

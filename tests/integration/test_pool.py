@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 
-from cluster import PG_BIN, PgCluster, Router, wait_for  # noqa: E402
+from cluster import PgCluster, Router, pgbench_select1, wait_for  # noqa: E402
 from cluster import query_one as one  # noqa: E402
 from wire import Wire, error_fields, startup_packet  # noqa: E402
 
@@ -69,13 +69,7 @@ class PoolTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         for r in (cls.router, cls.router2):
-            rc = r.stop()
-            log = r.log_text()
-            if rc != 0:
-                raise AssertionError("pgrouter exited with %s:\n%s" % (rc, log[-3000:]))
-            for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
-                if bad in log:
-                    raise AssertionError("sanitizer report in pgrouter log:\n" + log[-5000:])
+            log = r.stop_clean()
 
     def test_pool_size_across_workers(self):
         # 30 clients one after the other, on whichever worker the kernel picks:
@@ -260,13 +254,7 @@ class PoolTest(unittest.TestCase):
         env = dict(os.environ, PGPASSWORD="scrampw")
         for mode in ("simple", "extended", "prepared"):
             with self.subTest(mode=mode):
-                r = subprocess.run([os.path.join(PG_BIN, "pgbench"), "-n", "-M", mode, "-c", "4",
-                                    "-t", "50", "-C", "-f", "/dev/stdin", "-h", "127.0.0.1",
-                                    "-p", str(self.router.port("rw")), "-U", "scramuser",
-                                    "postgres"], input="select 1;\n", env=env,
-                                   capture_output=True, text=True, timeout=120)
-                self.assertEqual(r.returncode, 0, r.stderr)
-                self.assertIn("number of failed transactions: 0", r.stdout)
+                pgbench_select1(self, self.router.port("rw"), "scramuser", "scrampw", mode)
         # -C through the pool forks at most pool_size backends
         n = int(self.cluster.primary.sql(
             "select count(*) from pg_stat_activity where usename = 'scramuser'"))
