@@ -104,6 +104,17 @@ struct disc_probe_config {
 };
 
 /*
+ * Start a non-blocking libpq connection to srv with pc's database and TLS
+ * settings, as user/password (NULL or "": libpq's default), for the caller's
+ * PQconnectPoll loop. The caller owns the result (PQfinish); NULL on out of
+ * memory. Probes and auth_query both connect this way.
+ */
+struct pg_conn;
+struct pg_conn *disc_pq_start(const struct disc_server *srv, const struct disc_probe_config *pc,
+			      const char *user, const char *password,
+			      const char *application_name);
+
+/*
  * Static source with SQL probes: servers from the config, roles from probing
  * each with libpq's non-blocking API on base. Publishes a first snapshot (all
  * unknown) at once and a new one whenever a probe changes what routing sees.

@@ -183,21 +183,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (p->conn)
 		PQfinish(p->conn);
-	/* libpq skips a NULL value, so unset optional keys go last */
-	const char *keys[12] = { "host", "port", "user", "dbname", "application_name", "gssencmode" };
-	const char *vals[12] = { p->srv->host, p->srv->port, p->pc->user, p->pc->dbname,
-				 "pgrouter-probe", "disable" };
-	unsigned n = 6;
-	const char *opt_keys[] = { "password", "sslmode", "sslrootcert", "sslcert", "sslkey" };
-	const char *opt_vals[] = { p->pc->password, p->pc->sslmode, p->pc->sslrootcert,
-				   p->pc->sslcert, p->pc->sslkey };
-	for (unsigned i = 0; i < sizeof(opt_keys) / sizeof(opt_keys[0]); i++)
-		if (opt_vals[i] && *opt_vals[i]) {
-			keys[n] = opt_keys[i];
-			vals[n++] = opt_vals[i];
-		}
-	keys[n] = vals[n] = NULL;
-	p->conn = PQconnectStartParams(keys, vals, 0);
+	p->conn = disc_pq_start(p->srv, p->pc, p->pc->user, p->pc->password, "pgrouter-probe");
 	if (!p->conn || PQstatus(p->conn) == CONNECTION_BAD) {
 		fail(p, p->conn ? PQerrorMessage(p->conn) : "out of memory");
 		return;
@@ -205,6 +191,25 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	p->state = P_CONNECTING;
 	/* libpq wants the first poll once the socket is writable */
 	watch(p, EV_WRITE);
+}
+
+PGconn *disc_pq_start(const struct disc_server *srv, const struct disc_probe_config *pc,
+		      const char *user, const char *password, const char *application_name)
+{
+	/* libpq skips a NULL value, so unset optional keys go last */
+	const char *keys[12] = { "host", "port", "user", "dbname", "application_name", "gssencmode" };
+	const char *vals[12] = { srv->host, srv->port, user, pc->dbname, application_name,
+				 "disable" };
+	unsigned n = 6;
+	const char *opt_keys[] = { "password", "sslmode", "sslrootcert", "sslcert", "sslkey" };
+	const char *opt_vals[] = { password, pc->sslmode, pc->sslrootcert, pc->sslcert, pc->sslkey };
+	for (unsigned i = 0; i < sizeof(opt_keys) / sizeof(opt_keys[0]); i++)
+		if (opt_vals[i] && *opt_vals[i]) {
+			keys[n] = opt_keys[i];
+			vals[n++] = opt_vals[i];
+		}
+	keys[n] = vals[n] = NULL;
+	return PQconnectStartParams(keys, vals, 0);
 }
 
 void probe_kick(struct probe *p)

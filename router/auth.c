@@ -61,6 +61,7 @@ static struct {
 	unsigned nfile;
 	uint8_t secret[32];        /* for mock verifiers */
 	const struct config *cfg;
+	const struct disc_probe_config *pc; /* the servers' database and TLS settings */
 	bool query_on;
 	/* main thread only */
 	struct event_base *base;
@@ -499,21 +500,7 @@ static struct disc_server *pick_server(void)
 
 static void open_conn(struct disc_server *srv)
 {
-	const struct config *c = A.cfg;
-	const char *keys[12] = { "host", "port", "user", "dbname", "application_name", "gssencmode" };
-	const char *vals[12] = { srv->host, srv->port, c->auth_user, c->probe_dbname,
-				 "pgrouter-auth", "disable" };
-	unsigned n = 6;
-	const char *opt_keys[] = { "password", "sslmode", "sslrootcert", "sslcert", "sslkey" };
-	const char *opt_vals[] = { c->auth_password, server_tls_name(c->server_tls),
-				   c->server_tls_ca, c->server_tls_cert, c->server_tls_key };
-	for (unsigned i = 0; i < sizeof(opt_keys) / sizeof(opt_keys[0]); i++)
-		if (opt_vals[i] && *opt_vals[i]) {
-			keys[n] = opt_keys[i];
-			vals[n++] = opt_vals[i];
-		}
-	keys[n] = vals[n] = NULL;
-	A.conn = PQconnectStartParams(keys, vals, 0);
+	A.conn = disc_pq_start(srv, A.pc, A.cfg->auth_user, A.cfg->auth_password, "pgrouter-auth");
 	A.conn_srv = srv;
 	if (!A.conn || PQstatus(A.conn) == CONNECTION_BAD) {
 		failed("connect: ", A.conn ? PQerrorMessage(A.conn) : "out of memory");
@@ -575,9 +562,11 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	next_query();
 }
 
-int auth_start(struct event_base *base, const struct config *c, char *err, size_t errlen)
+int auth_start(struct event_base *base, const struct config *c,
+	       const struct disc_probe_config *pc, char *err, size_t errlen)
 {
 	A.cfg = c;
+	A.pc = pc;
 	A.base = base;
 	if (RAND_bytes(A.secret, sizeof(A.secret)) != 1) {
 		snprintf(err, errlen, "no random bytes for the mock-authentication secret");

@@ -295,28 +295,33 @@ static int server_tls_key(struct parse_ctx *p, const char *k, const char *v)
 	return -1;
 }
 
-static int pool_mode_key(struct parse_ctx *p, const char *k, const char *v, enum pool_mode *m,
-			 int *line)
+/* A key whose value is one of names: its index into *m, the line into *line. */
+static int named_key(struct parse_ctx *p, const char *k, const char *v, const char *const *names,
+		     unsigned n, int *m, int *line, const char *expected)
 {
-	for (unsigned i = 0; i < sizeof(pool_mode_names) / sizeof(pool_mode_names[0]); i++)
-		if (strcmp(v, pool_mode_names[i]) == 0) {
-			*m = (enum pool_mode)i;
+	for (unsigned i = 0; i < n; i++)
+		if (strcmp(v, names[i]) == 0) {
+			*m = (int)i;
 			*line = p->line;
 			return 1;
 		}
-	return fail(p, p->line, k, "must be none or session");
+	return fail(p, p->line, k, "must be %s", expected);
+}
+
+static int pool_mode_key(struct parse_ctx *p, const char *k, const char *v, enum pool_mode *m,
+			 int *line)
+{
+	int i = *m, r = named_key(p, k, v, pool_mode_names, 2, &i, line, "none or session");
+	*m = (enum pool_mode)i;
+	return r;
 }
 
 static int auth_mode_key(struct parse_ctx *p, const char *k, const char *v, enum auth_mode *m,
 			 int *line)
 {
-	for (unsigned i = 0; i < sizeof(auth_names) / sizeof(auth_names[0]); i++)
-		if (strcmp(v, auth_names[i]) == 0) {
-			*m = (enum auth_mode)i;
-			*line = p->line;
-			return 1;
-		}
-	return fail(p, p->line, k, "must be passthrough or router");
+	int i = *m, r = named_key(p, k, v, auth_names, 2, &i, line, "passthrough or router");
+	*m = (enum auth_mode)i;
+	return r;
 }
 
 static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)

@@ -162,10 +162,6 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	if (auth_start(base, &cfg, err, sizeof(err)) != 0) {
-		log_error("%s", err);
-		goto out;
-	}
 	if (listeners_bind(&router, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		goto out;
@@ -181,6 +177,10 @@ int main(int argc, char **argv)
 					 .sslcert = cfg.server_tls_cert,
 					 .sslkey = cfg.server_tls_key,
 					 .max_lag = cfg.max_lag };
+	if (auth_start(base, &cfg, &pc, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		goto out;
+	}
 	if (strcmp(cfg.source, "etcd") == 0) {
 		static struct disc_etcd_config ec;
 		ec = (struct disc_etcd_config){ .nendpoints = cfg.netcd,

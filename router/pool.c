@@ -85,7 +85,7 @@ static atomic_int waiters; /* sessions queued for room in a pool, all workers */
 /* ---- keys ---------------------------------------------------------------- */
 
 /* The startup parameters that are part of the key, not SET at hand-over. */
-static bool keyed(const char *name)
+bool pool_param_keyed(const char *name)
 {
 	return strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
 	       strcmp(name, "options") == 0 || strcmp(name, "replication") == 0 ||
@@ -112,7 +112,7 @@ static struct pool_key *key_for(const struct session *s, struct disc_server *srv
 		const char *name = f.params[i].name;
 		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
 			continue;
-		if (keyed(name))
+		if (pool_param_keyed(name))
 			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s=%s", name,
 				      f.params[i].value);
 		else

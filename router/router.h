@@ -257,8 +257,10 @@ struct cred {
 enum { AUTH_FOUND, AUTH_PENDING, AUTH_UNAVAILABLE };
 
 /* Set up (main thread, before the workers start): the mock secret, the
- * auth_query machinery on base, the auth_file. 0, or -1 with err. */
-int auth_start(struct event_base *base, const struct config *c, char *err, size_t errlen)
+ * auth_query machinery on base (connecting with pc's database and TLS
+ * settings, which must outlive it), the auth_file. 0, or -1 with err. */
+int auth_start(struct event_base *base, const struct config *c,
+	       const struct disc_probe_config *pc, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 void auth_stop(void);
 /* (Re)read auth_file (start, --check, SIGHUP). On error the table in use stays. */
@@ -381,7 +383,6 @@ struct session {
 	unsigned tls_direct : 1;       /* the client began with a TLS ClientHello */
 	unsigned plus_dropped : 1;     /* SCRAM-SHA-256-PLUS taken out of the server's offer */
 	unsigned router_auth : 1;      /* pgrouter authenticates the client (auth = router) */
-	unsigned key_sent : 1;         /* the client got pgrouter's BackendKeyData */
 	unsigned pooled : 1;           /* pool_mode = session for this session */
 	unsigned pool_full : 1;        /* queued because its pool was at pool_size */
 	unsigned client_quit : 1;      /* the client's Terminate was kept from the server */
@@ -389,7 +390,6 @@ struct session {
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];
-	uint32_t proto;         /* client's protocol version */
 };
 
 /* session.c */
@@ -423,6 +423,9 @@ enum { POOL_GOT, POOL_NEW, POOL_FULL };
  * POOL_FULL: pool_size reached; wait (the worker's pool_wake re-routes).
  */
 int pool_take(struct session *s, struct disc_server *srv, enum disc_role role);
+/* Is this startup parameter part of a pool's key (user, database, options,
+ * replication, _pq_.*), so never SET at hand-over? */
+bool pool_param_keyed(const char *name);
 /* The startup packet s->sc logged in with (its parameters' RESET values), and
  * how long it was idle before s took it (0: new). */
 const uint8_t *pool_conn_startup(const struct session *s, uint32_t *len);

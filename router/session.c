@@ -421,7 +421,6 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	s->startup_len = len;
 	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
 	snprintf(s->user, sizeof(s->user), "%s", f->user);
-	s->proto = f->version;
 	evtimer_del(&s->timer);
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
@@ -744,10 +743,7 @@ static bool send_own_key(struct session *s, uint32_t server_klen)
 	s->cancel = cancel_new(&mypid, mine, mylen);
 	uint8_t msg[PGW_HEADER_LEN + 4 + 32];
 	size_t n = s->cancel ? pgw_build_backend_key(msg, sizeof(msg), mypid, mine, mylen) : 0;
-	if (!n || !end_queue(&s->c, msg, n))
-		return false;
-	s->key_sent = true;
-	return true;
+	return n && end_queue(&s->c, msg, n);
 }
 
 static bool own_key(struct session *s, uint32_t pid, const uint8_t *key, uint32_t klen)
@@ -763,6 +759,35 @@ static bool own_key(struct session *s, uint32_t pid, const uint8_t *key, uint32_
 static bool param_on(const char *v)
 {
 	return strcmp(v, "on") == 0 || strcmp(v, "true") == 0;
+}
+
+/* A ParameterStatus: keep what the policy check reads. */
+static void note_role_param(struct session *s, const uint8_t *body, uint32_t len)
+{
+	const char *name, *value;
+	if (pgw_parameter_status(body, len, &name, &value) != 0)
+		return;
+	if (strcmp(name, "in_hot_standby") == 0)
+		s->hot_standby = param_on(value);
+	else if (strcmp(name, "default_transaction_read_only") == 0)
+		s->read_only = param_on(value);
+}
+
+/* Before the client's ReadyForQuery: do the server's reported parameters fit
+ * the policy? The topology said this server fits; if the server says
+ * otherwise the session fails (false): the client has authenticated with
+ * it, so there is no silent retry. */
+static bool reported_params_fit(struct session *s)
+{
+	if (select_params_fit(s->l->tsa, s->hot_standby, s->read_only))
+		return true;
+	session_fail(s, "08001",
+		     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
+		     "listener \"%s\" (it reports in_hot_standby=%s, "
+		     "default_transaction_read_only=%s); the cluster changed, reconnect",
+		     s->srv->name, tsa_name(s->l->tsa), s->l->name,
+		     s->hot_standby == 1 ? "on" : "off", s->read_only == 1 ? "on" : "off");
+	return false;
 }
 
 #define PASS_ON 2 /* auth_message: the message goes to the client */
@@ -832,30 +857,14 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 		}
 		return own_key(s, pid, key, klen) ? LOGIN_SWALLOW : LOGIN_STOP;
 	}
-	case PGW_MSG_PARAMETER_STATUS: {
-		const char *name, *value;
-		if (pgw_parameter_status(body, len, &name, &value) != 0)
-			break;
-		if (strcmp(name, "in_hot_standby") == 0)
-			s->hot_standby = param_on(value);
-		else if (strcmp(name, "default_transaction_read_only") == 0)
-			s->read_only = param_on(value);
+	case PGW_MSG_PARAMETER_STATUS:
+		note_role_param(s, body, len);
 		if (s->sc)
 			return LOGIN_SWALLOW;
 		break;
-	}
 	case PGW_MSG_READY:
-		if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
-			/* The topology said this server fits; the server says otherwise. The
-			 * client has authenticated with it, so there is no silent retry. */
-			session_fail(s, "08001",
-				     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
-				     "listener \"%s\" (it reports in_hot_standby=%s, "
-				     "default_transaction_read_only=%s); the cluster changed, reconnect",
-				     s->srv->name, tsa_name(s->l->tsa), s->l->name,
-				     s->hot_standby == 1 ? "on" : "off", s->read_only == 1 ? "on" : "off");
+		if (!reported_params_fit(s))
 			return LOGIN_STOP;
-		}
 		if (s->sc)
 			return LOGIN_SWALLOW; /* the client's comes after the hand-over */
 		break;
@@ -908,9 +917,7 @@ static void handover_start(struct session *s)
 	unsigned sets = 0;
 	for (unsigned i = 0; i < f.nparams; i++) {
 		const char *name = f.params[i].name, *had = param_value(&mine, name);
-		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
-		    strcmp(name, "options") == 0 || strcmp(name, "replication") == 0 ||
-		    strncmp(name, "_pq_.", 5) == 0 || (had && strcmp(had, f.params[i].value) == 0))
+		if (pool_param_keyed(name) || (had && strcmp(had, f.params[i].value) == 0))
 			continue;
 		if (sets++ == 0) {
 			n = pgw_build_parse(m, sizeof(m), SET_CONFIG_SQL);
@@ -945,13 +952,8 @@ static void handover_start(struct session *s)
  * ReadyForQuery. */
 static void handover_done(struct session *s)
 {
-	if (!select_params_fit(s->l->tsa, s->hot_standby, s->read_only)) {
-		session_fail(s, "08001",
-			     "pgrouter: server %s does not satisfy target_session_attrs=%s for "
-			     "listener \"%s\"; the cluster changed, reconnect",
-			     s->srv->name, tsa_name(s->l->tsa), s->l->name);
+	if (!reported_params_fit(s))
 		return;
-	}
 	static const uint8_t ready[] = { PGW_MSG_READY, 0, 0, 0, 5, 'I' };
 	if ((!s->c.out && !(s->c.out = evbuffer_new())) || !pool_replay(s, s->c.out) ||
 	    !send_own_key(s, pool_key_len(s)) || evbuffer_add(s->c.out, ready, sizeof(ready)) != 0) {
@@ -968,17 +970,10 @@ static void handover_done(struct session *s)
 static int handover_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
 {
 	switch (type) {
-	case PGW_MSG_PARAMETER_STATUS: {
+	case PGW_MSG_PARAMETER_STATUS:
 		pool_note(s, type, body, len);
-		const char *name, *value;
-		if (pgw_parameter_status(body, len, &name, &value) == 0) {
-			if (strcmp(name, "in_hot_standby") == 0)
-				s->hot_standby = param_on(value);
-			else if (strcmp(name, "default_transaction_read_only") == 0)
-				s->read_only = param_on(value);
-		}
+		note_role_param(s, body, len);
 		return LOGIN_SWALLOW;
-	}
 	case '1': case '2': case 'C': case 'D': case 'n': case PGW_MSG_NOTICE:
 		return LOGIN_SWALLOW;
 	case PGW_MSG_ERROR: {
