@@ -66,17 +66,26 @@ size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql)
 	return PGW_HEADER_LEN + n;
 }
 
-size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *sql)
+size_t pgw_parse_len(const char *name, const char *sql, unsigned ntypes)
 {
-	size_t n = strlen(sql) + 1;
-	if (!pgw_put_header(buf, cap, 'P', 1 + n + 2))
+	return PGW_HEADER_LEN + strlen(name) + 1 + strlen(sql) + 1 + 2 + 4 * (size_t)ntypes;
+}
+
+size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *name, const char *sql,
+		       unsigned ntypes, const uint32_t *types)
+{
+	size_t nl = strlen(name) + 1, n = strlen(sql) + 1;
+	if (ntypes > 0xffff || !pgw_put_header(buf, cap, 'P', nl + n + 2 + 4 * (size_t)ntypes))
 		return 0;
 	uint8_t *p = buf + PGW_HEADER_LEN;
-	*p++ = 0; /* unnamed statement */
+	memcpy(p, name, nl);
+	p += nl;
 	memcpy(p, sql, n);
 	p += n;
-	*p++ = 0; /* no parameter types */
-	*p++ = 0;
+	*p++ = (uint8_t)(ntypes >> 8);
+	*p++ = (uint8_t)ntypes;
+	for (unsigned i = 0; i < ntypes; i++, p += 4)
+		pgw_put32(p, types[i]);
 	return (size_t)(p - buf);
 }
 

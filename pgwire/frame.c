@@ -114,16 +114,29 @@ int pgw_scan(struct pgw_scanner *s, const uint8_t *p, size_t n)
 		uint32_t body;
 		if (pgw_header(h, s->max_len, &type, &body) != 0)
 			return PGW_BAD_LENGTH;
-		s->last_type = type;
 		s->messages++;
 		s->remaining = body;
 		if (s->frontend) {
-			if (type == 'Q' || type == 'S' || type == 'F')
+			s->last_type = type;
+			switch (type) {
+			case 'Q': case 'F':
 				s->sync_points++;
+				break;
+			case 'S':
+				s->sync_points++;
+				s->unsynced = false;
+				break;
+			case 'P': case 'B': case 'E': case 'D': case 'C': case 'H':
+				s->unsynced = true;
+				break;
+			}
 		} else if (type == PGW_MSG_READY) {
+			s->last_type = type;
 			s->sync_points++;
 			if (body >= 1)
 				s->want_status = 1;
+		} else if (type != 'A' && type != 'N' && type != 'S') {
+			s->last_type = type; /* a reply, not an asynchronous message */
 		}
 	}
 	return 0;

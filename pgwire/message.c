@@ -37,6 +37,30 @@ int pgw_parameter_status(const uint8_t *body, uint32_t len, const char **name, c
 	return 0;
 }
 
+int pgw_data_row(const uint8_t *body, uint32_t len, unsigned max, const uint8_t **vals,
+		 int32_t *lens)
+{
+	if (len < 2)
+		return PGW_MALFORMED;
+	unsigned n = (unsigned)body[0] << 8 | body[1];
+	uint32_t o = 2;
+	for (unsigned i = 0; i < n; i++) {
+		if (len - o < 4)
+			return PGW_MALFORMED;
+		int32_t l = (int32_t)pgw_get32(body + o);
+		o += 4;
+		if (l < -1 || (l > 0 && (uint32_t)l > len - o))
+			return PGW_MALFORMED;
+		if (i < max) {
+			vals[i] = body + o;
+			lens[i] = l;
+		}
+		if (l > 0)
+			o += (uint32_t)l;
+	}
+	return o == len ? (int)n : PGW_MALFORMED;
+}
+
 int pgw_ready_status(const uint8_t *body, uint32_t len)
 {
 	if (len != 1 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))

@@ -85,17 +85,27 @@ int pgw_header(const uint8_t *p, uint32_t max_len, uint8_t *type, uint32_t *body
  * message boundaries without holding any body byte, so the relay can forward
  * every chunk as soon as it is scanned. It remembers the last message type, the
  * transaction status of the last ReadyForQuery and whether the stream sits at a
- * message boundary.
+ * message boundary — enough to tell exactly when a session is between
+ * transactions with nothing in flight (pgw_scan_idle on the server's stream,
+ * pgw_scan_settled on the client's, and equal sync_points on both).
  */
 struct pgw_scanner {
 	uint32_t remaining;  /* body bytes of the current message still to pass */
 	uint32_t max_len;    /* largest accepted length field */
 	uint8_t hdr[PGW_HEADER_LEN];
 	uint8_t hdr_have;    /* bytes of a header split across chunks */
-	uint8_t last_type;   /* type of the last message whose header was read */
+	/* Type of the last message whose header was read. On the backend stream
+	 * the asynchronous ones (NotificationResponse, NoticeResponse,
+	 * ParameterStatus: sent at any time, also between transactions) are not
+	 * counted, so ReadyForQuery stays the last word until a reply follows. */
+	uint8_t last_type;
 	uint8_t want_status; /* next body byte is ReadyForQuery's status */
 	char txn_status;     /* 'I', 'T', 'E' from the last ReadyForQuery; 0 before */
 	bool frontend;       /* the stream a client sends */
+	/* frontend: extended-protocol messages (Parse, Bind, Execute, Describe,
+	 * Close, Flush) were sent since the last Sync. The server may already run
+	 * them in an implicit transaction, so this is not a boundary. */
+	bool unsynced;
 	uint64_t messages;   /* headers seen */
 	/* Requests answered by exactly one ReadyForQuery (frontend: Query, Sync,
 	 * FunctionCall) or ReadyForQuery itself (backend). Equal counts on both
@@ -110,10 +120,17 @@ static inline bool pgw_scan_at_boundary(const struct pgw_scanner *s)
 {
 	return s->remaining == 0 && s->hdr_have == 0 && !s->want_status;
 }
-/* True when the backend stream ended with ReadyForQuery 'I': idle, outside a transaction. */
+/* Backend stream: its last reply was ReadyForQuery 'I' (idle, outside a
+ * transaction), whatever asynchronous messages came after it. */
 static inline bool pgw_scan_idle(const struct pgw_scanner *s)
 {
 	return pgw_scan_at_boundary(s) && s->last_type == PGW_MSG_READY && s->txn_status == 'I';
+}
+/* Frontend stream: whole messages, none of them an extended-protocol message
+ * still waiting for its Sync. */
+static inline bool pgw_scan_settled(const struct pgw_scanner *s)
+{
+	return pgw_scan_at_boundary(s) && !s->unsynced;
 }
 
 /* ---- startup.c: the untyped first packet ----------------------------- */
@@ -186,6 +203,12 @@ int pgw_backend_key(const uint8_t *body, uint32_t len, uint32_t *pid, const uint
 /* ParameterStatus body: two NUL-terminated strings, pointing into body. */
 int pgw_parameter_status(const uint8_t *body, uint32_t len, const char **name, const char **value);
 
+/* DataRow body: up to max columns into vals/lens (pointing into body; length
+ * -1 for NULL). Returns the row's column count (which may exceed max: the
+ * rest are not filled), or PGW_MALFORMED. */
+int pgw_data_row(const uint8_t *body, uint32_t len, unsigned max, const uint8_t **vals,
+		 int32_t *lens);
+
 /* ReadyForQuery body: 'I', 'T' or 'E'; -1 if malformed. */
 int pgw_ready_status(const uint8_t *body, uint32_t len);
 
@@ -221,13 +244,16 @@ size_t pgw_build_terminate(uint8_t *buf, size_t cap);
  * pooled connection). Each writes one message into buf (capacity cap) and
  * returns its length, or 0 when it does not fit.
  * - Query ('Q'): one SQL string.
- * - Parse ('P'): unnamed statement, no parameter types.
+ * - Parse ('P'): statement name ("" unnamed), SQL, ntypes parameter type
+ *   OIDs (0: unspecified); pgw_parse_len is its length.
  * - Bind ('B'): unnamed portal and statement, n text parameters, text results.
  * - Execute ('E'): unnamed portal, no row limit. Sync ('S').
  * - StartupMessage: version and n name/value pairs (names[i], values[i]).
  */
 size_t pgw_build_query(uint8_t *buf, size_t cap, const char *sql);
-size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *sql);
+size_t pgw_build_parse(uint8_t *buf, size_t cap, const char *name, const char *sql,
+		       unsigned ntypes, const uint32_t *types);
+size_t pgw_parse_len(const char *name, const char *sql, unsigned ntypes);
 size_t pgw_build_bind(uint8_t *buf, size_t cap, unsigned n, const char *const *values);
 size_t pgw_build_execute(uint8_t *buf, size_t cap);
 size_t pgw_build_sync(uint8_t *buf, size_t cap);

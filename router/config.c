@@ -354,6 +354,18 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_duration(p, k, v, &c->shutdown_timeout_ms, true);
 	if (strcmp(k, "shed_grace") == 0)
 		return set_duration(p, k, v, &c->shed_grace_ms, true);
+	if (strcmp(k, "drain_timeout") == 0)
+		return set_duration(p, k, v, &c->drain_timeout_ms, true);
+	if (strcmp(k, "move_custom_settings") == 0) {
+		/* names go into SQL unquoted: only what a custom setting's name may be */
+		for (const char *q = v; *q; q++)
+			if (!(isalnum((unsigned char)*q) || *q == '_' || *q == '.' || *q == ',' ||
+			      *q == ' '))
+				return fail(p, p->line, k,
+					    "must be a comma-separated list of setting names "
+					    "(letters, digits, '_' and '.')");
+		return set_string(p, k, v, c->move_custom_settings, sizeof(c->move_custom_settings));
+	}
 	if (strcmp(k, "max_client_conn") == 0) {
 		if (parse_uint(v, 1, 1000000, &c->max_client_conn) != 0)
 			return fail(p, p->line, k, "must be an integer 1..1000000");
@@ -611,6 +623,7 @@ static void defaults(struct config *c)
 	c->startup_timeout_ms = 10000;
 	c->shutdown_timeout_ms = 30000;
 	c->shed_grace_ms = 5000;
+	c->drain_timeout_ms = 5000;
 	c->max_client_conn = 10000;
 	strcpy(c->source, "static");
 	c->probe_interval_ms = 1000;

@@ -122,6 +122,8 @@ struct config {
 	unsigned startup_timeout_ms;
 	unsigned shutdown_timeout_ms;
 	unsigned shed_grace_ms;
+	unsigned drain_timeout_ms;      /* moving: longest wait for a session's boundary */
+	char move_custom_settings[1024]; /* custom settings ("app.x") a move carries */
 	unsigned max_client_conn;
 	struct tls_config client_tls;
 	enum server_tls server_tls;
@@ -334,6 +336,8 @@ enum sess_state {
 			  (auth = router: pgrouter answers the server's authentication) */
 	SS_HANDOVER,   /* pooled: the client's startup parameters applied on its connection */
 	SS_RELAY,      /* bytes move both ways */
+	SS_INSPECT,    /* moving: the old server says what state the session holds (move.c) */
+	SS_RESTORE,    /* moving: that state re-created on the new server */
 	SS_CANCEL,     /* forwarding a CancelRequest to the server that owns the key */
 	SS_CLOSING,    /* flushing a final message to the client, then lingering for its EOF */
 };
@@ -361,11 +365,13 @@ struct session {
 	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
 	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays */
 	uint32_t startup_len;
+	uint32_t pipelined_len; /* passthrough: client bytes kept after the startup packet */
 	struct disc_server *srv;
 	struct cancel_entry *cancel;
 	struct login *login;  /* auth = router: the exchanges in progress (session.c) */
 	struct srv_conn *sc;  /* pool_mode = session: the pooled server connection held */
 	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
+	struct move *mv;      /* a move under way: its plan (move.c) */
 	uint64_t tried;       /* servers that refused this session (bit = server id) */
 	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
@@ -387,6 +393,9 @@ struct session {
 	unsigned pool_full : 1;        /* queued because its pool was at pool_size */
 	unsigned client_quit : 1;      /* the client's Terminate was kept from the server */
 	unsigned quit_passed : 1;      /* ... or it went to the server (not reusable then) */
+	unsigned move_wanted : 1;      /* server no longer fits: move at the next boundary */
+	unsigned moving : 1;           /* between leaving one server and relaying on the next */
+	unsigned replication : 1;      /* a replication connection (never moved or pooled) */
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];
@@ -455,8 +464,28 @@ void pools_free(struct worker *w);
 void pools_init(struct worker *w);
 void pool_wake_cb(evutil_socket_t fd, short what, void *arg);
 
+/* move.c: the state a moving session carries (see its header) */
+/* Queue the inspection query on s->s (a new plan). false: out of memory. */
+bool move_inspect_send(struct session *s);
+/* The inspection's answers (LOGIN_SWALLOW, or LOGIN_PASS_ON for asynchronous
+ * messages, which are the client's). */
+int move_inspect_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len);
+/* Why the session cannot move (after the inspection or the restore), or NULL. */
+const char *move_reason(const struct session *s);
+bool move_plan_empty(const struct session *s);
+unsigned move_plan_statements(const struct session *s);
+/* Queue the plan and a Sync on the new server connection. */
+bool move_restore_send(struct session *s);
+int move_restore_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len);
+const char *move_from(const struct session *s);
+uint64_t move_started_ms(const struct session *s);
+void move_free(struct session *s);
+
 /* login.c: auth = router */
-enum { LOGIN_STOP, LOGIN_SWALLOW };
+/* What becomes of one server message read whole before (or between)
+ * relaying: the session failed, the message is kept from the client, or it
+ * goes to the client. */
+enum { LOGIN_STOP, LOGIN_SWALLOW, LOGIN_PASS_ON };
 void login_start(struct session *s);
 void login_client_read(struct session *s);
 void login_lookups_answered(struct worker *w);

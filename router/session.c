@@ -44,9 +44,9 @@
 enum srv_phase { PH_TCP, PH_SSLREQUEST, PH_HANDSHAKE, PH_UP };
 #define AUTH_MESSAGE_MAX (1u << 20) /* largest single message accepted before RELAY */
 
-static const char *const state_names[] = { "startup", "lookup",   "login", "queued",
+static const char *const state_names[] = { "startup",  "lookup",  "login",   "queued",
 					   "connecting", "auth", "handover", "relay",
-					   "cancel", "closing" };
+					   "inspect",  "restore", "cancel", "closing" };
 
 const char *sess_state_name(enum sess_state st)
 {
@@ -130,6 +130,7 @@ static void session_free(struct session *s)
 	free(s->startup);
 	cancel_unregister(s->cancel);
 	login_free(s);
+	move_free(s);
 	if (s->srv)
 		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
@@ -183,7 +184,7 @@ static void detach_server(struct session *s)
 static void say_goodbye(struct session *s)
 {
 	if (s->sc || s->s.fd < 0 || (s->s.out && evbuffer_get_length(s->s.out)) ||
-	    !pgw_scan_at_boundary(&s->c.scan) || s->state != SS_RELAY)
+	    !pgw_scan_at_boundary(&s->c.scan) || (s->state != SS_RELAY && s->state != SS_INSPECT))
 		return; /* a pooled connection stays: pool_give_back decides */
 	uint8_t x[5];
 	size_t n = pgw_build_terminate(x, sizeof(x));
@@ -283,6 +284,10 @@ static void connect_server(struct session *s, struct disc_server *srv)
 }
 
 static void handover_start(struct session *s);
+static void inspected(struct session *s);
+static void restore_start(struct session *s);
+static void move_done(struct session *s);
+static void shed(struct session *s, const char *why);
 
 /* pool_mode = session: an idle server connection from the pool becomes this
  * session's; the client's own parameters are set on it next. */
@@ -395,30 +400,25 @@ static void server_failed(struct session *s, const char *fmt, ...)
 
 static void start_cancel(struct session *s, const struct pgw_first *f);
 
-/* The client's bytes past its startup (or authentication) go to the server. */
-static bool pass_pipelined(struct session *s)
-{
-	if (!s->in)
-		return true;
-	size_t extra = evbuffer_get_length(s->in);
-	if (extra && !end_queue(&s->s, evbuffer_pullup(s->in, -1), extra)) {
-		session_fail(s, "53200", "pgrouter: out of memory");
-		return false;
-	}
-	evbuffer_free(s->in);
-	s->in = NULL;
-	return true;
-}
-
 static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const struct pgw_first *f)
 {
-	s->startup = malloc(len);
+	/* passthrough: what the client sent past its startup packet (a query
+	 * pipelined behind it) goes to the server with it, on every attempt */
+	size_t extra = s->in && s->l->auth != AUTH_ROUTER ? evbuffer_get_length(s->in) - len : 0;
+	s->startup = malloc(len + extra);
 	if (!s->startup) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
 	}
 	memcpy(s->startup, p, len);
 	s->startup_len = len;
+	struct evbuffer_ptr past;
+	if (extra && (evbuffer_ptr_set(s->in, &past, len, EVBUFFER_PTR_SET) != 0 ||
+		      evbuffer_copyout_from(s->in, &past, s->startup + len, extra) != (ssize_t)extra)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	s->pipelined_len = (uint32_t)extra;
 	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
 	snprintf(s->user, sizeof(s->user), "%s", f->user);
 	evtimer_del(&s->timer);
@@ -437,12 +437,15 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 		s->router_auth = true;
 		/* replication connections are never pooled */
 		s->pooled = s->l->pool_mode == POOL_SESSION && !f_replication;
+		s->replication = f_replication;
 		login_start(s);
 		return;
 	}
-	/* a client that pipelines past its startup packet: keep those bytes */
-	if (pass_pipelined(s))
-		route(s);
+	if (s->in) {
+		evbuffer_free(s->in);
+		s->in = NULL;
+	}
+	route(s);
 }
 
 void session_authenticated(struct session *s)
@@ -692,15 +695,17 @@ static void check_fit(struct session *s);
 static void enter_relay(struct session *s, char txn_status)
 {
 	session_set_state(s, SS_RELAY);
-	free(s->startup);
-	s->startup = NULL;
+	if (!s->router_auth) {
+		/* kept where a move may need it to log in elsewhere */
+		free(s->startup);
+		s->startup = NULL;
+	}
 	evtimer_del(&s->timer);
 	/* the server stream now sits right after a ReadyForQuery; the client's
 	 * requests are counted from here */
 	pgw_scanner_init(&s->s.scan, 0, false);
 	s->s.scan.last_type = PGW_MSG_READY;
 	s->s.scan.txn_status = txn_status;
-	s->c.scan.sync_points = 0;
 	slog(LOG_DEBUG, s, "connected (in_hot_standby=%s, default_transaction_read_only=%s)",
 	     s->hot_standby < 0 ? "?" : s->hot_standby ? "on" : "off",
 	     s->read_only < 0 ? "?" : s->read_only ? "on" : "off");
@@ -790,10 +795,8 @@ static bool reported_params_fit(struct session *s)
 	return false;
 }
 
-#define PASS_ON 2 /* auth_message: the message goes to the client */
-
 /* One whole server message during AUTH: LOGIN_STOP when it ended the attempt,
- * LOGIN_SWALLOW when it is not for the client, else PASS_ON. */
+ * LOGIN_SWALLOW when it is not for the client, else LOGIN_PASS_ON. */
 static int auth_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len)
 {
 	if (s->sc) {
@@ -811,6 +814,8 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 			return LOGIN_SWALLOW;
 		}
 	}
+	if (s->moving && (type == PGW_MSG_NEGOTIATE || type == PGW_MSG_NOTICE))
+		return LOGIN_SWALLOW; /* the client negotiated once, with its first server */
 	switch (type) {
 	case PGW_MSG_AUTH:
 		if (s->router_auth)
@@ -865,11 +870,12 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 	case PGW_MSG_READY:
 		if (!reported_params_fit(s))
 			return LOGIN_STOP;
-		if (s->sc)
-			return LOGIN_SWALLOW; /* the client's comes after the hand-over */
+		if (s->sc || s->moving)
+			return LOGIN_SWALLOW; /* the client's comes after the hand-over, or
+						 it has had it before the move */
 		break;
 	}
-	return PASS_ON;
+	return LOGIN_PASS_ON;
 }
 
 /* ---- HANDOVER: a pooled connection takes the client's parameters ------ */
@@ -920,7 +926,7 @@ static void handover_start(struct session *s)
 		if (pool_param_keyed(name) || (had && strcmp(had, f.params[i].value) == 0))
 			continue;
 		if (sets++ == 0) {
-			n = pgw_build_parse(m, sizeof(m), SET_CONFIG_SQL);
+			n = pgw_build_parse(m, sizeof(m), "", SET_CONFIG_SQL, 0, NULL);
 			evbuffer_add(s->s.out, m, n);
 		}
 		const char *values[2] = { name, f.params[i].value };
@@ -954,6 +960,11 @@ static void handover_done(struct session *s)
 {
 	if (!reported_params_fit(s))
 		return;
+	if (s->moving) {
+		pool_point_cancel(s);
+		restore_start(s);
+		return;
+	}
 	static const uint8_t ready[] = { PGW_MSG_READY, 0, 0, 0, 5, 'I' };
 	if ((!s->c.out && !(s->c.out = evbuffer_new())) || !pool_replay(s, s->c.out) ||
 	    !send_own_key(s, pool_key_len(s)) || evbuffer_add(s->c.out, ready, sizeof(ready)) != 0) {
@@ -1021,6 +1032,37 @@ static void sasl_offer(struct session *s, const uint8_t *m, size_t len)
 	evbuffer_remove_buffer(s->in, s->c.out, len);
 }
 
+
+/* The server's ReadyForQuery ends what state st was doing with it. */
+static void server_ready(struct session *s, enum sess_state st, char status)
+{
+	if ((st != SS_AUTH || s->sc || s->moving) && st != SS_INSPECT &&
+	    evbuffer_get_length(s->in)) {
+		/* pgrouter's own exchange: nothing may follow its ReadyForQuery */
+		session_fail(s, "08P01", "server %s spoke after ReadyForQuery", s->srv->name);
+		return;
+	}
+	switch (st) {
+	case SS_HANDOVER:
+		handover_done(s);
+		return;
+	case SS_INSPECT:
+		inspected(s);
+		return;
+	case SS_RESTORE:
+		move_done(s);
+		return;
+	default:
+		break;
+	}
+	if (s->sc)
+		handover_start(s); /* a pooled connection: the client's settings first */
+	else if (s->moving)
+		restore_start(s);
+	else
+		enter_relay(s, status);
+}
+
 static void auth_read(struct session *s)
 {
 	if (!s->in && !(s->in = evbuffer_new())) {
@@ -1035,6 +1077,10 @@ static void auth_read(struct session *s)
 		return;
 	}
 	if (n <= 0) {
+		if (s->state == SS_INSPECT) {
+			shed(s, "could not be inspected (the server closed the connection)");
+			return;
+		}
 		if (!s->client_saw) {
 			server_failed(s, "server closed the connection during startup");
 			return;
@@ -1063,9 +1109,12 @@ static void auth_read(struct session *s)
 		if (have < PGW_HEADER_LEN + body)
 			break;
 		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
-		bool handover = s->state == SS_HANDOVER;
-		int r = handover ? handover_message(s, type, m + PGW_HEADER_LEN, body)
-				 : auth_message(s, type, m + PGW_HEADER_LEN, body);
+		enum sess_state st = s->state;
+		const uint8_t *b = m + PGW_HEADER_LEN;
+		int r = st == SS_HANDOVER  ? handover_message(s, type, b, body)
+			: st == SS_INSPECT ? move_inspect_message(s, type, b, body)
+			: st == SS_RESTORE ? move_restore_message(s, type, b, body)
+					   : auth_message(s, type, b, body);
 		if (r == LOGIN_STOP)
 			return;
 		if (!s->c.out && !(s->c.out = evbuffer_new())) {
@@ -1086,23 +1135,11 @@ static void auth_read(struct session *s)
 			s->client_saw = true;
 		}
 		if (type == PGW_MSG_READY) {
-			if (s->sc) {
-				/* a pooled connection: the client's settings, then its start */
-				if (evbuffer_get_length(s->in)) {
-					session_fail(s, "08P01", "server spoke after ReadyForQuery");
-					return;
-				}
-				if (handover)
-					handover_done(s);
-				else
-					handover_start(s);
-				return;
-			}
-			enter_relay(s, status);
+			server_ready(s, st, status);
 			break;
 		}
 	}
-	if (end_flush(&s->c) < 0)
+	if (!s->dead && end_flush(&s->c) < 0)
 		s->dead = true;
 }
 
@@ -1112,8 +1149,7 @@ static void auth_read(struct session *s)
  * ReadyForQuery 'I' and the client has sent no request since. */
 static bool at_boundary(const struct session *s)
 {
-	return s->state == SS_RELAY && pgw_scan_idle(&s->s.scan) &&
-	       pgw_scan_at_boundary(&s->c.scan) &&
+	return s->state == SS_RELAY && pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
 	       s->c.scan.sync_points == s->s.scan.sync_points;
 }
 
@@ -1141,8 +1177,9 @@ static void describe_entry(const struct topo_entry *e, char *buf, size_t len)
 }
 
 /* Close a session whose server no longer fits, with FATAL 57P01 where the
- * stream allows a message; mid-message the connection is just closed. */
-static void shed(struct session *s)
+ * stream allows a message; mid-message the connection is just closed. why:
+ * what kept it from moving to another server (NULL: it could not try). */
+static void shed(struct session *s, const char *why)
 {
 	char now[64];
 	describe_entry(entry_for(s->w->topo, s->srv), now, sizeof(now));
@@ -1154,8 +1191,129 @@ static void shed(struct session *s)
 	}
 	session_fail(s, "57P01",
 		     "pgrouter: server %s changed role (was %s, now %s) and no longer satisfies "
-		     "target_session_attrs=%s for listener \"%s\"; reconnect",
-		     s->srv->name, was, now, tsa_name(s->l->tsa), s->l->name);
+		     "target_session_attrs=%s for listener \"%s\"%s%s; reconnect",
+		     s->srv->name, was, now, tsa_name(s->l->tsa), s->l->name,
+		     why ? "; the session cannot move to another server: it " : "", why ? why : "");
+}
+
+/* ---- moving: a session changes servers between transactions ----------
+ *
+ *   RELAY ──server stops fitting──▶ move_wanted ──boundary (or at once)──┐
+ *     ▲              drain_timeout ──▶ shed 57P01                         ▼
+ *     │                                       INSPECT: the old server says what
+ *     │                                         │  state the session holds (move.c)
+ *     │             shed 57P01 (its reason) ◀───┤ cannot move
+ *     │                                         ▼ old connection released
+ *     │                     QUEUED / CONNECTING / AUTH / HANDOVER, as for a new
+ *     │                     session, but nothing reaches the client
+ *     │                                         ▼
+ *     └──────────── moved ◀── RESTORE: settings and prepared statements
+ *                              re-created on the new server
+ *
+ * From the boundary on, the client is not read: whatever it sends waits in
+ * its socket and is relayed to the new server once the move is done. Nothing
+ * the client sent before the boundary is sent again.
+ */
+
+/* pgrouter can log in elsewhere for this session (it authenticated the
+ * client itself); replication connections stay where they are. */
+static bool can_move(const struct session *s)
+{
+	return s->router_auth && s->cred && !s->replication;
+}
+
+static void move_begin(struct session *s)
+{
+	evtimer_del(&s->timer);
+	client_watch(s, EV_CLOSED); /* its next request waits in its socket */
+	if (!move_inspect_send(s)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	session_set_state(s, SS_INSPECT);
+	slog(LOG_DEBUG, s, "between transactions: asking %s what the session holds",
+	     s->srv->name);
+	timer_set(s, router.cfg->connect_timeout_ms);
+	s->s.paused = false;
+	end_read(&s->s, true);
+	if (end_flush(&s->s) < 0)
+		shed(s, "could not be inspected (its server connection failed)");
+}
+
+static void want_move(struct session *s, const struct topo_entry *e)
+{
+	if (s->move_wanted)
+		return;
+	s->move_wanted = true;
+	if (at_boundary(s)) {
+		move_begin(s);
+		return;
+	}
+	char now[64];
+	describe_entry(e, now, sizeof(now));
+	slog(LOG_INFO, s, "server now %s: moving at the next transaction boundary (or shed in %u ms)",
+	     now, router.cfg->drain_timeout_ms);
+	evtimer_del(&s->timer);
+	timer_set(s, router.cfg->drain_timeout_ms);
+}
+
+/* The old server answered: move, or say why not. */
+static void inspected(struct session *s)
+{
+	evtimer_del(&s->timer);
+	const char *why = move_reason(s);
+	if (why) {
+		shed(s, why);
+		return;
+	}
+	if (s->draining) {
+		session_fail(s, "57P01", "terminating connection: pgrouter is shutting down");
+		return;
+	}
+	slog(LOG_DEBUG, s, "leaving %s (%u prepared statements to re-create)", s->srv->name,
+	     move_plan_statements(s));
+	s->moving = true;
+	say_goodbye(s);
+	detach_server(s);
+	s->tried = 0;
+	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	route(s);
+}
+
+/* Logged in on the new server (and its pooled connection handed over). */
+static void restore_start(struct session *s)
+{
+	if (move_plan_empty(s)) {
+		move_done(s);
+		return;
+	}
+	if (!move_restore_send(s)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	session_set_state(s, SS_RESTORE);
+	evtimer_del(&s->timer);
+	timer_set(s, router.cfg->connect_timeout_ms);
+	end_read(&s->s, true);
+	if (end_flush(&s->s) < 0)
+		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+}
+
+static void move_done(struct session *s)
+{
+	const char *why = move_reason(s);
+	if (why) {
+		session_fail(s, "57P01",
+			     "pgrouter: the session could not move from server %s to %s: it %s; "
+			     "reconnect",
+			     move_from(s), s->srv->name, why);
+		return;
+	}
+	slog(LOG_INFO, s, "moved from %s to %s after %llu ms", move_from(s), s->srv->name,
+	     (unsigned long long)(now_ms() - move_started_ms(s)));
+	move_free(s);
+	s->moving = s->move_wanted = s->shedding = false;
+	enter_relay(s, 'I');
 }
 
 static void check_drain(struct session *s)
@@ -1164,8 +1322,10 @@ static void check_drain(struct session *s)
 		return;
 	if (s->draining)
 		session_fail(s, "57P01", "terminating connection: pgrouter is shutting down");
+	else if (s->move_wanted)
+		move_begin(s);
 	else if (s->shedding)
-		shed(s);
+		shed(s, NULL);
 }
 
 /* A new snapshot: does this relaying session's server still fit? */
@@ -1174,16 +1334,20 @@ static void check_fit(struct session *s)
 	const struct topo_entry *e = entry_for(s->w->topo, s->srv);
 	bool fits = e && select_still_fits(s->l->tsa, e);
 	if (fits && !e->draining) {
-		if (s->shedding) {
+		if (s->shedding || s->move_wanted) {
 			/* it fits again before its grace ran out (a transient probe failure) */
-			s->shedding = false;
+			s->shedding = s->move_wanted = false;
 			evtimer_del(&s->timer);
 			slog(LOG_INFO, s, "server fits its policy again; session kept");
 		}
 		return;
 	}
+	if (can_move(s)) {
+		want_move(s, e);
+		return;
+	}
 	if (!fits && tsa_writes(s->l->tsa)) {
-		shed(s); /* no write may go to a demoted or vanished primary */
+		shed(s, NULL); /* no write may go to a demoted or vanished primary */
 		return;
 	}
 	/* a read session on a server that changed role, or any session on a
@@ -1192,7 +1356,7 @@ static void check_fit(struct session *s)
 		return;
 	s->shedding = true;
 	if (at_boundary(s)) {
-		shed(s);
+		shed(s, NULL);
 		return;
 	}
 	char now[64];
@@ -1238,18 +1402,25 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_LOGIN:
 		login_client_read(s);
 		break;
+	case SS_AUTH:
+		if (!s->router_auth)
+			goto relay; /* passthrough: it answers the server's authentication */
+		/* it has nothing to say before its ReadyForQuery */
+		__attribute__((fallthrough));
 	case SS_LOOKUP:
 	case SS_QUEUED:
 	case SS_CONNECTING:
 	case SS_HANDOVER:
+	case SS_INSPECT:
+	case SS_RESTORE:
 	case SS_CANCEL:
 		if (what & EV_CLOSED) {
 			slog(LOG_INFO, s, "client left while %s", state_names[s->state]);
 			s->dead = true;
 		}
 		break;
-	case SS_AUTH:
-	case SS_RELAY: {
+	case SS_RELAY:
+	relay: {
 		int r = relay_move(s, &s->c, &s->s);
 		if (r < 0)
 			relay_failed(s, r, true);
@@ -1307,8 +1478,14 @@ static void server_up(struct session *s)
 		s->dead = true;
 		return;
 	}
-	evbuffer_prepend(s->s.out, s->startup, s->startup_len);
+	/* the client's requests are counted from its first byte after the
+	 * startup packet, pipelined ones included */
 	pgw_scanner_init(&s->c.scan, 0, true);
+	if (evbuffer_prepend(s->s.out, s->startup, s->startup_len + s->pipelined_len) != 0 ||
+	    pgw_scan(&s->c.scan, s->startup + s->startup_len, s->pipelined_len) != 0) {
+		session_fail(s, "08P01", "invalid message length from client");
+		return;
+	}
 	s->hot_standby = s->read_only = -1;
 	s->client_saw = false;
 	end_read(&s->s, true);
@@ -1404,8 +1581,10 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 	} else if (s->s.fd >= 0) {
 		ssize_t left = end_flush(&s->s);
 		if (left < 0) {
-			if (s->state == SS_AUTH && !s->client_saw)
+			if ((s->state == SS_AUTH && !s->client_saw) || s->state == SS_RESTORE)
 				server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+			else if (s->state == SS_INSPECT)
+				shed(s, "could not be inspected (its server connection failed)");
 			else
 				session_close(s, false);
 		} else if (left < RELAY_LOW_WATERMARK) {
@@ -1431,6 +1610,8 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 	switch (s->state) {
 	case SS_AUTH:
 	case SS_HANDOVER:
+	case SS_INSPECT:
+	case SS_RESTORE:
 		auth_read(s);
 		break;
 	case SS_RELAY: {
@@ -1489,8 +1670,17 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		s->dead = true;
 		break;
 	case SS_RELAY:
-		if (s->shedding)
-			shed(s); /* shed_grace is over */
+		if (s->move_wanted)
+			shed(s, "stayed inside a transaction past drain_timeout");
+		else if (s->shedding)
+			shed(s, NULL); /* shed_grace is over */
+		break;
+	case SS_INSPECT:
+		shed(s, "could not be inspected (its server did not answer in time)");
+		break;
+	case SS_RESTORE:
+		server_failed(s, "%s did not answer within %u ms", s->srv->name,
+			      router.cfg->connect_timeout_ms);
 		break;
 	}
 	finish(s);

@@ -24,7 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rw != rp)
 		abort();
 	if (rw == 0 && (whole.messages != pieces.messages || whole.sync_points != pieces.sync_points ||
-			whole.remaining != pieces.remaining || whole.txn_status != pieces.txn_status))
+			whole.remaining != pieces.remaining || whole.txn_status != pieces.txn_status ||
+			whole.last_type != pieces.last_type || whole.unsynced != pieces.unsynced))
 		abort();
 	return 0;
 }

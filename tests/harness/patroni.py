@@ -214,13 +214,14 @@ postgresql:
   pg_hba:
   - local all all trust
   - host replication replicator 127.0.0.1/32 trust
-  - host all all 127.0.0.1/32 trust
+%(hba)s  - host all all 127.0.0.1/32 trust
 watchdog:
   mode: off
 tags:
 %(tags)s
 """ % {"scope": c.scope, "name": self.name, "api": self.api_port, "dcs": dcs,
                 "pg": self.pg_port, "dir": self.dir, "bin": PG_BIN,
+                "hba": "".join("  - %s\n" % h for h in c.hba),
                 "tags": "".join("  %s: %s\n" % kv for kv in self.cluster.tags.get(
                     self.name, {}).items()) or "  {}\n"})
         chown_postgres(self.conf)
@@ -279,12 +280,13 @@ tags:
 
 
 class PatroniCluster:
-    def __init__(self, nodes=3, scope=None, workdir=None, tags=None, dcs="etcd"):
+    def __init__(self, nodes=3, scope=None, workdir=None, tags=None, dcs="etcd", hba=()):
         self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-patroni-")
         os.chmod(self.dir, 0o755)
         chown_postgres(self.dir)
         self.scope = scope or "demo%d" % os.getpid()
         self.tags = tags or {}
+        self.hba = list(hba)  # pg_hba.conf lines before the final "host all all trust"
         self.dcs = dcs
         self.etcd = Etcd(self.dir) if dcs == "etcd" else None
         self.zk = ZooKeeper(self.dir) if dcs == "zookeeper" else None

@@ -632,6 +632,72 @@ class ShutdownTest(RouterCase):
         self._shutdown(signal.SIGINT)
 
 
+class BoundaryTest(RouterCase):
+    """"Between transactions" must be exact: draining (and shedding, and moving
+    sessions) acts there and nowhere else."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = PgCluster(0).start()
+        cls.addClassCleanup(cls.cluster.cleanup)
+        cls.cluster.primary.sql("create table if not exists bnd(i int)")
+
+    def _router(self):
+        router = Router([self.cluster.primary.addr], {"rw": {"target_session_attrs": "read-write"}},
+                        self.cluster.dir, probe_interval="250ms", shutdown_timeout="6s").start()
+        self.addCleanup(router.stop)
+        return router
+
+    def _drained_at_once(self, router, w):
+        os.kill(router.proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        self.assert_fatal(w, "57P01", "shutting down")
+        self.assertLess(time.monotonic() - t0, 2)
+
+    def test_idle_after_notification(self):
+        """Asynchronous messages after ReadyForQuery (here a NotificationResponse)
+        leave the session between transactions."""
+        router = self._router()
+        w = Wire(router.port("rw"))
+        w.login()
+        w.send(msg(b"Q", cstr("listen bnd_chan")))
+        w.read_until_ready()
+        self.cluster.primary.sql("notify bnd_chan, 'hello'")
+        t, body = w.read_msg()
+        self.assertEqual(t, b"A")
+        self.assertIn(b"hello", body)
+        self._drained_at_once(router, w)
+
+    def test_unsynced_extended_messages_are_not_a_boundary(self):
+        """Parse/Bind/Execute without Sync: the server already runs an implicit
+        transaction; the session is not idle until its Sync is answered."""
+        router = self._router()
+        w = Wire(router.port("rw"))
+        w.login()
+        w.send(msg(b"P", cstr("") + cstr("insert into bnd values (7)") + struct.pack("!H", 0))
+               + msg(b"B", cstr("") + cstr("") + struct.pack("!HHH", 0, 0, 0))
+               + msg(b"E", cstr("") + struct.pack("!I", 0)))
+        time.sleep(0.3)
+        os.kill(router.proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        w.send(msg(b"S"))
+        types = [t for t, _ in w.read_until_ready()]
+        self.assertEqual(types, [b"1", b"2", b"C", b"Z"])
+        self.assert_fatal(w, "57P01", "shutting down")
+        self.assertEqual(self.cluster.primary.sql("select count(*) from bnd where i = 7"), "1")
+
+    def test_query_pipelined_before_first_ready(self):
+        """A query sent with the startup packet is counted like any other."""
+        router = self._router()
+        w = Wire(router.port("rw"))
+        w.send(startup_packet() + msg(b"Q", cstr("select 1")))
+        w.read_until_ready()
+        msgs = w.read_until_ready()
+        self.assertEqual(msgs[-1], (b"Z", b"I"))
+        self.assertIn(b"C", [t for t, _ in msgs])
+        self._drained_at_once(router, w)
+
+
 class CheckTest(unittest.TestCase):
     def test_check_and_version(self):
         from cluster import PGROUTER

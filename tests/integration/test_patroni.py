@@ -5,6 +5,7 @@ import calendar
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import psycopg2  # noqa: E402
 
 from cluster import PG_BIN, Router, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster, http_json  # noqa: E402
-from wire import Wire, cstr, error_fields, msg  # noqa: E402
+from wire import Wire, cstr, error_fields, msg, scram_login  # noqa: E402
 
 LISTENERS = {
     "rw": {"target_session_attrs": "read-write"},
@@ -102,6 +103,16 @@ class PatroniSuite:
         cls.addClassCleanup(cls.router.stop)
         leader = cls.pc.leader()
         leader.sql("create table if not exists acked(i int primary key)")
+        # auth = router: pgrouter logs in as the client (SCRAM in pg_hba.conf for
+        # "app"; verifiers from the default auth_query as probe_user) and so can
+        # move sessions between servers
+        leader.sql("create role app login password 'apppw'")
+        leader.sql("create table if not exists counter(id int primary key, n bigint);"
+                   " grant all on acked, counter to app")
+        cls.mrouter = Router(None, LISTENERS, cls.pc.dir, cluster=cls.cluster_conf(),
+                             probe_interval=cls.PROBE, queue_timeout="40s", shed_grace="2s",
+                             drain_timeout="5s", auth="router").start()
+        cls.addClassCleanup(cls.mrouter.stop_clean)
 
     @classmethod
     def start_router(cls, **kw):
@@ -117,9 +128,10 @@ class PatroniSuite:
                  30, "pgrouter routing writes to %s" % leader.name)
 
     def tearDown(self):
-        log = self.router.log_text()
-        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
-            self.assertNotIn(bad, log)
+        for r in (self.router, self.mrouter):
+            log = r.log_text()
+            for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+                self.assertNotIn(bad, log)
 
     def session_on(self, listener, node, tries=20):
         """A logged-in raw session through listener that landed on node."""
@@ -141,6 +153,73 @@ class PatroniSuite:
         self.assertEqual(port_of(self.router.dsn("rw")), leader_port)
         got = {port_of(self.router.dsn("ro")) for _ in range(12)}
         self.assertTrue(got and got <= reps, (got, reps))
+
+    # -- moving sessions (auth = router) ------------------------------------
+
+    def app(self, listener="rw", **kw):
+        c = psycopg2.connect(self.mrouter.dsn(listener, user="app", password="apppw", **kw))
+        c.autocommit = True
+        return c
+
+    def app_wire(self, listener="rw"):
+        w = Wire(self.mrouter.port(listener), timeout=60)
+        out, _ = scram_login(w, "app", "apppw")
+        self.assertEqual(out[-1][0], b"Z", out)
+        return w
+
+    def assert_shed(self, w, reason):
+        """pgrouter's FATAL 57P01 naming why the session could not move."""
+        t, body = w.read_msg()
+        f = error_fields(body)
+        self.assertEqual((t, f.get("C")), (b"E", "57P01"), f)
+        self.assertIn(reason, f["M"])
+        self.assertTrue(w.closed())
+        w.close()
+
+    def test_m_switchover_moves_idle_sessions(self):
+        old = self.pc.leader()
+        candidate = self.pc.replicas()[0]
+        c = self.app()
+        cur = c.cursor()
+        cur.execute("set work_mem = '7MB'; set application_name = 'mover'")
+        cur.execute("select inet_server_port()")
+        self.assertEqual(cur.fetchone()[0], old.pg_port)
+        # a protocol-level prepared statement, the client's own name
+        w = self.app_wire()
+        w.send(msg(b"P", cstr("s1") + cstr("select $1::int + 1, inet_server_port()")
+                   + struct.pack("!H", 0)) + msg(b"S"))
+        self.assertEqual([t for t, _ in w.read_until_ready()], [b"1", b"Z"])
+        # sessions whose state cannot move
+        unmovable = {}
+        for reason, sql in (("holds temporary tables", "create temp table tt(i int)"),
+                            ("advisory locks", "select pg_advisory_lock(42)"),
+                            ("LISTEN", "listen chan")):
+            u = self.app_wire()
+            u.send(msg(b"Q", cstr(sql)))
+            self.assertEqual(u.read_until_ready()[-1], (b"Z", b"I"))
+            unmovable[reason] = u
+        self.pc.switchover(candidate)
+        new = self.pc.wait_healthy(60)
+        self.assertIs(new, candidate)
+        cur.execute("select current_setting('work_mem'), current_setting('application_name'),"
+                    " inet_server_port()")
+        self.assertEqual(cur.fetchone(), ("7MB", "mover", new.pg_port))
+        w.send(msg(b"B", cstr("") + cstr("s1") + struct.pack("!HHI", 0, 1, 2) + b"41"
+                   + struct.pack("!H", 0)) + msg(b"E", cstr("") + struct.pack("!I", 0))
+               + msg(b"S"))
+        got = w.read_until_ready()
+        rows = [b for t, b in got if t == b"D"]
+        self.assertEqual(len(rows), 1, got)
+        self.assertIn(b"42", rows[0])
+        self.assertIn(str(new.pg_port).encode(), rows[0])
+        for reason, u in unmovable.items():
+            self.assert_shed(u, reason)
+        log = self.mrouter.log_text()
+        moved = re.findall(r"moved from %s to %s after (\d+) ms" % (old.pg_addr, new.pg_addr), log)
+        self.assertEqual(len(moved), 2, log[-3000:])
+        print("\n  switchover: idle sessions moved after %s ms" % ", ".join(moved), file=sys.stderr)
+        c.close()
+        w.close()
 
     def test_a_routing_follows_cluster_on_start(self):
         self.assert_placement()
@@ -399,12 +478,15 @@ class PatroniSuite:
             ro.close()
 
 
+APP_HBA = ["host all app 127.0.0.1/32 scram-sha-256"]
+
+
 class EtcdTest(PatroniSuite, unittest.TestCase):
     SOURCE = "etcd"
 
     @classmethod
     def make_cluster(cls):
-        return PatroniCluster(3).start()
+        return PatroniCluster(3, hba=APP_HBA).start()
 
     @classmethod
     def cluster_conf(cls):
@@ -429,7 +511,7 @@ class ZooKeeperTest(PatroniSuite, unittest.TestCase):
 
     @classmethod
     def make_cluster(cls):
-        return PatroniCluster(3, dcs="zookeeper").start()
+        return PatroniCluster(3, dcs="zookeeper", hba=APP_HBA).start()
 
     @classmethod
     def cluster_conf(cls):
@@ -486,7 +568,7 @@ class RestTest(PatroniSuite, unittest.TestCase):
 
     @classmethod
     def make_cluster(cls):
-        return PatroniCluster(3).start()
+        return PatroniCluster(3, hba=APP_HBA).start()
 
     @classmethod
     def cluster_conf(cls):

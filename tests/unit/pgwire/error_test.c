@@ -37,8 +37,22 @@ static void truncates(void **state)
 	assert_int_equal(b[0], 'X');
 }
 
+/* A named Parse with parameter types, as PostgreSQL reads it. */
+static void parse_named(void **state)
+{
+	const uint32_t types[2] = { 23, 25 };
+	uint8_t b[64];
+	size_t n = pgw_build_parse(b, sizeof(b), "s1", "select $1, $2", 2, types);
+	assert_int_equal(n, pgw_parse_len("s1", "select $1, $2", 2));
+	const uint8_t want[] = "P\0\0\0\x1f" "s1\0select $1, $2\0\0\x02\0\0\0\x17\0\0\0\x19";
+	assert_int_equal(n, sizeof(want) - 1);
+	assert_memory_equal(b, want, n);
+	assert_int_equal(pgw_build_parse(b, n - 1, "s1", "select $1, $2", 2, types), 0);
+}
+
 int main(void)
 {
-	const struct CMUnitTest tests[] = { cmocka_unit_test(roundtrip), cmocka_unit_test(truncates) };
+	const struct CMUnitTest tests[] = { cmocka_unit_test(roundtrip), cmocka_unit_test(truncates),
+					    cmocka_unit_test(parse_named) };
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

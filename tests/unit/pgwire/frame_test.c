@@ -107,6 +107,51 @@ static void frontend_sync_points(void **state)
 	assert_true(pgw_scan_at_boundary(&s));
 }
 
+/* Asynchronous messages after ReadyForQuery 'I' leave the stream idle; a
+ * reply does not. */
+static void async_messages_keep_idle(void **state)
+{
+	uint8_t b[128];
+	size_t n = 0;
+	n += build_msg(b + n, 'Z', "I", 1);
+	n += build_msg(b + n, 'A', "\0\0\0\1chan\0hello\0", 16);
+	n += build_msg(b + n, 'N', "SNOTICE\0\0", 9);
+	n += build_msg(b + n, 'S', "TimeZone\0UTC\0", 13);
+	struct pgw_scanner s;
+	pgw_scanner_init(&s, 0, false);
+	assert_int_equal(pgw_scan(&s, b, n), 0);
+	assert_true(pgw_scan_idle(&s));
+	assert_int_equal(s.sync_points, 1);
+	n = build_msg(b, 'C', "SELECT 1", 9);
+	assert_int_equal(pgw_scan(&s, b, n), 0);
+	assert_false(pgw_scan_idle(&s));
+}
+
+/* Extended-protocol messages are unsettled until their Sync. */
+static void frontend_unsynced(void **state)
+{
+	uint8_t b[128];
+	struct pgw_scanner s;
+	pgw_scanner_init(&s, 0, true);
+	assert_true(pgw_scan_settled(&s));
+	const char types[] = "PBEDCH";
+	for (const char *t = types; *t; t++) {
+		size_t n = build_msg(b, (uint8_t)*t, "\0\0\0\0", 4);
+		assert_int_equal(pgw_scan(&s, b, n), 0);
+		assert_false(pgw_scan_settled(&s));
+	}
+	assert_int_equal(s.sync_points, 0);
+	size_t n = build_msg(b, 'S', NULL, 0);
+	assert_int_equal(pgw_scan(&s, b, n - 1), 0); /* Sync cut short */
+	assert_false(pgw_scan_settled(&s));
+	assert_int_equal(pgw_scan(&s, b + n - 1, 1), 0);
+	assert_true(pgw_scan_settled(&s));
+	assert_int_equal(s.sync_points, 1);
+	n = build_msg(b, 'Q', "SELECT 1", 9);
+	assert_int_equal(pgw_scan(&s, b, n), 0);
+	assert_true(pgw_scan_settled(&s)); /* a Query is answered whole */
+}
+
 static void names(void **state)
 {
 	assert_string_equal(pgw_msg_name('Z', true), "ReadyForQuery");
@@ -120,7 +165,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(header),	      cmocka_unit_test(scan_whole_and_bytewise),
 		cmocka_unit_test(scan_idle_and_partial), cmocka_unit_test(scan_bad_lengths),
-		cmocka_unit_test(frontend_sync_points),  cmocka_unit_test(names),
+		cmocka_unit_test(frontend_sync_points),  cmocka_unit_test(async_messages_keep_idle),
+		cmocka_unit_test(frontend_unsynced),     cmocka_unit_test(names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,6 +37,28 @@ static void parameter_status(void **state)
 	assert_int_equal(pgw_parameter_status(ok, 0, &n, &v), PGW_MALFORMED);
 }
 
+static void data_row(void **state)
+{
+	/* 3 columns: "ab", NULL, "" */
+	const uint8_t row[] = { 0, 3, 0, 0, 0, 2, 'a', 'b', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0 };
+	const uint8_t *v[3];
+	int32_t l[3];
+	assert_int_equal(pgw_data_row(row, sizeof(row), 3, v, l), 3);
+	assert_int_equal(l[0], 2);
+	assert_memory_equal(v[0], "ab", 2);
+	assert_int_equal(l[1], -1);
+	assert_int_equal(l[2], 0);
+	/* fewer slots than columns: the count is still 3 */
+	assert_int_equal(pgw_data_row(row, sizeof(row), 1, v, l), 3);
+	/* a length past the end, bytes left over, a length below -1 */
+	assert_int_equal(pgw_data_row(row, sizeof(row) - 1, 3, v, l), PGW_MALFORMED);
+	const uint8_t extra[] = { 0, 0, 'x' };
+	assert_int_equal(pgw_data_row(extra, sizeof(extra), 3, v, l), PGW_MALFORMED);
+	const uint8_t neg[] = { 0, 1, 0xff, 0xff, 0xff, 0xfe };
+	assert_int_equal(pgw_data_row(neg, sizeof(neg), 3, v, l), PGW_MALFORMED);
+	assert_int_equal(pgw_data_row(row, 1, 3, v, l), PGW_MALFORMED);
+}
+
 static void ready(void **state)
 {
 	assert_int_equal(pgw_ready_status((const uint8_t *)"I", 1), 'I');
@@ -123,6 +145,7 @@ int main(void)
 		cmocka_unit_test(auth_and_key),
 		cmocka_unit_test(parameter_status),
 		cmocka_unit_test(ready),
+		cmocka_unit_test(data_row),
 		cmocka_unit_test(error_fields),
 		cmocka_unit_test(sasl_drop),
 	};
