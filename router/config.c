@@ -356,6 +356,8 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 		return set_duration(p, k, v, &c->shed_grace_ms, true);
 	if (strcmp(k, "drain_timeout") == 0)
 		return set_duration(p, k, v, &c->drain_timeout_ms, true);
+	if (strcmp(k, "inspect_idle") == 0)
+		return set_duration(p, k, v, &c->inspect_idle_ms, true);
 	if (strcmp(k, "move_custom_settings") == 0) {
 		/* names go into SQL unquoted: only what a custom setting's name may be */
 		for (const char *q = v; *q; q++)
@@ -624,6 +626,7 @@ static void defaults(struct config *c)
 	c->shutdown_timeout_ms = 30000;
 	c->shed_grace_ms = 5000;
 	c->drain_timeout_ms = 5000;
+	c->inspect_idle_ms = 1000;
 	c->max_client_conn = 10000;
 	strcpy(c->source, "static");
 	c->probe_interval_ms = 1000;

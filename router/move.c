@@ -34,10 +34,13 @@
 struct move {
 	struct evbuffer *plan; /* messages for the new server, without the final Sync */
 	char reason[200];      /* why the session cannot move; "" when it can */
-	char from[128];        /* the old server's name, for the log */
-	uint64_t start_ms;
 	bool got_row;          /* the inspection's first row arrived */
 	unsigned stmts;        /* prepared statements in the plan */
+	/* the move under way */
+	char from[128];        /* the old server's name, for the log */
+	const struct disc_server *from_srv;
+	uint64_t start_ms;
+	char lost[200];        /* what the old server said as it closed the session */
 };
 
 /* One row 'r' (why not, the settings as one SELECT of set_config() calls, the
@@ -119,13 +122,41 @@ uint64_t move_started_ms(const struct session *s)
 	return s->mv ? s->mv->start_ms : 0;
 }
 
+static bool ensure_move(struct session *s)
+{
+	if (!s->mv && !(s->mv = calloc(1, sizeof(*s->mv))))
+		return false;
+	if (!s->mv->plan && !(s->mv->plan = evbuffer_new()))
+		return false;
+	return true;
+}
+
+bool move_leaving(struct session *s, const char *lost)
+{
+	if (!ensure_move(s))
+		return false;
+	snprintf(s->mv->from, sizeof(s->mv->from), "%s", s->srv->name);
+	s->mv->from_srv = s->srv;
+	s->mv->start_ms = now_ms();
+	snprintf(s->mv->lost, sizeof(s->mv->lost), "%s", lost ? lost : "");
+	return true;
+}
+
+const struct disc_server *move_from_server(const struct session *s)
+{
+	return s->mv ? s->mv->from_srv : NULL;
+}
+
+const char *move_lost(const struct session *s)
+{
+	return s->mv && s->mv->lost[0] ? s->mv->lost : "the connection was closed";
+}
+
 bool move_inspect_send(struct session *s)
 {
 	move_free(s);
-	if (!(s->mv = calloc(1, sizeof(*s->mv))) || !(s->mv->plan = evbuffer_new()))
+	if (!ensure_move(s))
 		return false;
-	snprintf(s->mv->from, sizeof(s->mv->from), "%s", s->srv->name);
-	s->mv->start_ms = now_ms();
 	char custom[4096], sql[sizeof(inspect_head) + sizeof(custom) + sizeof(inspect_tail)];
 	if (custom_settings_sql(custom, sizeof(custom)) != 0)
 		return false;

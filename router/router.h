@@ -123,6 +123,7 @@ struct config {
 	unsigned shutdown_timeout_ms;
 	unsigned shed_grace_ms;
 	unsigned drain_timeout_ms;      /* moving: longest wait for a session's boundary */
+	unsigned inspect_idle_ms;       /* moving: read the state of sessions idle this long */
 	char move_custom_settings[1024]; /* custom settings ("app.x") a move carries */
 	unsigned max_client_conn;
 	struct tls_config client_tls;
@@ -293,6 +294,7 @@ struct worker {
 	struct event auth_done; /* auth.c answered a lookup this worker waits for */
 	struct event pool_wake; /* a pool this worker waits on has room, or must give some */
 	struct event pool_sweep; /* closes idle server connections past their time */
+	struct event inspect_sweep; /* reads the state of sessions idle since the last turn */
 	struct pool *pools;     /* this worker's pools of server connections */
 	struct topology *topo; /* this worker's reference to the current snapshot */
 	struct evconnlistener **listeners;
@@ -338,6 +340,8 @@ enum sess_state {
 	SS_RELAY,      /* bytes move both ways */
 	SS_INSPECT,    /* moving: the old server says what state the session holds (move.c) */
 	SS_RESTORE,    /* moving: that state re-created on the new server */
+	SS_LOST,       /* its server connection died between transactions: waiting to
+			  learn whether the server left (then move) or not (then close) */
 	SS_CANCEL,     /* forwarding a CancelRequest to the server that owns the key */
 	SS_CLOSING,    /* flushing a final message to the client, then lingering for its EOF */
 };
@@ -396,6 +400,10 @@ struct session {
 	unsigned move_wanted : 1;      /* server no longer fits: move at the next boundary */
 	unsigned moving : 1;           /* between leaving one server and relaying on the next */
 	unsigned replication : 1;      /* a replication connection (never moved or pooled) */
+	unsigned known : 1;            /* s->mv's plan was the session's state when the
+					  client had sent known_at messages */
+	unsigned inspect_only : 1;     /* INSPECT while idle, to know the state; no move */
+	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];
@@ -414,6 +422,9 @@ void sessions_topology_changed(struct worker *w);
 /* Sessions queued for room in a pool try again. */
 void sessions_retry_queued(struct worker *w);
 void sessions_drain(struct worker *w);
+/* Sessions idle since the last call whose state pgrouter does not know are
+ * asked for it (inspect_idle). */
+void sessions_inspect_idle(struct worker *w);
 void sessions_close_all(struct worker *w, const char *why);
 void sessions_free_all(struct worker *w);
 /* for login.c: the timer (ms from now), which client events to watch, the end
@@ -477,7 +488,11 @@ unsigned move_plan_statements(const struct session *s);
 /* Queue the plan and a Sync on the new server connection. */
 bool move_restore_send(struct session *s);
 int move_restore_message(struct session *s, uint8_t type, const uint8_t *body, uint32_t len);
+/* The session leaves s->srv now (lost: the server's last words, or NULL). */
+bool move_leaving(struct session *s, const char *lost);
 const char *move_from(const struct session *s);
+const struct disc_server *move_from_server(const struct session *s);
+const char *move_lost(const struct session *s);
 uint64_t move_started_ms(const struct session *s);
 void move_free(struct session *s);
 

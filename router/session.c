@@ -46,7 +46,8 @@ enum srv_phase { PH_TCP, PH_SSLREQUEST, PH_HANDSHAKE, PH_UP };
 
 static const char *const state_names[] = { "startup",  "lookup",  "login",   "queued",
 					   "connecting", "auth", "handover", "relay",
-					   "inspect",  "restore", "cancel", "closing" };
+					   "inspect",  "restore", "lost",   "cancel",
+					   "closing" };
 
 const char *sess_state_name(enum sess_state st)
 {
@@ -288,6 +289,9 @@ static void inspected(struct session *s);
 static void restore_start(struct session *s);
 static void move_done(struct session *s);
 static void shed(struct session *s, const char *why);
+static void inspect_failed(struct session *s, const char *what);
+static void check_drain(struct session *s);
+static void check_fit(struct session *s);
 
 /* pool_mode = session: an idle server connection from the pool becomes this
  * session's; the client's own parameters are set on it next. */
@@ -725,6 +729,9 @@ static void enter_relay(struct session *s, char txn_status)
 	if (s->router_auth) {
 		client_watch(s, EV_READ); /* it may speak now */
 		login_done(s);        /* the exchanges' state goes; the credentials stay */
+		/* just logged in (or moved): its state is what pgrouter set up */
+		s->known = true;
+		s->known_at = s->c.scan.messages;
 	}
 	if (s->draining)
 		session_fail(s, "57P01", "pgrouter is shutting down");
@@ -1078,7 +1085,7 @@ static void auth_read(struct session *s)
 	}
 	if (n <= 0) {
 		if (s->state == SS_INSPECT) {
-			shed(s, "could not be inspected (the server closed the connection)");
+			inspect_failed(s, "the server closed the connection");
 			return;
 		}
 		if (!s->client_saw) {
@@ -1222,7 +1229,18 @@ static bool can_move(const struct session *s)
 	return s->router_auth && s->cred && !s->replication;
 }
 
-static void move_begin(struct session *s)
+/* Does pgrouter know the session's state (its plan, or why it cannot move)?
+ * Only while the client has sent nothing since it was learnt. */
+static bool state_known(const struct session *s)
+{
+	return s->known && s->known_at == s->c.scan.messages;
+}
+
+static void leave_server(struct session *s, const char *lost);
+
+/* Ask the server (between transactions) what state the session holds:
+ * before a move, or (only) to know it. */
+static void inspect(struct session *s, bool only)
 {
 	evtimer_del(&s->timer);
 	client_watch(s, EV_CLOSED); /* its next request waits in its socket */
@@ -1230,14 +1248,43 @@ static void move_begin(struct session *s)
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
 	}
+	s->known = false;
+	s->inspect_only = only;
 	session_set_state(s, SS_INSPECT);
-	slog(LOG_DEBUG, s, "between transactions: asking %s what the session holds",
-	     s->srv->name);
+	slog(LOG_DEBUG, s, "between transactions: asking %s what the session holds%s",
+	     s->srv->name, only ? " (it is idle)" : "");
 	timer_set(s, router.cfg->connect_timeout_ms);
 	s->s.paused = false;
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
-		shed(s, "could not be inspected (its server connection failed)");
+		inspect_failed(s, "its server connection failed");
+}
+
+/* The inspection got no answer: before a move the session is shed; an idle
+ * one has lost its server connection, state unknown. */
+static void inspect_failed(struct session *s, const char *what)
+{
+	if (!s->inspect_only) {
+		char why[256];
+		snprintf(why, sizeof(why), "could not be inspected (%s)", what);
+		shed(s, why);
+		return;
+	}
+	session_fail(s, "08006", "pgrouter: lost the connection to server %s (%s)", s->srv->name,
+		     move_reason(s) ? move_reason(s) : what);
+}
+
+static void move_begin(struct session *s)
+{
+	if (!state_known(s)) {
+		inspect(s, false);
+		return;
+	}
+	const char *why = move_reason(s);
+	if (why)
+		shed(s, why);
+	else
+		leave_server(s, NULL);
 }
 
 static void want_move(struct session *s, const struct topo_entry *e)
@@ -1257,27 +1304,191 @@ static void want_move(struct session *s, const struct topo_entry *e)
 	timer_set(s, router.cfg->drain_timeout_ms);
 }
 
+static void back_to_relay(struct session *s);
+
 /* The old server answered: move, or say why not. */
 static void inspected(struct session *s)
 {
 	evtimer_del(&s->timer);
+	s->known = true;
+	s->known_at = s->c.scan.messages;
+	if (s->inspect_only) {
+		s->inspect_only = false;
+		back_to_relay(s);
+		return;
+	}
 	const char *why = move_reason(s);
 	if (why) {
 		shed(s, why);
 		return;
 	}
+	leave_server(s, NULL);
+}
+
+/* An idle session's state is known now: relay again (a move may have been
+ * asked for meanwhile: check_fit sees to it). */
+static void back_to_relay(struct session *s)
+{
+	session_set_state(s, SS_RELAY);
+	if (s->in && evbuffer_get_length(s->in)) {
+		/* asynchronous messages right behind the answer: the client's */
+		size_t left = evbuffer_get_length(s->in);
+		if (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
+		    !end_queue(&s->c, evbuffer_pullup(s->in, -1), left)) {
+			session_fail(s, "08P01", "server sent an invalid message");
+			return;
+		}
+		evbuffer_drain(s->in, left);
+		if (end_flush(&s->c) < 0) {
+			s->dead = true;
+			return;
+		}
+	}
+	client_watch(s, EV_READ);
+	if (s->draining)
+		check_drain(s);
+	else
+		check_fit(s);
+}
+
+/* Known state, nothing in flight: off to another server. */
+static void leave_server(struct session *s, const char *lost)
+{
 	if (s->draining) {
 		session_fail(s, "57P01", "terminating connection: pgrouter is shutting down");
 		return;
 	}
+	if (!move_leaving(s, lost)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
 	slog(LOG_DEBUG, s, "leaving %s (%u prepared statements to re-create)", s->srv->name,
 	     move_plan_statements(s));
+	evtimer_del(&s->timer);
+	client_watch(s, EV_CLOSED);
 	s->moving = true;
 	say_goodbye(s);
 	detach_server(s);
 	s->tried = 0;
 	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
 	route(s);
+}
+
+/* ---- a server connection lost between transactions --------------------
+ *
+ * A session whose state pgrouter knows, idle, hears its server close (a
+ * shutdown's FATAL, or EOF: a crash). If the server left the cluster — the
+ * topology says so within a couple of probe rounds — the session moves;
+ * if it did not (someone ran pg_terminate_backend, idle_session_timeout),
+ * the client is told what the server said, as it would have been.
+ */
+#define LOST_VERDICT_MS(c) (2 * (c)->probe_interval_ms + 1000)
+
+static bool server_left(const struct topology *t, const struct session *s)
+{
+	const struct topo_entry *e = entry_for(t, move_from_server(s));
+	return !e || !e->reachable || e->draining || !select_still_fits(s->l->tsa, e);
+}
+
+static void lost_verdict(struct session *s)
+{
+	if (!server_left(s->w->topo, s))
+		return;
+	const char *why = move_reason(s);
+	if (why) {
+		session_fail(s, "57P01",
+			     "pgrouter: server %s went away and the session cannot move to another "
+			     "server: it %s; reconnect",
+			     move_from(s), why);
+		return;
+	}
+	slog(LOG_INFO, s, "server %s went away (%s); moving the session", move_from(s),
+	     move_lost(s));
+	s->moving = true;
+	s->tried = 0;
+	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	route(s);
+}
+
+static void lost_at_idle(struct session *s, const char *lost)
+{
+	if (!move_leaving(s, lost)) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return;
+	}
+	slog(LOG_DEBUG, s, "server connection lost between transactions (%s)", move_lost(s));
+	client_watch(s, EV_CLOSED);
+	detach_server(s);
+	session_set_state(s, SS_LOST);
+	evtimer_del(&s->timer);
+	timer_set(s, LOST_VERDICT_MS(router.cfg));
+	lost_verdict(s);
+}
+
+/* Server bytes for a session between transactions whose state is known: only
+ * asynchronous messages belong here. They go to the client; an error (the
+ * FATAL of a shutdown) or EOF is the connection lost. Returns false when the
+ * relay should take the bytes (something else came). */
+static bool idle_server_read(struct session *s)
+{
+	if (!s->in && !(s->in = evbuffer_new())) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return true;
+	}
+	ssize_t n = end_recv(&s->s, s->w->scratch, sizeof(s->w->scratch));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return true;
+	if (n <= 0) {
+		lost_at_idle(s, n == 0 ? "it closed the connection" : strerror(errno));
+		return true;
+	}
+	if (evbuffer_add(s->in, s->w->scratch, (size_t)n) != 0) {
+		session_fail(s, "53200", "pgrouter: out of memory");
+		return true;
+	}
+	for (;;) {
+		size_t have = evbuffer_get_length(s->in);
+		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint32_t body;
+		if (have < PGW_HEADER_LEN)
+			break;
+		evbuffer_copyout(s->in, hdr, sizeof(hdr));
+		if (pgw_header(hdr, AUTH_MESSAGE_MAX, &type, &body) != 0 ||
+		    have < PGW_HEADER_LEN + body)
+			break;
+		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
+		if (type == PGW_MSG_ERROR) {
+			struct pgw_error_fields ef;
+			char said[200];
+			if (pgw_error_parse(m + PGW_HEADER_LEN, body, &ef) != 0)
+				memset(&ef, 0, sizeof(ef));
+			snprintf(said, sizeof(said), "%s %s", ef.sqlstate ? ef.sqlstate : "",
+				 ef.message ? ef.message : "");
+			evbuffer_drain(s->in, evbuffer_get_length(s->in));
+			lost_at_idle(s, said);
+			return true;
+		}
+		if (type != 'A' && type != PGW_MSG_NOTICE && type != PGW_MSG_PARAMETER_STATUS)
+			break;
+		if (pgw_scan(&s->s.scan, m, PGW_HEADER_LEN + body) != 0 ||
+		    !end_queue(&s->c, m, PGW_HEADER_LEN + body)) {
+			s->dead = true;
+			return true;
+		}
+		evbuffer_drain(s->in, PGW_HEADER_LEN + body);
+	}
+	/* what is left (part of a message, or not an asynchronous one) goes the
+	 * relay's way, scanned */
+	size_t left = evbuffer_get_length(s->in);
+	if (left && (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
+		     !end_queue(&s->c, evbuffer_pullup(s->in, -1), left))) {
+		session_fail(s, "08P01", "server sent an invalid message");
+		return true;
+	}
+	evbuffer_drain(s->in, left);
+	if (end_flush(&s->c) < 0)
+		s->dead = true;
+	return true;
 }
 
 /* Logged in on the new server (and its pooled connection handed over). */
@@ -1311,8 +1522,7 @@ static void move_done(struct session *s)
 	}
 	slog(LOG_INFO, s, "moved from %s to %s after %llu ms", move_from(s), s->srv->name,
 	     (unsigned long long)(now_ms() - move_started_ms(s)));
-	move_free(s);
-	s->moving = s->move_wanted = s->shedding = false;
+	s->moving = s->move_wanted = s->shedding = false; /* the plan stays: it is the state */
 	enter_relay(s, 'I');
 }
 
@@ -1413,6 +1623,7 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_HANDOVER:
 	case SS_INSPECT:
 	case SS_RESTORE:
+	case SS_LOST:
 	case SS_CANCEL:
 		if (what & EV_CLOSED) {
 			slog(LOG_INFO, s, "client left while %s", state_names[s->state]);
@@ -1584,7 +1795,7 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 			if ((s->state == SS_AUTH && !s->client_saw) || s->state == SS_RESTORE)
 				server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
 			else if (s->state == SS_INSPECT)
-				shed(s, "could not be inspected (its server connection failed)");
+				inspect_failed(s, "its server connection failed");
 			else
 				session_close(s, false);
 		} else if (left < RELAY_LOW_WATERMARK) {
@@ -1615,6 +1826,11 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 		auth_read(s);
 		break;
 	case SS_RELAY: {
+		if (at_boundary(s) && can_move(s) && state_known(s)) {
+			/* nothing in flight: what comes is asynchronous, or the end */
+			idle_server_read(s);
+			break;
+		}
 		int r = relay_move(s, &s->s, &s->c);
 		if (r < 0)
 			relay_failed(s, r, false);
@@ -1676,7 +1892,11 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 			shed(s, NULL); /* shed_grace is over */
 		break;
 	case SS_INSPECT:
-		shed(s, "could not be inspected (its server did not answer in time)");
+		inspect_failed(s, "the server did not answer in time");
+		break;
+	case SS_LOST:
+		session_fail(s, "57P01", "pgrouter: server %s closed the session: %s", move_from(s),
+			     move_lost(s));
 		break;
 	case SS_RESTORE:
 		server_failed(s, "%s did not answer within %u ms", s->srv->name,
@@ -1754,6 +1974,8 @@ void sessions_topology_changed(struct worker *w)
 		next = TAILQ_NEXT(s, link);
 		if (s->state == SS_RELAY)
 			check_fit(s);
+		else if (s->state == SS_LOST)
+			lost_verdict(s);
 		finish(s);
 	}
 	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
@@ -1787,6 +2009,7 @@ void sessions_drain(struct worker *w)
 		case SS_LOOKUP:
 		case SS_LOGIN:
 		case SS_QUEUED:
+		case SS_LOST:
 			session_fail(s, "57P01", "pgrouter is shutting down");
 			break;
 		case SS_RELAY:
@@ -1795,6 +2018,20 @@ void sessions_drain(struct worker *w)
 		default:
 			break;
 		}
+		finish(s);
+	}
+}
+
+void sessions_inspect_idle(struct worker *w)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (s->state != SS_RELAY || !can_move(s))
+			continue;
+		if (s->idle_mark == s->c.scan.messages && !state_known(s) && at_boundary(s))
+			inspect(s, true); /* quiet since the last turn */
+		s->idle_mark = s->c.scan.messages;
 		finish(s);
 	}
 }

@@ -74,12 +74,18 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	sessions_close_all(w, "terminating connection: pgrouter is shutting down");
 }
 
+static void inspect_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	sessions_inspect_idle(arg);
+}
+
 static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
 	if (w->draining)
 		return;
 	w->draining = true;
+	event_del(&w->inspect_sweep);
 	pools_close_all(w);
 	for (unsigned i = 0; i < router.cfg->nlisteners; i++)
 		if (w->listeners[i]) {
@@ -103,7 +109,17 @@ static void *worker_main(void *arg)
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
 	pools_free(w);
 	event_del(&w->pool_wake);
+	event_del(&w->inspect_sweep);
 	return NULL;
+}
+
+/* Sessions can move only where pgrouter authenticates clients. */
+static bool any_router_auth(const struct config *c)
+{
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].auth == AUTH_ROUTER)
+			return true;
+	return false;
 }
 
 int workers_start(struct router *r, char *err, size_t errlen)
@@ -136,6 +152,12 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		evtimer_assign(&w->drain_deadline, w->base, drain_deadline_cb, w);
 		event_assign(&w->auth_done, w->base, -1, 0, auth_done_cb, w);
 		pools_init(w);
+		event_assign(&w->inspect_sweep, w->base, -1, EV_PERSIST, inspect_sweep_cb, w);
+		if (c->inspect_idle_ms && any_router_auth(c)) {
+			struct timeval tv = { c->inspect_idle_ms / 1000,
+					      (c->inspect_idle_ms % 1000) * 1000 };
+			event_add(&w->inspect_sweep, &tv);
+		}
 		w->topo = topo_acquire();
 		w->listeners = calloc(c->nlisteners, sizeof(*w->listeners));
 		struct accept_arg *args = calloc(c->nlisteners, sizeof(*args));

@@ -364,6 +364,30 @@ class PatroniCluster:
             raise RuntimeError("switchover failed: %s %s" % (r.stdout, r.stderr))
         return r
 
+    def request_switchover(self, candidate):
+        """Write Patroni's failover key into the DCS, as patronictl does when the
+        leader's REST API does not take the request; the leader acts on it in its
+        next HA loop (etcd: up to loop_wait; ZooKeeper's watch wakes it)."""
+        leader = self.leader()
+        value = json.dumps({"leader": leader.name, "member": candidate.name})
+        key = "/service/%s/failover" % self.scope
+        if self.etcd:
+            r = self.etcd.etcdctl("put", key, value)
+            if r.returncode:
+                raise RuntimeError("etcdctl put: %s" % r.stderr)
+            return
+        from kazoo.client import KazooClient  # Debian's python3-kazoo (Patroni's own)
+        zk = KazooClient(hosts=self.zk.hostport)
+        zk.start(timeout=10)
+        try:
+            if zk.exists(key):
+                zk.set(key, value.encode())
+            else:
+                zk.create(key, value.encode(), makepath=True)
+        finally:
+            zk.stop()
+            zk.close()
+
     def stop(self):
         for n in self.nodes:
             n.stop()
