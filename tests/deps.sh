@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgrouter needs to build, test, benchmark and run its demo, from
 # Debian's packages. Safe to run again: it installs only what is missing.
+# Extra package names may be given as arguments (bench/failover.sh: matplotlib).
 set -euo pipefail
 
 packages=(
@@ -12,6 +13,7 @@ packages=(
   pgbouncer haproxy
   etcd-server etcd-client patroni python3-etcd
   zookeeper libzookeeper-mt-dev python3-kazoo
+  "$@"
 )
 
 missing=()
