@@ -9,6 +9,7 @@ Proxies (all on the cluster's read-write role):
                     sessions are shed, as before sessions could move
   haproxy           the usual Patroni set-up: option httpchk GET /primary,
                     inter 1s fall 2 rise 1, on-marked-down shutdown-sessions
+                    (check timeout 5s: a loaded 2-core machine answers slowly)
 
 Scenarios, for each DCS (--dcs etcd,zookeeper):
   switchover   pgbench -n -c8 -j2 -T60 -M prepared (TPC-B-like writes, user
@@ -64,7 +65,7 @@ defaults
     timeout connect 3s
     timeout client 1h
     timeout server 1h
-    timeout check 2s
+    timeout check 5s
 listen primary
     bind 127.0.0.1:%d
     option httpchk GET /primary
@@ -109,7 +110,7 @@ class Bench:
         num = lambda pat: int(m.group(1)) if (m := re.search(pat, out)) else None  # noqa
         self.done = num(r"number of transactions actually processed: (\d+)")
         self.failed = num(r"number of failed transactions: (\d+)")
-        self.aborted = len(set(re.findall(r"client (\d+) aborted", err)))
+        self.aborted = len(set(re.findall(r"client (\d+)\b[^\n]*aborted", err)))
         self.errors = sorted({l.split("aborted in command")[0].strip()[:160]
                               for l in err.splitlines() if "error" in l.lower()})[:3]
         self.times = []

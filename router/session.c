@@ -1418,8 +1418,8 @@ static void lost_at_idle(struct session *s, const char *lost)
 	}
 	slog(LOG_DEBUG, s, "server connection lost between transactions (%s)", move_lost(s));
 	client_watch(s, EV_CLOSED);
+	session_set_state(s, SS_LOST); /* first: a pooled connection is not reusable */
 	detach_server(s);
-	session_set_state(s, SS_LOST);
 	evtimer_del(&s->timer);
 	timer_set(s, LOST_VERDICT_MS(router.cfg));
 	lost_verdict(s);
@@ -1826,7 +1826,7 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 		auth_read(s);
 		break;
 	case SS_RELAY: {
-		if (at_boundary(s) && can_move(s) && state_known(s)) {
+		if (can_move(s) && state_known(s) && at_boundary(s)) {
 			/* nothing in flight: what comes is asynchronous, or the end */
 			idle_server_read(s);
 			break;

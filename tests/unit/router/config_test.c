@@ -101,6 +101,28 @@ static void errors(void **state)
 	expect_error("[weird]\nx = 1\n", ":2: x: unknown section [weird]");
 }
 
+static void moving_keys(void **state)
+{
+	static struct config c;
+	char err[512];
+	assert_int_equal(load(good, &c, err), 0);
+	assert_int_equal(c.drain_timeout_ms, 5000); /* defaults */
+	assert_int_equal(c.inspect_idle_ms, 1000);
+	assert_string_equal(c.move_custom_settings, "");
+	assert_int_equal(load("[pgrouter]\ndrain_timeout = 2s\ninspect_idle = 0\n"
+			      "move_custom_settings = app.tenant, my_app.user_id\n"
+			      "[cluster]\nservers = a\n[listener x]\nlisten = 127.0.0.1:1\n",
+			      &c, err),
+			 0);
+	assert_int_equal(c.drain_timeout_ms, 2000);
+	assert_int_equal(c.inspect_idle_ms, 0);
+	assert_string_equal(c.move_custom_settings, "app.tenant, my_app.user_id");
+	/* names go into SQL: nothing that could quote or end a string */
+	expect_error("[pgrouter]\nmove_custom_settings = app.x'); drop table t; --\n",
+		     ":2: move_custom_settings: must be a comma-separated list");
+	expect_error("[pgrouter]\ndrain_timeout = soon\n", ":2: drain_timeout: invalid duration");
+}
+
 static void etcd_source(void **state)
 {
 	static struct config c;
@@ -272,7 +294,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
 					    cmocka_unit_test(auth_and_pool_keys),
-					    cmocka_unit_test(etcd_source),
+					    cmocka_unit_test(moving_keys),
+		cmocka_unit_test(etcd_source),
 					    cmocka_unit_test(tls_keys),
 					    cmocka_unit_test(units) };
 	return cmocka_run_group_tests(tests, NULL, NULL);
