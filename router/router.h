@@ -209,6 +209,11 @@ int select_server(const struct topology *topo, enum tsa t, enum lb b, int64_t ma
 /* Does a session already on e still fit policy t? Role only: lag and
  * noloadbalance decide where new sessions go, they do not end sessions. */
 bool select_still_fits(enum tsa t, const struct topo_entry *e);
+/* A standby serving policy t lags past max_lag (sessions that can move leave it). */
+bool select_lagging(enum tsa t, const struct topo_entry *e, int64_t max_lag);
+/* Is a server other than srv eligible for policy t (prefer-standby: a standby)? */
+bool select_other_eligible(const struct topology *topo, enum tsa t, int64_t max_lag,
+			   const struct disc_server *srv);
 /* Policies whose sessions write: shed at once when their server stops fitting. */
 bool tsa_writes(enum tsa t);
 

@@ -68,6 +68,21 @@ bool select_still_fits(enum tsa t, const struct topo_entry *e)
 	return false;
 }
 
+bool select_lagging(enum tsa t, const struct topo_entry *e, int64_t max_lag)
+{
+	bool standby_policy = t == TSA_READ_ONLY || t == TSA_STANDBY || t == TSA_PREFER_STANDBY;
+	return standby_policy && e->in_hot_standby && max_lag > 0 && e->lag_bytes > max_lag;
+}
+
+bool select_other_eligible(const struct topology *topo, enum tsa t, int64_t max_lag,
+			   const struct disc_server *srv)
+{
+	for (unsigned i = 0; topo && i < topo->n; i++)
+		if (topo->e[i].srv != srv && select_eligible(t, &topo->e[i], max_lag))
+			return true;
+	return false;
+}
+
 bool tsa_writes(enum tsa t)
 {
 	return t == TSA_READ_WRITE || t == TSA_PRIMARY;

@@ -1543,6 +1543,14 @@ static void check_fit(struct session *s)
 {
 	const struct topo_entry *e = entry_for(s->w->topo, s->srv);
 	bool fits = e && select_still_fits(s->l->tsa, e);
+	enum tsa t = s->l->tsa;
+	int64_t max_lag = router.cfg->max_lag;
+	if (fits && !e->draining && can_move(s) && select_lagging(t, e, max_lag) &&
+	    select_other_eligible(s->w->topo, t, max_lag, s->srv)) {
+		/* a standby fallen behind: its sessions go to one that is not */
+		want_move(s, e);
+		return;
+	}
 	if (fits && !e->draining) {
 		if (s->shedding || s->move_wanted) {
 			/* it fits again before its grace ran out (a transient probe failure) */
@@ -1552,7 +1560,10 @@ static void check_fit(struct session *s)
 		}
 		return;
 	}
-	if (can_move(s)) {
+	/* writers and "any" wait for the server that comes (a new primary); a
+	 * read session moves only where another server takes it now */
+	if (can_move(s) && (tsa_writes(t) || t == TSA_ANY ||
+			    select_other_eligible(s->w->topo, t, max_lag, s->srv))) {
 		want_move(s, e);
 		return;
 	}

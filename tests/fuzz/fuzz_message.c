@@ -19,6 +19,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (pgw_parameter_status(data, len, &n, &v) == 0 && strlen(n) + strlen(v) + 2 != len)
 		abort();
 	(void)pgw_ready_status(data, len);
+	/* a DataRow's columns stay inside its body */
+	const uint8_t *vals[4];
+	int32_t lens[4];
+	int ncols = pgw_data_row(data, len, 4, vals, lens);
+	for (int i = 0; i < ncols && i < 4; i++)
+		if (lens[i] > 0 && (vals[i] < data || vals[i] + lens[i] > data + len))
+			abort();
 	if (pgw_error_parse(data, len, &ef) == 0 && ef.message)
 		(void)strlen(ef.message);
 	/* whatever text we are given, what we build must parse back */

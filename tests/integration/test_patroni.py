@@ -123,7 +123,8 @@ class PatroniSuite:
                                                        "pool_mode": "session"}),
                              cls.pc.dir, cluster=cls.cluster_conf(),
                              probe_interval=cls.PROBE, queue_timeout="40s", shed_grace="2s",
-                             drain_timeout="5s", inspect_idle="500ms", auth="router").start()
+                             drain_timeout="5s", inspect_idle="500ms", max_lag="1MB",
+                             auth="router").start()
         cls.addClassCleanup(cls.mrouter.stop_clean)
 
     @classmethod
@@ -369,6 +370,32 @@ class PatroniSuite:
         c.close()
         old.start()  # rejoins as a replica (pg_rewind)
         self.pc.wait_healthy(180)
+
+    def test_r_lagging_standby_moves_its_sessions(self):
+        """A standby falling behind by more than max_lag (its WAL receiver
+        stopped) sends its movable sessions to another standby."""
+        a, b = self.pc.replicas()[:2]
+        for _ in range(20):
+            c = self.app("ro")
+            cur = c.cursor()
+            cur.execute("set work_mem = '2MB'; select inet_server_port()")
+            if cur.fetchone()[0] == a.pg_port:
+                break
+            c.close()
+        receiver = int(a.sql("select pid from pg_stat_wal_receiver"))
+        os.kill(receiver, signal.SIGSTOP)
+        try:
+            self.pc.leader().sql("create table if not exists lagfill(t text);"
+                                 " insert into lagfill select repeat('x', 1000)"
+                                 " from generate_series(1, 4000)")
+            wait_for(lambda: re.search(r"moved from %s to %s" % (a.pg_addr, b.pg_addr),
+                                       self.mrouter.log_text()), 30, "the session to move")
+        finally:
+            os.kill(receiver, signal.SIGCONT)
+        cur.execute("select current_setting('work_mem'), inet_server_port()")
+        self.assertEqual(cur.fetchone(), ("2MB", b.pg_port))
+        c.close()
+        self.pc.leader().sql("drop table lagfill")
 
     def test_a_routing_follows_cluster_on_start(self):
         self.assert_placement()

@@ -156,6 +156,25 @@ static void draining_and_still_fits(void **state)
 	topo_release(t);
 }
 
+/* Sessions that can move leave a standby lagging past max_lag, when another
+ * standby takes them. */
+static void lagging_and_other(void **state)
+{
+	struct topology *t = topo4();
+	assert_true(select_lagging(TSA_STANDBY, &t->e[2], MAXLAG));
+	assert_true(select_lagging(TSA_READ_ONLY, &t->e[2], MAXLAG));
+	assert_true(select_lagging(TSA_PREFER_STANDBY, &t->e[2], MAXLAG));
+	assert_false(select_lagging(TSA_ANY, &t->e[2], MAXLAG)); /* lag does not matter there */
+	assert_false(select_lagging(TSA_STANDBY, &t->e[1], MAXLAG));
+	assert_false(select_lagging(TSA_STANDBY, &t->e[2], 0)); /* max_lag = 0: no limit */
+	assert_true(select_other_eligible(t, TSA_STANDBY, MAXLAG, &srv[2]));   /* 1 */
+	assert_false(select_other_eligible(t, TSA_STANDBY, MAXLAG, &srv[1]));  /* 2 lags */
+	assert_false(select_other_eligible(t, TSA_PREFER_STANDBY, MAXLAG, &srv[1]));
+	assert_true(select_other_eligible(t, TSA_READ_WRITE, MAXLAG, &srv[1])); /* 0 */
+	assert_false(select_other_eligible(t, TSA_READ_WRITE, MAXLAG, &srv[0]));
+	topo_release(t);
+}
+
 static void describe(void **state)
 {
 	struct topology *t = topo4();
@@ -170,7 +189,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(policies),  cmocka_unit_test(read_only_primary),
 		cmocka_unit_test(balancing), cmocka_unit_test(params),
-		cmocka_unit_test(describe),   cmocka_unit_test(draining_and_still_fits),
+		cmocka_unit_test(lagging_and_other), cmocka_unit_test(describe),   cmocka_unit_test(draining_and_still_fits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
