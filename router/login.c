@@ -298,19 +298,14 @@ void login_client_read(struct session *s)
 		return;
 	}
 	while (!s->dead && s->state == SS_LOGIN) {
-		size_t have = evbuffer_get_length(s->in);
-		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint8_t type;
 		uint32_t body;
-		if (have < PGW_HEADER_LEN)
-			return;
-		evbuffer_copyout(s->in, hdr, sizeof(hdr));
-		if (pgw_header(hdr, LOGIN_MESSAGE_MAX, &type, &body) != 0) {
+		bool bad;
+		const uint8_t *m = msg_next(s->in, LOGIN_MESSAGE_MAX, &type, &body, &bad);
+		if (bad)
 			session_fail(s, "08P01", "invalid message length during authentication");
+		if (!m)
 			return;
-		}
-		if (have < PGW_HEADER_LEN + body)
-			return;
-		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
 		if (type == PGW_MSG_TERMINATE) {
 			s->dead = true;
 			return;

@@ -140,6 +140,24 @@ ssize_t end_flush(struct end *e)
 	return (ssize_t)len;
 }
 
+const uint8_t *msg_next(struct evbuffer *in, uint32_t max, uint8_t *type, uint32_t *body,
+		       bool *bad)
+{
+	uint8_t hdr[PGW_HEADER_LEN];
+	size_t have = evbuffer_get_length(in);
+	*bad = false;
+	if (have < PGW_HEADER_LEN)
+		return NULL;
+	evbuffer_copyout(in, hdr, sizeof(hdr));
+	if (pgw_header(hdr, max, type, body) != 0) {
+		*bad = true;
+		return NULL;
+	}
+	if (have < PGW_HEADER_LEN + (size_t)*body)
+		return NULL;
+	return evbuffer_pullup(in, PGW_HEADER_LEN + (ssize_t)*body);
+}
+
 void relay_resume(struct end *from, struct end *to)
 {
 	if (from->paused && (!to->out || evbuffer_get_length(to->out) < RELAY_LOW_WATERMARK)) {

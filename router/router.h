@@ -536,6 +536,11 @@ void end_read(struct end *e, bool on);
 void end_write(struct end *e, bool on);
 /* Queue bytes (copied) for e. Returns false on out of memory. */
 bool end_queue(struct end *e, const void *p, size_t n);
+/* The next whole message at the head of in: its bytes (header and body, not
+ * removed), type and body length; NULL while it is not all there, or with
+ * *bad set when its length field is invalid (above max). */
+const uint8_t *msg_next(struct evbuffer *in, uint32_t max, uint8_t *type, uint32_t *body,
+		       bool *bad);
 /* Write what e->out holds. Returns -1 on a hard error, else bytes still queued. */
 ssize_t end_flush(struct end *e);
 /* tls.c */

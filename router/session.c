@@ -1102,20 +1102,17 @@ static void auth_read(struct session *s)
 		evtimer_del(&s->timer); /* the server is alive; auth is bounded by the server */
 	}
 	for (;;) {
-		size_t have = evbuffer_get_length(s->in);
-		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint8_t type;
 		uint32_t body;
-		if (have < PGW_HEADER_LEN)
-			break;
-		evbuffer_copyout(s->in, hdr, sizeof(hdr));
-		if (pgw_header(hdr, AUTH_MESSAGE_MAX, &type, &body) != 0) {
+		bool bad;
+		const uint8_t *m = msg_next(s->in, AUTH_MESSAGE_MAX, &type, &body, &bad);
+		if (bad) {
 			session_fail(s, "08P01", "server %s sent an invalid message during startup",
 				     s->srv->name);
 			return;
 		}
-		if (have < PGW_HEADER_LEN + body)
+		if (!m)
 			break;
-		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
 		enum sess_state st = s->state;
 		const uint8_t *b = m + PGW_HEADER_LEN;
 		int r = st == SS_HANDOVER  ? handover_message(s, type, b, body)
@@ -1447,16 +1444,12 @@ static bool idle_server_read(struct session *s)
 		return true;
 	}
 	for (;;) {
-		size_t have = evbuffer_get_length(s->in);
-		uint8_t hdr[PGW_HEADER_LEN], type;
+		uint8_t type;
 		uint32_t body;
-		if (have < PGW_HEADER_LEN)
-			break;
-		evbuffer_copyout(s->in, hdr, sizeof(hdr));
-		if (pgw_header(hdr, AUTH_MESSAGE_MAX, &type, &body) != 0 ||
-		    have < PGW_HEADER_LEN + body)
-			break;
-		const uint8_t *m = evbuffer_pullup(s->in, PGW_HEADER_LEN + body);
+		bool bad;
+		const uint8_t *m = msg_next(s->in, AUTH_MESSAGE_MAX, &type, &body, &bad);
+		if (!m)
+			break; /* the relay's scanner judges a bad length */
 		if (type == PGW_MSG_ERROR) {
 			struct pgw_error_fields ef;
 			char said[200];

@@ -174,6 +174,17 @@ class PatroniSuite:
         c.autocommit = True
         return c
 
+    def app_on(self, listener, node, tries=20):
+        """An "app" session through listener that landed on node."""
+        for _ in range(tries):
+            c = self.app(listener)
+            cur = c.cursor()
+            cur.execute("select inet_server_port()")
+            if cur.fetchone()[0] == node.pg_port:
+                return c
+            c.close()
+        self.fail("no %s session landed on %s" % (listener, node.name))
+
     def app_wire(self, listener="rw"):
         w = Wire(self.mrouter.port(listener), timeout=60)
         out, _ = scram_login(w, "app", "apppw")
@@ -202,14 +213,9 @@ class PatroniSuite:
         pcur = pc_.cursor()
         pcur.execute("set work_mem = '5MB'")
         # a standby session on the replica about to be promoted goes to another
-        ro = None
-        for _ in range(20):
-            ro = self.app("ro")
-            rcur = ro.cursor()
-            rcur.execute("set work_mem = '3MB'; select inet_server_port()")
-            if rcur.fetchone()[0] == candidate.pg_port:
-                break
-            ro.close()
+        ro = self.app_on("ro", candidate)
+        rcur = ro.cursor()
+        rcur.execute("set work_mem = '3MB'")
         # a protocol-level prepared statement, the client's own name
         w = self.app_wire()
         w.send(msg(b"P", cstr("s1") + cstr("select $1::int + 1, inet_server_port()")
@@ -375,13 +381,9 @@ class PatroniSuite:
         """A standby falling behind by more than max_lag (its WAL receiver
         stopped) sends its movable sessions to another standby."""
         a, b = self.pc.replicas()[:2]
-        for _ in range(20):
-            c = self.app("ro")
-            cur = c.cursor()
-            cur.execute("set work_mem = '2MB'; select inet_server_port()")
-            if cur.fetchone()[0] == a.pg_port:
-                break
-            c.close()
+        c = self.app_on("ro", a)
+        cur = c.cursor()
+        cur.execute("set work_mem = '2MB'")
         receiver = int(a.sql("select pid from pg_stat_wal_receiver"))
         os.kill(receiver, signal.SIGSTOP)
         try:
