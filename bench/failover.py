@@ -15,8 +15,9 @@ Scenarios, for each DCS (--dcs etcd,zookeeper):
   switchover   pgbench -n -c8 -j2 -T60 -M prepared (TPC-B-like writes, user
                "app", SCRAM) through two planned switchovers (patronictl)
   connect      pgbench -n -C -c4 -T14 (select 1) through one switchover
-  crash        pgbench -n -c8 -j2 -T30 -M prepared, kill -9 of the primary's
-               Patroni and PostgreSQL
+  crash        pgbench -n -c8 -j2 -T40 -R4 -M prepared (8 sessions of an
+               application's pool, each idle about 2s between transactions),
+               kill -9 of the primary's Patroni and PostgreSQL
 
 Reported per proxy: pgbench's exit code, failed transactions and aborted
 clients (pgbench's own counts), transactions done, the longest stall (the
@@ -191,7 +192,8 @@ def run_scenario(kind, pc, proxies, dcs_router, args, work):
             f.write("select 1;\n")
         pgargs = ["-C", "-c", "4", "-T", "14", "-f", script]
     else:
-        pgargs = ["-c", str(args.clients), "-j", "2", "-T", "30", "-M", "prepared"]
+        pgargs = ["-c", str(args.clients), "-j", "2", "-T", "40", "-R", "4", "-M", "prepared"]
+    run_secs = float(pgargs[pgargs.index("-T") + 1])
     t_start = time.time()
     benches = [Bench(name, port, work, pgargs) for name, port, _ in proxies]
     events = []
@@ -210,11 +212,11 @@ def run_scenario(kind, pc, proxies, dcs_router, args, work):
         events.append(("switchover", time.time(), None))
         pc.switchover()
     else:
-        time.sleep(5)
+        time.sleep(8)
         events.append(("kill -9 " + old.name, time.time(), None))
         old.kill9()
     results = [b.finish() for b in benches]
-    t_end = time.time()
+    t_end = t_start + run_secs  # a run whose clients all aborted ended early
     log = dcs_router.log_text()
     windows = []
     s = since
@@ -224,6 +226,10 @@ def run_scenario(kind, pc, proxies, dcs_router, args, work):
             break
         windows.append(w)
         s = w[1] + 0.001
+    if kind == "crash":
+        # no leader from the crash until the key's TTL ran out and another took it
+        named = [t for t, _ in log_times(log, r"leader key now names") if t >= events[0][1]]
+        windows = [(events[0][1], named[0])] if named else []
     for a, z in windows:
         events.append(("no leader %.2fs" % (z - a), a, z))
     if kind == "crash":

@@ -320,11 +320,11 @@ int move_restore_message(struct session *s, uint8_t type, const uint8_t *body, u
 	case PGW_MSG_NOTICE:
 		return LOGIN_SWALLOW;
 	case PGW_MSG_PARAMETER_STATUS:
-		/* a reported setting re-created (application_name, ...): the client
-		 * already knows its value; pooled connections record it */
+		/* a reported setting re-created (application_name, ...): the login
+		 * told the client the startup value, this puts it right again */
 		if (s->sc)
 			pool_note(s, type, body, len);
-		return LOGIN_SWALLOW;
+		return LOGIN_PASS_ON;
 	case PGW_MSG_ERROR: {
 		struct pgw_error_fields ef;
 		if (pgw_error_parse(body, len, &ef) != 0)

@@ -221,6 +221,8 @@ class PatroniSuite:
         w.send(msg(b"P", cstr("s1") + cstr("select $1::int + 1, inet_server_port()")
                    + struct.pack("!H", 0)) + msg(b"S"))
         self.assertEqual([t for t, _ in w.read_until_ready()], [b"1", b"Z"])
+        w.send(msg(b"Q", cstr("set application_name = 'wired'")))
+        w.read_until_ready()
         # sessions whose state cannot move
         unmovable = {}
         for reason, sql in (("holds temporary tables", "create temp table tt(i int)"),
@@ -250,6 +252,10 @@ class PatroniSuite:
         got = w.read_until_ready()
         rows = [b for t, b in got if t == b"D"]
         self.assertEqual(len(rows), 1, got)
+        # what the client is told of reported settings ends where the session is
+        names = [b.split(b"\0")[1] for t, b in got
+                 if t == b"S" and b.startswith(b"application_name\0")]
+        self.assertEqual(names[-1:], [b"wired"], got)
         self.assertIn(b"42", rows[0])
         self.assertIn(str(new.pg_port).encode(), rows[0])
         for reason, u in unmovable.items():
