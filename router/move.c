@@ -47,13 +47,15 @@ struct move {
  * session user), then one row 'p' per protocol-level prepared statement. */
 static const char inspect_head[] =
 	"SELECT 'r', CASE"
-	" WHEN EXISTS (SELECT FROM pg_catalog.pg_class"
+	/* no temporary schema yet: nothing to scan for (the usual case; pg_proc
+	 * and pg_type have no index on the namespace alone) */
+	" WHEN pg_catalog.pg_my_temp_schema() <> 0 AND EXISTS (SELECT FROM pg_catalog.pg_class"
 	"  WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
 	"  THEN 'holds temporary tables'"
-	" WHEN EXISTS (SELECT FROM pg_catalog.pg_proc"
+	" WHEN pg_catalog.pg_my_temp_schema() <> 0 AND (EXISTS (SELECT FROM pg_catalog.pg_proc"
 	"  WHERE pronamespace = pg_catalog.pg_my_temp_schema())"
 	"  OR EXISTS (SELECT FROM pg_catalog.pg_type"
-	"  WHERE typnamespace = pg_catalog.pg_my_temp_schema())"
+	"  WHERE typnamespace = pg_catalog.pg_my_temp_schema()))"
 	"  THEN 'holds temporary objects'"
 	" WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
 	"  AND pid = pg_catalog.pg_backend_pid())"

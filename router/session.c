@@ -2026,16 +2026,30 @@ void sessions_drain(struct worker *w)
 	}
 }
 
+/* An inspection costs the server about 1 ms of CPU (pg_settings above all):
+ * at most this many per second per worker; the rest wait for the next turn. */
+#define INSPECT_PER_SEC 20
+
 void sessions_inspect_idle(struct worker *w)
 {
+	unsigned budget = INSPECT_PER_SEC * router.cfg->inspect_idle_ms / 1000;
+	if (budget == 0)
+		budget = 1;
 	struct session *s, *next;
-	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+	for (s = TAILQ_FIRST(&w->sessions); s && budget; s = next) {
 		next = TAILQ_NEXT(s, link);
 		if (s->state != SS_RELAY || !can_move(s))
 			continue;
-		if (s->idle_mark == s->c.scan.messages && !state_known(s) && at_boundary(s))
+		if (s->idle_mark == s->c.scan.messages && !state_known(s) && at_boundary(s)) {
 			inspect(s, true); /* quiet since the last turn */
-		s->idle_mark = s->c.scan.messages;
+			budget--;
+			if (!s->dead) { /* the next turn starts with the others */
+				TAILQ_REMOVE(&w->sessions, s, link);
+				TAILQ_INSERT_TAIL(&w->sessions, s, link);
+			}
+		} else {
+			s->idle_mark = s->c.scan.messages;
+		}
 		finish(s);
 	}
 }
