@@ -19,7 +19,8 @@
  * session authorization — is named, and the session is not moved.
  *
  * Not visible to any SQL, so not carried: custom placeholder variables
- * ("app.x") unless listed in move_custom_settings, LOADed libraries, sequence
+ * ("app.x") unless listed in move_custom_settings or given a default with
+ * ALTER ROLE / ALTER DATABASE ... SET, LOADed libraries, sequence
  * currval/lastval, the unnamed prepared statement. The last two give the
  * client an error on use, never a silent difference.
  */
@@ -71,7 +72,18 @@ static const char inspect_head[] =
 	"   'pg_catalog.set_config(%L, %L, false)', n, v), ', ' ORDER BY o)"
 	"  FROM (SELECT 1, name, setting FROM pg_catalog.pg_settings WHERE source = 'session'"
 	"   UNION ALL SELECT 2, 'role', pg_catalog.current_setting('role')"
-	"   WHERE pg_catalog.current_setting('role') <> 'none'";
+	"   WHERE pg_catalog.current_setting('role') <> 'none'"
+	/* custom settings with a default for this role or database (ALTER ROLE /
+	 * DATABASE ... SET app.x): their names are known, so is their value */
+	"   UNION ALL SELECT 3, n, pg_catalog.current_setting(n, true)"
+	"   FROM (SELECT DISTINCT pg_catalog.split_part(c, '=', 1)"
+	"    FROM pg_catalog.pg_db_role_setting, pg_catalog.unnest(setconfig) AS c"
+	"    WHERE setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database"
+	"     WHERE datname = pg_catalog.current_database()))"
+	"    AND setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles"
+	"     WHERE rolname = session_user))) AS d(n)"
+	"   WHERE pg_catalog.strpos(n, '.') > 0"
+	"   AND pg_catalog.current_setting(n, true) IS NOT NULL";
 /* (move_custom_settings in between) */
 static const char inspect_tail[] =
 	"  ) AS s(o, n, v)),"

@@ -577,6 +577,66 @@ class RoleChangeTest(RouterCase):
             return False
 
 
+class MoveStaticTest(RouterCase):
+    """auth = router on the static source: a session between transactions whose
+    server goes away moves (here to a promoted replica) or, with nowhere to go,
+    gets 08001 after queue_timeout; one an administrator ended is told so."""
+
+    def setUp(self):
+        self.cluster = PgCluster(1).start()
+        self.addCleanup(self.cluster.cleanup)
+        self.router = Router([s.addr for s in self.cluster.servers],
+                             {"rw": {"target_session_attrs": "read-write"}}, self.cluster.dir,
+                             probe_interval="250ms", queue_timeout="20s", auth="router",
+                             auth_trust_users="postgres", inspect_idle="300ms").start()
+
+    def tearDown(self):
+        rc = self.router.stop()
+        self.assert_clean_log(self.router)
+        self.assertEqual(rc, 0)
+
+    def query(self, w, sql):
+        w.send(msg(b"Q", cstr(sql)))
+        return w.read_until_ready()
+
+    def test_server_gone_session_moves_to_promoted(self):
+        w = Wire(self.router.port("rw"), timeout=30)
+        w.login()
+        self.query(w, "set work_mem = '4MB'")
+        time.sleep(1.5)  # idle: pgrouter reads its state
+        self.cluster.primary.stop()
+        time.sleep(1)
+        self.cluster.replicas[0].promote()
+        got = self.query(w, "select current_setting('work_mem') || ' ' || inet_server_port()")
+        rows = [b for t, b in got if t == b"D"]
+        self.assertEqual(len(rows), 1, got)
+        self.assertIn(("4MB %d" % self.cluster.replicas[0].port).encode(), rows[0])
+        self.assertRegex(self.router.log_text(), r"moved from \S+ to \S+ after \d+ ms")
+
+    def test_nowhere_to_go_gets_08001(self):
+        self.router.stop()
+        self.router = Router([self.cluster.primary.addr],
+                             {"rw": {"target_session_attrs": "read-write"}}, self.cluster.dir,
+                             probe_interval="250ms", queue_timeout="2s", auth="router",
+                             auth_trust_users="postgres").start()
+        w = Wire(self.router.port("rw"), timeout=30)
+        w.login()
+        self.cluster.primary.stop()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        w.send(msg(b"Q", cstr("select 1")))  # held, never sent anywhere
+        self.assert_fatal(w, "08001", "no server satisfies")
+        self.assertLess(time.monotonic() - t0, 6)
+
+    def test_terminated_by_administrator_is_told(self):
+        w = Wire(self.router.port("rw"), timeout=30)
+        w.login(application_name="victim")
+        self.cluster.primary.sql("select pg_terminate_backend(pid) from pg_stat_activity"
+                                 " where application_name = 'victim'")
+        f = self.assert_fatal(w, "57P01", "closed the session")
+        self.assertIn("administrator command", f["M"])
+
+
 class ShutdownTest(RouterCase):
     def setUp(self):
         self.cluster = PgCluster(0).start()

@@ -114,6 +114,8 @@ class PatroniSuite:
         # "app"; verifiers from the default auth_query as probe_user) and so can
         # move sessions between servers
         leader.sql("create role app login password 'apppw'")
+        # a custom setting with a role default: moves know its name
+        leader.sql("alter role app set app.tenant = 'none'")
         leader.sql("create table if not exists counter(id int primary key, n bigint);"
                    " grant all on acked, counter to app")
         for n in cls.pc.replicas():
@@ -124,6 +126,7 @@ class PatroniSuite:
                              cls.pc.dir, cluster=cls.cluster_conf(),
                              probe_interval=cls.PROBE, queue_timeout="40s", shed_grace="2s",
                              drain_timeout="5s", inspect_idle="500ms", max_lag="1MB",
+                             move_custom_settings="app.listed",
                              auth="router").start()
         cls.addClassCleanup(cls.mrouter.stop_clean)
 
@@ -205,7 +208,8 @@ class PatroniSuite:
         candidate = self.pc.replicas()[0]
         c = self.app()
         cur = c.cursor()
-        cur.execute("set work_mem = '7MB'; set application_name = 'mover'")
+        cur.execute("set work_mem = '7MB'; set application_name = 'mover';"
+                    " set app.tenant = 't7'; select set_config('app.listed', 'yes', false)")
         cur.execute("select inet_server_port()")
         self.assertEqual(cur.fetchone()[0], old.pg_port)
         # the same on a pooled listener
@@ -237,8 +241,9 @@ class PatroniSuite:
         new = self.pc.wait_healthy(60)
         self.assertIs(new, candidate)
         cur.execute("select current_setting('work_mem'), current_setting('application_name'),"
+                    " current_setting('app.tenant'), current_setting('app.listed'),"
                     " inet_server_port()")
-        self.assertEqual(cur.fetchone(), ("7MB", "mover", new.pg_port))
+        self.assertEqual(cur.fetchone(), ("7MB", "mover", "t7", "yes", new.pg_port))
         pcur.execute("select current_setting('work_mem'), inet_server_port()")
         self.assertEqual(pcur.fetchone(), ("5MB", new.pg_port))
         rcur.execute("select current_setting('work_mem'), inet_server_port(),"
@@ -391,19 +396,30 @@ class PatroniSuite:
         cur = c.cursor()
         cur.execute("set work_mem = '2MB'")
         receiver = int(a.sql("select pid from pg_stat_wal_receiver"))
+        mark = len(self.mrouter.log_text())
         os.kill(receiver, signal.SIGSTOP)
         try:
             self.pc.leader().sql("create table if not exists lagfill(t text);"
                                  " insert into lagfill select repeat('x', 1000)"
                                  " from generate_series(1, 4000)")
             wait_for(lambda: re.search(r"moved from %s to %s" % (a.pg_addr, b.pg_addr),
-                                       self.mrouter.log_text()), 30, "the session to move")
+                                       self.mrouter.log_text()[mark:]), 30,
+                     "the session to move")
         finally:
             os.kill(receiver, signal.SIGCONT)
         cur.execute("select current_setting('work_mem'), inet_server_port()")
         self.assertEqual(cur.fetchone(), ("2MB", b.pg_port))
         c.close()
         self.pc.leader().sql("drop table lagfill")
+
+        def caught_up():  # the next test finds the standby routable again
+            c = self.app("ro")
+            cur = c.cursor()
+            cur.execute("select inet_server_port()")
+            port = cur.fetchone()[0]
+            c.close()
+            return port == a.pg_port
+        wait_for(caught_up, 60, "%s to catch up" % a.name, interval=0.2)
 
     def test_a_routing_follows_cluster_on_start(self):
         self.assert_placement()
