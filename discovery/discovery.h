@@ -92,6 +92,16 @@ typedef void (*topo_notify_fn)(void *arg);
 void topo_subscribe(topo_notify_fn fn, void *arg);
 /* Drop the current snapshot and subscribers (shutdown). */
 void topo_reset(void);
+/* What publishing has seen: when a source last confirmed its view (wall clock,
+ * changed or not), since when the view is stale (monotonic ms, 0: it is not),
+ * how often the routable primary changed, snapshots published. */
+struct topo_stats {
+	double updated_s;
+	uint64_t stale_since_ms;
+	uint64_t primary_changes;
+	uint64_t publishes;
+};
+void topo_stats(struct topo_stats *out);
 
 /* ---- sources ---- */
 

@@ -103,6 +103,16 @@ const char *disc_role_name(enum disc_role r)
 static pthread_mutex_t topo_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct topology *current;
 static uint64_t generation;
+static struct topo_stats stats; /* under topo_lock */
+static const struct disc_server *last_primary; /* the last routable primary seen */
+
+static const struct disc_server *primary_of(const struct topology *t)
+{
+	for (unsigned i = 0; t && i < t->n; i++)
+		if (t->e[i].role == DISC_ROLE_PRIMARY && t->e[i].reachable && !t->e[i].in_hot_standby)
+			return t->e[i].srv;
+	return NULL;
+}
 
 #define MAX_SUBSCRIBERS 256
 static struct {
@@ -138,6 +148,13 @@ void topo_release(struct topology *t)
 		free(t);
 }
 
+void topo_stats(struct topo_stats *out)
+{
+	pthread_mutex_lock(&topo_lock);
+	*out = stats;
+	pthread_mutex_unlock(&topo_lock);
+}
+
 uint64_t topo_generation(void)
 {
 	pthread_mutex_lock(&topo_lock);
@@ -170,13 +187,27 @@ static bool topo_same(const struct topology *a, const struct topology *b, int64_
 
 bool topo_publish(struct topology *t, int64_t max_lag)
 {
+	struct timespec wall;
+	clock_gettime(CLOCK_REALTIME, &wall);
 	pthread_mutex_lock(&topo_lock);
+	/* the source confirmed its view now, whether or not it changed */
+	stats.updated_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
+	if (!t->stale)
+		stats.stale_since_ms = 0;
+	else if (!stats.stale_since_ms)
+		stats.stale_since_ms = now_ms();
 	if (topo_same(current, t, max_lag)) {
 		pthread_mutex_unlock(&topo_lock);
 		topo_release(t);
 		return false;
 	}
 	struct topology *old = current;
+	const struct disc_server *now = primary_of(t);
+	if (now && last_primary && now != last_primary)
+		stats.primary_changes++; /* not the first one seen; across a gap with none */
+	if (now)
+		last_primary = now;
+	stats.publishes++;
 	t->generation = ++generation;
 	current = t;
 	unsigned n = nsubs;

@@ -578,6 +578,22 @@ static int listener_key(struct parse_ctx *p, const char *k, const char *v)
 	return fail(p, p->line, k, "unknown key in [listener %s]", l->name);
 }
 
+static int admin_key(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (strcmp(k, "http_listen") == 0) {
+		const char *why;
+		c->http_line = p->line;
+		if (parse_hostport(v, c->http_host, sizeof(c->http_host), c->http_port,
+				   sizeof(c->http_port), "9930", &why) != 0)
+			return fail(p, p->line, k, "\"%s\": %s", v, why);
+		return 1;
+	}
+	if (strcmp(k, "ready_max_stale") == 0)
+		return set_duration(p, k, v, &c->ready_max_stale_ms, true);
+	return fail(p, p->line, k, "unknown key in [admin]");
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct parse_ctx *p = user;
@@ -607,6 +623,8 @@ static int handler(void *user, const char *section, const char *name, const char
 	}
 	if (strcmp(section, "pgrouter") == 0)
 		return pgrouter_key(p, name, value);
+	if (strcmp(section, "admin") == 0)
+		return admin_key(p, name, value);
 	if (strcmp(section, "cluster") == 0)
 		return cluster_key(p, name, value);
 	if (p->cur_listener)
@@ -627,6 +645,7 @@ static void defaults(struct config *c)
 	c->shed_grace_ms = 5000;
 	c->drain_timeout_ms = 5000;
 	c->inspect_idle_ms = 1000;
+	c->ready_max_stale_ms = 30000;
 	c->max_client_conn = 10000;
 	strcpy(c->source, "static");
 	c->probe_interval_ms = 1000;

@@ -110,6 +110,7 @@ static void authenticated(struct session *s)
 /* Wrong password or unknown user: one message for both, as PostgreSQL's. */
 static void wrong_password(struct session *s)
 {
+	stat_reject(s, REJ_AUTH_FAILED);
 	slog(LOG_WARNING, s, "password authentication failed for user \"%s\" from %s%s", s->user,
 	     s->peer, s->cred->mock ? " (no such user, or no password)" : "");
 	if (!s->cred->mock)

@@ -65,6 +65,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	stop_signal = (int)sig;
+	atomic_store(&router.stopping, true);
 	log_info("received %s: no new sessions; open sessions close at their next transaction "
 		 "boundary or after shutdown_timeout (%u ms)",
 		 sig == SIGINT ? "SIGINT" : "SIGTERM", router.cfg->shutdown_timeout_ms);
@@ -140,6 +141,9 @@ int main(int argc, char **argv)
 	router.cfg = &cfg;
 	router.nworkers = cfg.workers;
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+	struct timespec wall;
+	clock_gettime(CLOCK_REALTIME, &wall);
+	router.start_time = (double)wall.tv_sec + wall.tv_nsec / 1e9;
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cfg.max_client_conn * 2 + 256);
 	if (evthread_use_pthreads() != 0) {
@@ -229,6 +233,11 @@ int main(int argc, char **argv)
 			 l->name, l->host, l->port, tsa_name(l->tsa), lb_name(l->lb),
 			 client_tls_name(l->tls.mode), auth_mode_name(l->auth));
 	}
+	if (admin_start(&cfg, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		workers_shutdown(&router);
+		goto out;
+	}
 	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
 		 cfg.workers, cfg.nservers, cfg.source);
 
@@ -242,6 +251,8 @@ int main(int argc, char **argv)
 
 	/* the main loop has stopped: workers drain on their own, this thread waits */
 	workers_shutdown(&router);
+	workers_wait(&router); /* the admin endpoint answers all along */
+	admin_stop();
 	workers_join(&router);
 	event_free(sigterm);
 	event_free(sigint);
@@ -249,6 +260,8 @@ int main(int argc, char **argv)
 	log_info("pgrouter stopped");
 	rc = 0;
 out:
+	workers_wait(&router);
+	admin_stop();
 	workers_join(&router);
 	disc_static_stop(src);
 	disc_etcd_stop(etcd);

@@ -181,6 +181,11 @@ struct config {
 
 	unsigned nlisteners;
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];
+
+	/* [admin] (admin.c) */
+	char http_host[256], http_port[8]; /* http_listen; empty: off */
+	int http_line;
+	unsigned ready_max_stale_ms;
 };
 
 /*
@@ -284,6 +289,57 @@ int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why,
 /* A login failed with the cached verifier: look it up again next time. */
 void auth_forget(const char *user);
 
+/* ---- metrics.c: counters the workers keep, /metrics renders ------------ */
+
+#define METRIC_SERVERS 256 /* servers with a larger id share the last slot */
+enum rej_reason { REJ_MAX_CLIENT_CONN, REJ_TLS_REQUIRED, REJ_NO_SERVER, REJ_POOL_FULL,
+		  REJ_AUTH_FAILED, REJ_SHUTTING_DOWN, REJ_PROTOCOL, REJ_N };
+enum conn_err { CONN_REFUSED, CONN_TIMEOUT, CONN_TLS, CONN_SERVER_REFUSED, CONN_CLOSED,
+		CONN_ERR_N };
+enum shed_reason { SHED_ROLE_CHANGE, SHED_CANNOT_MOVE, SHED_DRAIN_TIMEOUT, SHED_N };
+enum move_cause { MOVE_SWITCHOVER, MOVE_ROLE_CHANGE, MOVE_SERVER_LOST, MOVE_LAG, MOVE_N };
+#define HIST_BUCKETS 12
+/* Bucket counts (not cumulative; the last is +Inf) and the sum in µs. */
+struct hist {
+	atomic_uint_fast64_t n[HIST_BUCKETS + 1];
+	atomic_uint_fast64_t sum_us;
+};
+struct listener_stats {
+	atomic_int_fast64_t clients, queued; /* gauges: this worker's share */
+	atomic_uint_fast64_t accepted, rejected[REJ_N];
+	struct hist queue_wait;
+};
+struct server_stats {
+	atomic_int_fast64_t sessions[CONFIG_MAX_LISTENERS];
+	atomic_uint_fast64_t connect_errors[CONN_ERR_N], shed[SHED_N], moved[MOVE_N];
+	struct hist connect_time;
+};
+/* One per worker, written only by it (no locked instructions); readers sum. */
+struct worker_stats {
+	struct listener_stats l[CONFIG_MAX_LISTENERS];
+	struct server_stats s[METRIC_SERVERS];
+};
+static inline void stat_add(atomic_uint_fast64_t *c, uint64_t n)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+static inline void gauge_add(atomic_int_fast64_t *g, int64_t n)
+{
+	atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+uint64_t now_us(void);
+void hist_observe(struct hist *h, uint64_t us);
+/* Prometheus text format of everything, into out. */
+struct evbuffer;
+void metrics_render(struct evbuffer *out);
+struct session;
+/* The calling worker's counters for a session's listener, or for a server. */
+struct listener_stats *lstats(const struct session *s);
+struct server_stats *srv_stats(const struct session *s, const struct disc_server *srv);
+void stat_reject(const struct session *s, enum rej_reason r);
+
 /* ---- worker.c / listener.c / session.c / relay.c ---------------------- */
 
 struct session;
@@ -300,6 +356,9 @@ struct worker {
 	struct event pool_wake; /* a pool this worker waits on has room, or must give some */
 	struct event pool_sweep; /* closes idle server connections past their time */
 	struct event inspect_sweep; /* reads the state of sessions idle since the last turn */
+	struct event ping;          /* admin.c asks: is this loop turning? */
+	atomic_uint_fast64_t pong_ms; /* when it last answered */
+	struct worker_stats *stats; /* metrics.c */
 	struct pool *pools;     /* this worker's pools of server connections */
 	struct topology *topo; /* this worker's reference to the current snapshot */
 	struct evconnlistener **listeners;
@@ -317,14 +376,23 @@ struct router {
 	unsigned nworkers;
 	struct worker *workers;
 	atomic_uint clients; /* open client connections, all workers */
+	atomic_bool stopping; /* SIGTERM/SIGINT: draining for shutdown */
+	double start_time;    /* wall clock, seconds */
 	atomic_uint_fast64_t next_session_id;
 	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener] */
 };
 extern struct router router;
 
+/* admin.c: the HTTP endpoint (off without http_listen). Start after the
+ * workers; stop after their loops ended, before they are freed. */
+int admin_start(const struct config *c, char *err, size_t errlen);
+void admin_stop(void);
+
 int listeners_bind(struct router *r, char *err, size_t errlen);
 int workers_start(struct router *r, char *err, size_t errlen);
 void workers_shutdown(struct router *r);
+/* Wait for the workers' loops to end; then free them (workers_join does both). */
+void workers_wait(struct router *r);
 void workers_join(struct router *r);
 
 /*
@@ -409,6 +477,9 @@ struct session {
 					  client had sent known_at messages */
 	unsigned inspect_only : 1;     /* INSPECT while idle, to know the state; no move */
 	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
+	uint64_t queued_us, connect_us; /* metrics: when it began to wait / to connect */
+	unsigned srv_counted : 1;      /* metrics: counted in its server's sessions */
+	unsigned move_cause : 2;       /* enum move_cause of the move wanted or under way */
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];

@@ -87,12 +87,17 @@ void session_set_state(struct session *s, enum sess_state st)
 	if (s->state == st)
 		return;
 	slog(LOG_DEBUG, s, "%s -> %s", state_names[s->state], state_names[st]);
-	if (s->state == SS_QUEUED)
+	if (s->state == SS_QUEUED) {
 		unqueue(s);
+		gauge_add(&lstats(s)->queued, -1);
+		hist_observe(&lstats(s)->queue_wait, now_us() - s->queued_us);
+	}
 	s->state = st;
 	if (st == SS_QUEUED) {
 		TAILQ_INSERT_TAIL(&s->w->queued, s, qlink);
 		s->queued = true;
+		gauge_add(&lstats(s)->queued, 1);
+		s->queued_us = now_us();
 	}
 }
 
@@ -116,11 +121,28 @@ void session_watch_client(struct session *s, short what)
 	client_watch(s, what);
 }
 
+/* metrics: the session in its server's sessions gauge, by listener */
+static void srv_count(struct session *s)
+{
+	gauge_add(&srv_stats(s, s->srv)->sessions[s->l - router.cfg->listeners], 1);
+	s->srv_counted = true;
+}
+
+static void srv_uncount(struct session *s)
+{
+	if (s->srv_counted)
+		gauge_add(&srv_stats(s, s->srv)->sessions[s->l - router.cfg->listeners], -1);
+	s->srv_counted = false;
+}
+
 static void session_free(struct session *s)
 {
 	struct worker *w = s->w;
+	if (s->state == SS_QUEUED)
+		session_set_state(s, SS_CLOSING); /* counted out of the queue */
 	unqueue(s);
 	pool_unwait(s);
+	gauge_add(&lstats(s)->clients, -1);
 	TAILQ_REMOVE(&w->sessions, s, link);
 	evtimer_del(&s->timer);
 	release_pooled(s);
@@ -132,8 +154,10 @@ static void session_free(struct session *s)
 	cancel_unregister(s->cancel);
 	login_free(s);
 	move_free(s);
-	if (s->srv)
+	if (s->srv) {
 		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
+		srv_uncount(s);
+	}
 	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
 	w->nsessions--;
 	slog(LOG_DEBUG, s, "closed");
@@ -173,6 +197,7 @@ static void detach_server(struct session *s)
 		end_close(&s->s);
 	if (s->srv) {
 		atomic_fetch_sub_explicit(&s->srv->sessions, 1, memory_order_relaxed);
+		srv_uncount(s);
 		s->srv = NULL;
 	}
 	if (s->in)
@@ -253,17 +278,19 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 
 /* ---- routing ---------------------------------------------------------- */
 
-static void server_failed(struct session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+static void server_failed(struct session *s, enum conn_err why, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 static void connect_server(struct session *s, struct disc_server *srv)
 {
 	s->srv = srv;
 	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
+	srv_count(s);
+	s->connect_us = now_us();
 	s->server_spoke = false;
 	int fd = socket(srv->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		server_failed(s, "socket: %s", strerror(errno));
+		server_failed(s, CONN_REFUSED, "socket: %s", strerror(errno));
 		return;
 	}
 	int one = 1;
@@ -273,7 +300,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
 	if (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS) {
-		server_failed(s, "connect: %s", strerror(errno));
+		server_failed(s, CONN_REFUSED, "connect: %s", strerror(errno));
 		return;
 	}
 	if (s->state != SS_QUEUED)
@@ -288,7 +315,7 @@ static void handover_start(struct session *s);
 static void inspected(struct session *s);
 static void restore_start(struct session *s);
 static void move_done(struct session *s);
-static void shed(struct session *s, const char *why);
+static void shed(struct session *s, enum shed_reason reason, const char *why);
 static void inspect_failed(struct session *s, const char *what);
 static void check_drain(struct session *s);
 static void check_fit(struct session *s);
@@ -299,6 +326,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 {
 	s->srv = srv;
 	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
+	srv_count(s);
 	struct end *e = &s->s;
 	pool_adopt(s, e);
 	event_assign(&e->rd, s->w->base, e->fd, EV_READ | EV_PERSIST, server_rd_cb, s);
@@ -316,6 +344,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 
 static void no_server(struct session *s)
 {
+	stat_reject(s, s->pool_full ? REJ_POOL_FULL : REJ_NO_SERVER);
 	if (s->pool_full) {
 		session_fail(s, "53300",
 			     "pgrouter: no server connection free for %s on listener \"%s\" after "
@@ -336,6 +365,7 @@ static void route(struct session *s)
 	const struct config *cfg = router.cfg;
 	struct worker *w = s->w;
 	if (w->draining) {
+		stat_reject(s, REJ_SHUTTING_DOWN);
 		session_fail(s, "57P01", "pgrouter is shutting down");
 		return;
 	}
@@ -382,7 +412,7 @@ static void route(struct session *s)
 	timer_set(s, s->deadline_ms - now);
 }
 
-static void server_failed(struct session *s, const char *fmt, ...)
+static void server_failed(struct session *s, enum conn_err reason, const char *fmt, ...)
 {
 	char why[256];
 	va_list ap;
@@ -390,6 +420,8 @@ static void server_failed(struct session *s, const char *fmt, ...)
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	slog(LOG_WARNING, s, "server attempt failed: %s; trying another", why);
+	if (s->srv && s->state != SS_CANCEL)
+		stat_add(&srv_stats(s, s->srv)->connect_errors[reason], 1);
 	if (s->srv && s->srv->id < 64)
 		s->tried |= 1ull << s->srv->id;
 	detach_server(s);
@@ -594,6 +626,7 @@ static void startup_read(struct session *s)
 		if (len == PGW_NEED_MORE)
 			return;
 		if (len < 0) {
+			stat_reject(s, REJ_PROTOCOL);
 			session_fail(s, "08P01", "invalid length of startup packet (%u bytes; at most %u)",
 				     pgw_get32(hdr), PGW_STARTUP_MAX);
 			return;
@@ -611,6 +644,7 @@ static void startup_read(struct session *s)
 			return;
 		}
 		if (r < 0) {
+			stat_reject(s, REJ_PROTOCOL);
 			session_fail(s, "08P01", "invalid startup packet layout");
 			return;
 		}
@@ -633,6 +667,7 @@ static void startup_read(struct session *s)
 			return;
 		case PGW_FIRST_STARTUP:
 			if (s->over_limit) {
+				stat_reject(s, REJ_MAX_CLIENT_CONN);
 				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
 				session_fail(s, "53300",
 					     "sorry, too many clients already (max_client_conn=%u)",
@@ -640,6 +675,7 @@ static void startup_read(struct session *s)
 				return;
 			}
 			if (!s->c.ssl && s->l->tls.mode == CLIENT_TLS_REQUIRE) {
+				stat_reject(s, REJ_TLS_REQUIRED);
 				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
 				session_fail(s, "28000",
 					     "pgrouter: listener \"%s\" requires TLS (client_tls = require); "
@@ -836,7 +872,7 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 		if (!s->client_saw && (strcmp(code, "57P03") == 0 || strcmp(code, "53300") == 0)) {
 			/* starting up, shutting down, in recovery, or full: another server may
 			 * take the session, and the client has seen nothing yet */
-			server_failed(s, "server answered %s: %s", code, ef.message ? ef.message : "");
+			server_failed(s, CONN_SERVER_REFUSED, "server answered %s: %s", code, ef.message ? ef.message : "");
 			return LOGIN_STOP;
 		}
 		if (s->plus_dropped && ef.message &&
@@ -958,7 +994,7 @@ static void handover_start(struct session *s)
 	}
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
-		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+		server_failed(s, CONN_CLOSED, "write to %s: %s", s->srv->name, strerror(errno));
 }
 
 /* The client now hears what a fresh server would have said, and its
@@ -1089,7 +1125,7 @@ static void auth_read(struct session *s)
 			return;
 		}
 		if (!s->client_saw) {
-			server_failed(s, "server closed the connection during startup");
+			server_failed(s, CONN_CLOSED, "server closed the connection during startup");
 			return;
 		}
 		/* the server ended authentication (its error, if any, is already queued) */
@@ -1183,8 +1219,9 @@ static void describe_entry(const struct topo_entry *e, char *buf, size_t len)
 /* Close a session whose server no longer fits, with FATAL 57P01 where the
  * stream allows a message; mid-message the connection is just closed. why:
  * what kept it from moving to another server (NULL: it could not try). */
-static void shed(struct session *s, const char *why)
+static void shed(struct session *s, enum shed_reason reason, const char *why)
 {
+	stat_add(&srv_stats(s, s->srv)->shed[reason], 1);
 	char now[64];
 	describe_entry(entry_for(s->w->topo, s->srv), now, sizeof(now));
 	const char *was = disc_role_name((enum disc_role)s->srv_role);
@@ -1264,7 +1301,7 @@ static void inspect_failed(struct session *s, const char *what)
 	if (!s->inspect_only) {
 		char why[256];
 		snprintf(why, sizeof(why), "could not be inspected (%s)", what);
-		shed(s, why);
+		shed(s, SHED_CANNOT_MOVE, why);
 		return;
 	}
 	session_fail(s, "08006", "pgrouter: lost the connection to server %s (%s)", s->srv->name,
@@ -1279,7 +1316,7 @@ static void move_begin(struct session *s)
 	}
 	const char *why = move_reason(s);
 	if (why)
-		shed(s, why);
+		shed(s, SHED_CANNOT_MOVE, why);
 	else
 		leave_server(s, NULL);
 }
@@ -1316,7 +1353,7 @@ static void inspected(struct session *s)
 	}
 	const char *why = move_reason(s);
 	if (why) {
-		shed(s, why);
+		shed(s, SHED_CANNOT_MOVE, why);
 		return;
 	}
 	leave_server(s, NULL);
@@ -1409,6 +1446,7 @@ static void lost_verdict(struct session *s)
 
 static void lost_at_idle(struct session *s, const char *lost)
 {
+	s->move_cause = MOVE_SERVER_LOST;
 	if (!move_leaving(s, lost)) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
@@ -1500,7 +1538,7 @@ static void restore_start(struct session *s)
 	timer_set(s, router.cfg->connect_timeout_ms);
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
-		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+		server_failed(s, CONN_CLOSED, "write to %s: %s", s->srv->name, strerror(errno));
 }
 
 static void move_done(struct session *s)
@@ -1515,6 +1553,7 @@ static void move_done(struct session *s)
 	}
 	slog(LOG_INFO, s, "moved from %s to %s after %llu ms", move_from(s), s->srv->name,
 	     (unsigned long long)(now_ms() - move_started_ms(s)));
+	stat_add(&srv_stats(s, move_from_server(s))->moved[s->move_cause], 1);
 	s->moving = s->move_wanted = s->shedding = false; /* the plan stays: it is the state */
 	enter_relay(s, 'I');
 }
@@ -1528,7 +1567,7 @@ static void check_drain(struct session *s)
 	else if (s->move_wanted)
 		move_begin(s);
 	else if (s->shedding)
-		shed(s, NULL);
+		shed(s, SHED_ROLE_CHANGE, NULL);
 }
 
 /* A new snapshot: does this relaying session's server still fit? */
@@ -1541,6 +1580,8 @@ static void check_fit(struct session *s)
 	if (fits && !e->draining && can_move(s) && select_lagging(t, e, max_lag) &&
 	    select_other_eligible(s->w->topo, t, max_lag, s->srv)) {
 		/* a standby fallen behind: its sessions go to one that is not */
+		if (!s->move_wanted)
+			s->move_cause = MOVE_LAG;
 		want_move(s, e);
 		return;
 	}
@@ -1557,11 +1598,13 @@ static void check_fit(struct session *s)
 	 * read session moves only where another server takes it now */
 	if (can_move(s) && (tsa_writes(t) || t == TSA_ANY ||
 			    select_other_eligible(s->w->topo, t, max_lag, s->srv))) {
+		if (!s->move_wanted)
+			s->move_cause = e && e->draining ? MOVE_SWITCHOVER : MOVE_ROLE_CHANGE;
 		want_move(s, e);
 		return;
 	}
 	if (!fits && tsa_writes(s->l->tsa)) {
-		shed(s, NULL); /* no write may go to a demoted or vanished primary */
+		shed(s, SHED_ROLE_CHANGE, NULL); /* no write may go to a demoted or vanished primary */
 		return;
 	}
 	/* a read session on a server that changed role, or any session on a
@@ -1570,7 +1613,7 @@ static void check_fit(struct session *s)
 		return;
 	s->shedding = true;
 	if (at_boundary(s)) {
-		shed(s, NULL);
+		shed(s, SHED_ROLE_CHANGE, NULL);
 		return;
 	}
 	char now[64];
@@ -1687,6 +1730,7 @@ static void server_up(struct session *s)
 		return;
 	}
 	session_set_state(s, SS_AUTH);
+	hist_observe(&srv_stats(s, s->srv)->connect_time, now_us() - s->connect_us);
 	s->plus_dropped = false;
 	/* startup packet first, then anything the client pipelined behind it */
 	if (!s->s.out && !(s->s.out = evbuffer_new())) {
@@ -1708,7 +1752,7 @@ static void server_up(struct session *s)
 	 * otherwise it has nothing to say until its ReadyForQuery */
 	client_watch(s, s->router_auth ? EV_CLOSED : EV_READ);
 	if (end_flush(&s->s) < 0)
-		server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+		server_failed(s, CONN_CLOSED, "write to %s: %s", s->srv->name, strerror(errno));
 }
 
 static void server_handshake(struct session *s)
@@ -1716,7 +1760,7 @@ static void server_handshake(struct session *s)
 	char why[256];
 	int r = end_handshake(&s->s, why, sizeof(why));
 	if (r < 0) {
-		server_failed(s, "TLS with %s (server_tls = %s): %s", s->srv->name,
+		server_failed(s, CONN_TLS, "TLS with %s (server_tls = %s): %s", s->srv->name,
 			      server_tls_name(router.cfg->server_tls), why);
 		return;
 	}
@@ -1739,13 +1783,13 @@ static void server_ssl_answer(struct session *s)
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
-		server_failed(s, "%s closed the connection at SSLRequest", s->srv->name);
+		server_failed(s, CONN_CLOSED, "%s closed the connection at SSLRequest", s->srv->name);
 		return;
 	}
 	if (b == 'S') {
 		s->s.ssl = tls_connect_ssl(s->srv, s->s.fd);
 		if (!s->s.ssl) {
-			server_failed(s, "cannot start TLS to %s", s->srv->name);
+			server_failed(s, CONN_TLS, "cannot start TLS to %s", s->srv->name);
 			return;
 		}
 		s->s_phase = PH_HANDSHAKE;
@@ -1753,10 +1797,10 @@ static void server_ssl_answer(struct session *s)
 	} else if (b == 'N' && router.cfg->server_tls == SERVER_TLS_PREFER) {
 		server_up(s);
 	} else if (b == 'N') {
-		server_failed(s, "%s does not accept TLS (server_tls = %s)", s->srv->name,
+		server_failed(s, CONN_TLS, "%s does not accept TLS (server_tls = %s)", s->srv->name,
 			      server_tls_name(router.cfg->server_tls));
 	} else {
-		server_failed(s, "%s answered SSLRequest with 0x%02x", s->srv->name, b);
+		server_failed(s, CONN_TLS, "%s answered SSLRequest with 0x%02x", s->srv->name, b);
 	}
 }
 
@@ -1767,7 +1811,7 @@ static void server_connected(struct session *s)
 	if (getsockopt(s->s.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
 		err = errno;
 	if (err) {
-		server_failed(s, "connect to %s: %s", s->srv->name, strerror(err));
+		server_failed(s, CONN_REFUSED, "connect to %s: %s", s->srv->name, strerror(err));
 		return;
 	}
 	if (router.cfg->server_tls == SERVER_TLS_DISABLE) {
@@ -1778,7 +1822,7 @@ static void server_connected(struct session *s)
 	pgw_put32(req, 8);
 	pgw_put32(req + 4, PGW_CODE_SSL);
 	if (send(s->s.fd, req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req)) {
-		server_failed(s, "SSLRequest to %s: %s", s->srv->name, strerror(errno));
+		server_failed(s, CONN_CLOSED, "SSLRequest to %s: %s", s->srv->name, strerror(errno));
 		return;
 	}
 	s->s_phase = PH_SSLREQUEST;
@@ -1797,7 +1841,7 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 		ssize_t left = end_flush(&s->s);
 		if (left < 0) {
 			if ((s->state == SS_AUTH && !s->client_saw) || s->state == SS_RESTORE)
-				server_failed(s, "write to %s: %s", s->srv->name, strerror(errno));
+				server_failed(s, CONN_CLOSED, "write to %s: %s", s->srv->name, strerror(errno));
 			else if (s->state == SS_INSPECT)
 				inspect_failed(s, "its server connection failed");
 			else
@@ -1879,7 +1923,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_CONNECTING:
 	case SS_AUTH:
 	case SS_HANDOVER:
-		server_failed(s, "%s did not answer within %u ms", s->srv->name,
+		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
 			      router.cfg->connect_timeout_ms);
 		break;
 	case SS_CANCEL:
@@ -1891,9 +1935,9 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case SS_RELAY:
 		if (s->move_wanted)
-			shed(s, "stayed inside a transaction past drain_timeout");
+			shed(s, SHED_DRAIN_TIMEOUT, "stayed inside a transaction past drain_timeout");
 		else if (s->shedding)
-			shed(s, NULL); /* shed_grace is over */
+			shed(s, SHED_ROLE_CHANGE, NULL); /* shed_grace is over */
 		break;
 	case SS_INSPECT:
 		inspect_failed(s, "the server did not answer in time");
@@ -1903,7 +1947,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 			     move_lost(s));
 		break;
 	case SS_RESTORE:
-		server_failed(s, "%s did not answer within %u ms", s->srv->name,
+		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
 			      router.cfg->connect_timeout_ms);
 		break;
 	}
@@ -1949,11 +1993,14 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	TAILQ_INSERT_TAIL(&w->sessions, s, link);
 	w->nsessions++;
 	s->state = SS_STARTUP;
+	stat_add(&lstats(s)->accepted, 1);
+	gauge_add(&lstats(s)->clients, 1);
 
 	if (n > 2 * router.cfg->max_client_conn) {
 		/* far past the limit: not even an error message */
 		slog(LOG_WARNING, s, "closed at once: %u clients (max_client_conn=%u)", n - 1,
 		     router.cfg->max_client_conn);
+		stat_reject(s, REJ_MAX_CLIENT_CONN);
 		s->dead = true;
 		finish(s);
 		return;
@@ -1962,6 +2009,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	 * cancels forwarded; its StartupMessage gets 53300, as from PostgreSQL. */
 	s->over_limit = n > router.cfg->max_client_conn;
 	if (w->draining) {
+		stat_reject(s, REJ_SHUTTING_DOWN);
 		session_fail(s, "57P01", "pgrouter is shutting down");
 		finish(s);
 		return;
@@ -2014,6 +2062,7 @@ void sessions_drain(struct worker *w)
 		case SS_LOGIN:
 		case SS_QUEUED:
 		case SS_LOST:
+			stat_reject(s, REJ_SHUTTING_DOWN);
 			session_fail(s, "57P01", "pgrouter is shutting down");
 			break;
 		case SS_RELAY:

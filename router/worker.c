@@ -74,6 +74,12 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	sessions_close_all(w, "terminating connection: pgrouter is shutting down");
 }
 
+static void ping_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	atomic_store_explicit(&w->pong_ms, now_ms(), memory_order_relaxed);
+}
+
 static void inspect_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	sessions_inspect_idle(arg);
@@ -153,6 +159,12 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		event_assign(&w->auth_done, w->base, -1, 0, auth_done_cb, w);
 		pools_init(w);
 		event_assign(&w->inspect_sweep, w->base, -1, EV_PERSIST, inspect_sweep_cb, w);
+		event_assign(&w->ping, w->base, -1, 0, ping_cb, w);
+		atomic_init(&w->pong_ms, now_ms());
+		if (!(w->stats = calloc(1, sizeof(*w->stats)))) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
 		if (c->inspect_idle_ms && any_router_auth(c)) {
 			struct timeval tv = { c->inspect_idle_ms / 1000,
 					      (c->inspect_idle_ms % 1000) * 1000 };
@@ -199,12 +211,21 @@ void workers_shutdown(struct router *r)
 			event_active(&r->workers[i].shutdown, EV_READ, 0);
 }
 
-void workers_join(struct router *r)
+void workers_wait(struct router *r)
 {
 	for (unsigned i = 0; r->workers && i < r->nworkers; i++) {
 		struct worker *w = &r->workers[i];
 		if (w->started)
 			pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+}
+
+void workers_join(struct router *r)
+{
+	workers_wait(r);
+	for (unsigned i = 0; r->workers && i < r->nworkers; i++) {
+		struct worker *w = &r->workers[i];
 		for (unsigned l = 0; w->listeners && l < r->cfg->nlisteners; l++)
 			if (w->listeners[l])
 				evconnlistener_free(w->listeners[l]);
@@ -213,8 +234,10 @@ void workers_join(struct router *r)
 		topo_release(w->topo);
 		if (w->base) {
 			event_del(&w->drain_deadline);
+			event_del(&w->ping);
 			event_base_free(w->base);
 		}
+		free(w->stats);
 	}
 	free(r->workers);
 	r->workers = NULL;

@@ -1,0 +1,249 @@
+/*
+ * metrics.c — Prometheus text format of what the workers count.
+ *
+ * Each worker owns a struct worker_stats and is the only writer of it:
+ * counters move with a relaxed load and store (no locked instruction, nothing
+ * shared on the data path). A scrape (admin thread) sums the workers' copies;
+ * it may see one worker's update a moment late, never a torn value.
+ * Per-server series are rendered for the servers of the current topology;
+ * labels are listeners, servers ("host:port"), roles and reasons — never a
+ * client.
+ */
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "router/router.h"
+
+/* seconds */
+static const double bucket_le[HIST_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+						0.1,   0.25,   0.5,   1,    2.5,   10 };
+
+uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void hist_observe(struct hist *h, uint64_t us)
+{
+	unsigned i = 0;
+	while (i < HIST_BUCKETS && (double)us > bucket_le[i] * 1e6)
+		i++;
+	stat_add(&h->n[i], 1);
+	stat_add(&h->sum_us, us);
+}
+
+struct listener_stats *lstats(const struct session *s)
+{
+	return &s->w->stats->l[s->l - router.cfg->listeners];
+}
+
+static unsigned slot(const struct disc_server *srv);
+
+struct server_stats *srv_stats(const struct session *s, const struct disc_server *srv)
+{
+	return &s->w->stats->s[slot(srv)];
+}
+
+void stat_reject(const struct session *s, enum rej_reason r)
+{
+	stat_add(&lstats(s)->rejected[r], 1);
+}
+
+static const char *const rej_names[REJ_N] = { "max_client_conn", "tls_required", "no_server",
+					      "pool_full",	 "auth_failed",  "shutting_down",
+					      "protocol" };
+static const char *const conn_err_names[CONN_ERR_N] = { "refused", "timeout", "tls",
+							"server_refused", "closed" };
+static const char *const shed_names[SHED_N] = { "role_change", "cannot_move", "drain_timeout" };
+static const char *const move_names[MOVE_N] = { "switchover", "role_change", "server_lost",
+						"lag" };
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+static uint64_t sum_u(size_t off)
+{
+	uint64_t v = 0;
+	for (unsigned i = 0; i < router.nworkers; i++)
+		if (router.workers[i].stats)
+			v += LOAD(*(atomic_uint_fast64_t *)((char *)router.workers[i].stats + off));
+	return v;
+}
+
+static int64_t sum_i(size_t off)
+{
+	int64_t v = 0;
+	for (unsigned i = 0; i < router.nworkers; i++)
+		if (router.workers[i].stats)
+			v += LOAD(*(atomic_int_fast64_t *)((char *)router.workers[i].stats + off));
+	return v;
+}
+
+#define OFF(field) offsetof(struct worker_stats, field)
+
+static void help(struct evbuffer *out, const char *name, const char *type, const char *text)
+{
+	evbuffer_add_printf(out, "# HELP pgrouter_%s %s\n# TYPE pgrouter_%s %s\n", name, text, name,
+			    type);
+}
+
+/* A histogram: its buckets (cumulative, as Prometheus wants them), sum, count. */
+static void render_hist(struct evbuffer *out, const char *name, const char *labels, size_t off)
+{
+	uint64_t cum = 0;
+	for (unsigned b = 0; b <= HIST_BUCKETS; b++) {
+		cum += sum_u(off + offsetof(struct hist, n) + b * sizeof(atomic_uint_fast64_t));
+		if (b < HIST_BUCKETS)
+			evbuffer_add_printf(out, "pgrouter_%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
+					    bucket_le[b], (unsigned long long)cum);
+		else
+			evbuffer_add_printf(out, "pgrouter_%s_bucket{%s,le=\"+Inf\"} %llu\n", name,
+					    labels, (unsigned long long)cum);
+	}
+	evbuffer_add_printf(out, "pgrouter_%s_sum{%s} %.6f\n", name, labels,
+			    (double)sum_u(off + offsetof(struct hist, sum_us)) / 1e6);
+	evbuffer_add_printf(out, "pgrouter_%s_count{%s} %llu\n", name, labels,
+			    (unsigned long long)cum);
+}
+
+static unsigned slot(const struct disc_server *srv)
+{
+	return srv->id < METRIC_SERVERS ? srv->id : METRIC_SERVERS - 1;
+}
+
+static void render_listeners(struct evbuffer *out)
+{
+	const struct config *c = router.cfg;
+	help(out, "client_connections", "gauge", "Client connections open, by listener.");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		evbuffer_add_printf(out, "pgrouter_client_connections{listener=\"%s\"} %lld\n",
+				    c->listeners[i].name, (long long)sum_i(OFF(l[i].clients)));
+	help(out, "client_connections_total", "counter", "Client connections accepted.");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		evbuffer_add_printf(out, "pgrouter_client_connections_total{listener=\"%s\"} %llu\n",
+				    c->listeners[i].name,
+				    (unsigned long long)sum_u(OFF(l[i].accepted)));
+	help(out, "client_connections_rejected_total", "counter",
+	     "Client sessions refused or ended before reaching a server, by reason.");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		for (unsigned r = 0; r < REJ_N; r++)
+			evbuffer_add_printf(out,
+					    "pgrouter_client_connections_rejected_total{listener=\"%s\","
+					    "reason=\"%s\"} %llu\n",
+					    c->listeners[i].name, rej_names[r],
+					    (unsigned long long)sum_u(OFF(l[i].rejected[r])));
+	help(out, "queued_sessions", "gauge", "Sessions waiting for an eligible server.");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		evbuffer_add_printf(out, "pgrouter_queued_sessions{listener=\"%s\"} %lld\n",
+				    c->listeners[i].name, (long long)sum_i(OFF(l[i].queued)));
+	help(out, "queue_wait_seconds", "histogram",
+	     "Time sessions waited for an eligible server (those that waited).");
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		char labels[96];
+		snprintf(labels, sizeof(labels), "listener=\"%s\"", c->listeners[i].name);
+		render_hist(out, "queue_wait_seconds", labels, OFF(l[i].queue_wait));
+	}
+}
+
+static const char *state_of(const struct topo_entry *e)
+{
+	if (!e->reachable)
+		return "unreachable";
+	if (e->draining)
+		return "draining";
+	return disc_role_name(e->role);
+}
+
+static void render_servers(struct evbuffer *out, const struct topology *t)
+{
+	static const char *const states[] = { "primary", "standby", "unknown", "draining",
+					      "unreachable" };
+	const struct config *c = router.cfg;
+	help(out, "server_status", "gauge",
+	     "1 for the state the server is in (primary, standby, unknown, draining, unreachable).");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (unsigned j = 0; j < sizeof(states) / sizeof(states[0]); j++)
+			evbuffer_add_printf(out, "pgrouter_server_status{server=\"%s:%s\",state=\"%s\"} %d\n",
+					    t->e[k].srv->host, t->e[k].srv->port, states[j],
+					    strcmp(state_of(&t->e[k]), states[j]) == 0);
+	help(out, "server_lag_bytes", "gauge", "Replication lag behind the primary (-1: unknown).");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_lag_bytes{server=\"%s:%s\"} %lld\n",
+				    t->e[k].srv->host, t->e[k].srv->port, (long long)t->e[k].lag_bytes);
+	help(out, "server_sessions", "gauge", "Client sessions on the server, by listener.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (unsigned i = 0; i < c->nlisteners; i++)
+			evbuffer_add_printf(
+				out, "pgrouter_server_sessions{server=\"%s:%s\",listener=\"%s\"} %lld\n",
+				t->e[k].srv->host, t->e[k].srv->port, c->listeners[i].name,
+				(long long)sum_i(OFF(s[slot(t->e[k].srv)].sessions[i])));
+	help(out, "server_connect_errors_total", "counter",
+	     "Failed attempts to open a session on the server, by reason.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (unsigned r = 0; r < CONN_ERR_N; r++)
+			evbuffer_add_printf(
+				out,
+				"pgrouter_server_connect_errors_total{server=\"%s:%s\",reason=\"%s\"} %llu\n",
+				t->e[k].srv->host, t->e[k].srv->port, conn_err_names[r],
+				(unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].connect_errors[r])));
+	help(out, "server_connect_seconds", "histogram",
+	     "Time to open a server connection (TCP and TLS).");
+	for (unsigned k = 0; t && k < t->n; k++) {
+		char labels[300];
+		snprintf(labels, sizeof(labels), "server=\"%s:%s\"", t->e[k].srv->host,
+			 t->e[k].srv->port);
+		render_hist(out, "server_connect_seconds", labels,
+			    OFF(s[slot(t->e[k].srv)].connect_time));
+	}
+	help(out, "sessions_shed_total", "counter",
+	     "Sessions closed because their server no longer fits, by reason.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (unsigned r = 0; r < SHED_N; r++)
+			evbuffer_add_printf(
+				out, "pgrouter_sessions_shed_total{server=\"%s:%s\",reason=\"%s\"} %llu\n",
+				t->e[k].srv->host, t->e[k].srv->port, shed_names[r],
+				(unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].shed[r])));
+	help(out, "sessions_moved_total", "counter",
+	     "Sessions moved to another server between transactions, by the server they left "
+	     "and why.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (unsigned r = 0; r < MOVE_N; r++)
+			evbuffer_add_printf(
+				out, "pgrouter_sessions_moved_total{server=\"%s:%s\",reason=\"%s\"} %llu\n",
+				t->e[k].srv->host, t->e[k].srv->port, move_names[r],
+				(unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].moved[r])));
+}
+
+void metrics_render(struct evbuffer *out)
+{
+	help(out, "build_info", "gauge", "pgrouter's version.");
+	evbuffer_add_printf(out, "pgrouter_build_info{version=\"%s\"} 1\n", PGROUTER_VERSION);
+	help(out, "start_time_seconds", "gauge", "When pgrouter started (Unix time).");
+	evbuffer_add_printf(out, "pgrouter_start_time_seconds %.3f\n", router.start_time);
+	help(out, "draining", "gauge", "1 while pgrouter drains for shutdown.");
+	evbuffer_add_printf(out, "pgrouter_draining %d\n",
+			    atomic_load_explicit(&router.stopping, memory_order_relaxed) ? 1 : 0);
+	render_listeners(out);
+	struct topology *t = topo_acquire();
+	render_servers(out, t);
+	struct topo_stats ts;
+	topo_stats(&ts);
+	const char *src = t ? t->source : router.cfg->source;
+	help(out, "discovery_up", "gauge", "1 when the source's view is current, 0 when stale.");
+	evbuffer_add_printf(out, "pgrouter_discovery_up{source=\"%s\"} %d\n", src,
+			    t && !t->stale ? 1 : 0);
+	help(out, "discovery_last_update_timestamp_seconds", "gauge",
+	     "When the source last confirmed its view (Unix time).");
+	evbuffer_add_printf(out, "pgrouter_discovery_last_update_timestamp_seconds{source=\"%s\"} %.3f\n",
+			    src, ts.updated_s);
+	help(out, "discovery_snapshots_total", "counter", "Cluster views published that changed routing.");
+	evbuffer_add_printf(out, "pgrouter_discovery_snapshots_total{source=\"%s\"} %llu\n", src,
+			    (unsigned long long)ts.publishes);
+	help(out, "primary_changes_total", "counter", "Times the routable primary changed.");
+	evbuffer_add_printf(out, "pgrouter_primary_changes_total %llu\n",
+			    (unsigned long long)ts.primary_changes);
+	topo_release(t);
+}
