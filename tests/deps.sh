@@ -13,6 +13,7 @@ packages=(
   pgbouncer haproxy
   etcd-server etcd-client patroni python3-etcd
   zookeeper libzookeeper-mt-dev python3-kazoo
+  prometheus
   "$@"
 )
 
@@ -33,6 +34,6 @@ $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian starts no services in these containers, but make sure the packaged
 # proxies are not holding ports: the benchmark starts its own on free ports.
-for svc in haproxy pgbouncer etcd patroni; do
+for svc in haproxy pgbouncer etcd patroni prometheus; do
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1,0 +1,196 @@
+"""The operator's HTTP endpoint ([admin] http_listen): /metrics checked by
+promtool and scraped by a real Prometheus server, /livez, /readyz, /status,
+against a real PostgreSQL 15 primary and replica."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
+
+import psycopg2  # noqa: E402
+
+from cluster import PgCluster, Router, free_port, stop_pid, track, untrack, wait_for  # noqa: E402
+from wire import Wire, cstr, msg  # noqa: E402
+
+
+def get(url, timeout=5):
+    """(status, body) of a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text, name, **labels):
+    """The value of one series in a /metrics text, or None."""
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if series == name or series == "%s{%s}" % (name, want):
+            return float(value)
+    return None
+
+
+class AdminHttpTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = PgCluster(1).start()
+        cls.addClassCleanup(cls.cluster.cleanup)
+        cls.http_port = free_port()
+        cls.router = Router([s.addr for s in cls.cluster.servers],
+                            {"rw": {"target_session_attrs": "read-write"},
+                             "ro": {"target_session_attrs": "standby"}},
+                            cls.cluster.dir, probe_interval="250ms", queue_timeout="2s",
+                            http_listen="127.0.0.1:%d" % cls.http_port).start()
+        cls.url = "http://127.0.0.1:%d" % cls.http_port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.router.stop_clean()
+
+    def metrics(self):
+        status, body = get(self.url + "/metrics")
+        self.assertEqual(status, 200)
+        return body
+
+    def test_health_and_status(self):
+        self.assertEqual(get(self.url + "/livez"), (200, "ok\n"))
+        self.assertEqual(get(self.url + "/readyz"), (200, "ready\n"))
+        status, body = get(self.url + "/status")
+        self.assertEqual(status, 200)
+        st = json.loads(body)
+        self.assertEqual([l["name"] for l in st["listeners"]], ["rw", "ro"])
+        roles = {s["server"]: s["role"] for s in st["servers"]}
+        self.assertEqual(roles, {self.cluster.primary.addr: "primary",
+                                 self.cluster.replicas[0].addr: "standby"})
+        self.assertEqual(st["discovery"]["source"], "static")
+        self.assertFalse(st["draining"])
+        self.assertEqual(get(self.url + "/nope")[0], 404)
+
+    def test_metrics_valid_and_moving(self):
+        text = self.metrics()
+        r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        before = metric(text, "pgrouter_client_connections", listener="rw")
+        total = metric(text, "pgrouter_client_connections_total", listener="rw")
+        c = psycopg2.connect(self.router.dsn("rw"))
+        text = self.metrics()
+        self.assertEqual(metric(text, "pgrouter_client_connections", listener="rw"), before + 1)
+        self.assertEqual(metric(text, "pgrouter_client_connections_total", listener="rw"),
+                         total + 1)
+        primary = self.cluster.primary.addr
+        self.assertEqual(metric(text, "pgrouter_server_sessions", server=primary,
+                                listener="rw"), 1)
+        self.assertEqual(metric(text, "pgrouter_server_status", server=primary,
+                                state="primary"), 1)
+        self.assertEqual(metric(text, "pgrouter_server_status", server=primary,
+                                state="standby"), 0)
+        self.assertGreaterEqual(metric(text, "pgrouter_server_connect_seconds_count",
+                                       server=primary), 1)
+        c.close()
+        wait_for(lambda: metric(self.metrics(), "pgrouter_client_connections",
+                                listener="rw") == before, 5, "the gauge to come down")
+        # no standby for "ro" once the replica is gone: queued, then refused with
+        # no_server after queue_timeout
+        rej = metric(text, "pgrouter_client_connections_rejected_total", listener="ro",
+                     reason="no_server")
+        # a pgrouter that probes rarely still thinks the stopped replica is up:
+        # its session is refused there (a connect error, by reason)
+        port2 = free_port()
+        slow = Router([self.cluster.replicas[0].addr], {"any": {"target_session_attrs": "any"}},
+                      self.cluster.dir, probe_interval="1m", queue_timeout="1s",
+                      http_listen="127.0.0.1:%d" % port2).start()
+        self.cluster.replicas[0].stop()
+        try:
+            with self.assertRaises(psycopg2.OperationalError):
+                psycopg2.connect(slow.dsn("any"))
+            _, text2 = get("http://127.0.0.1:%d/metrics" % port2)
+            self.assertEqual(metric(text2, "pgrouter_server_connect_errors_total",
+                                    server=self.cluster.replicas[0].addr, reason="refused"), 1)
+            slow.stop_clean()
+            wait_for(lambda: metric(self.metrics(), "pgrouter_server_status",
+                                    server=self.cluster.replicas[0].addr,
+                                    state="unreachable") == 1, 10, "replica unreachable")
+            with self.assertRaises(psycopg2.OperationalError):
+                psycopg2.connect(self.router.dsn("ro"))
+            text = self.metrics()
+            self.assertEqual(metric(text, "pgrouter_client_connections_rejected_total",
+                                    listener="ro", reason="no_server"), rej + 1)
+            self.assertEqual(metric(text, "pgrouter_queue_wait_seconds_count", listener="ro"),
+                             metric(text, "pgrouter_queue_wait_seconds_bucket", listener="ro",
+                                    le="+Inf"))
+            self.assertGreaterEqual(metric(text, "pgrouter_queue_wait_seconds_sum",
+                                           listener="ro"), 1.9)
+        finally:
+            self.cluster.replicas[0].start()
+            wait_for(lambda: metric(self.metrics(), "pgrouter_server_status",
+                                    server=self.cluster.replicas[0].addr,
+                                    state="standby") == 1, 20, "replica back")
+
+    def test_scraped_by_prometheus(self):
+        work = tempfile.mkdtemp(prefix="pgrouter-prom-")
+        os.chmod(work, 0o777)
+        port = free_port()
+        conf = os.path.join(work, "prometheus.yml")
+        with open(conf, "w") as f:
+            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n"
+                    "  - job_name: pgrouter\n    static_configs:\n"
+                    "      - targets: ['127.0.0.1:%d']\n" % self.http_port)
+        log = open(os.path.join(work, "prometheus.log"), "wb")
+        proc = track(subprocess.Popen(
+            ["prometheus", "--config.file=" + conf, "--storage.tsdb.path=" + work + "/data",
+             "--web.listen-address=127.0.0.1:%d" % port], stdout=log,
+            stderr=subprocess.STDOUT))
+        try:
+            q = "http://127.0.0.1:%d/api/v1/query?query=pgrouter_build_info" % port
+
+            def scraped():
+                try:
+                    status, body = get(q, timeout=2)
+                except OSError:
+                    return False
+                res = json.loads(body).get("data", {}).get("result", []) if status == 200 else []
+                return bool(res) and res[0]["value"][1] == "1"
+            wait_for(scraped, 60, "Prometheus to scrape pgrouter", interval=0.5)
+            status, body = get("http://127.0.0.1:%d/api/v1/query?query="
+                               "pgrouter_server_status%%7Bstate%%3D%%22primary%%22%%7D%%3D%%3D1"
+                               % port)
+            res = json.loads(body)["data"]["result"]
+            self.assertEqual([r["metric"]["server"] for r in res], [self.cluster.primary.addr])
+        finally:
+            stop_pid(proc.pid, signal.SIGTERM)
+            proc.wait()
+            untrack(proc)
+            log.close()
+            subprocess.run(["rm", "-rf", work])
+
+    def test_zz_readyz_while_draining(self):
+        """Last: it stops the router (tearDownClass copes)."""
+        w = Wire(self.router.port("rw"))
+        w.login()
+        w.send(msg(b"Q", cstr("begin")))
+        w.read_until_ready()
+        os.kill(self.router.proc.pid, signal.SIGTERM)
+        wait_for(lambda: get(self.url + "/readyz")[0] == 503, 5, "readyz to say draining")
+        self.assertIn("draining", get(self.url + "/readyz")[1])
+        self.assertEqual(get(self.url + "/livez")[0], 200)
+        self.assertEqual(metric(self.metrics(), "pgrouter_draining"), 1)
+        w.send(msg(b"Q", cstr("commit")))
+        w.read_until_ready()
+        w.close()
+        wait_for(lambda: self.router.proc.poll() is not None, 10, "pgrouter to exit")
+
+
+if __name__ == "__main__":
+    unittest.main()
