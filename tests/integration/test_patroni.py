@@ -11,12 +11,14 @@ import sys
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, port_of, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, free_port, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster, http_json  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, scram_login  # noqa: E402
 
@@ -121,12 +123,14 @@ class PatroniSuite:
         for n in cls.pc.replicas():
             wait_for(lambda: n.sql("select count(*) from pg_roles where rolname = 'app'") == "1",
                      30, "role app replicated to %s" % n.name)
+        cls.mhttp = free_port()
         cls.mrouter = Router(None, dict(LISTENERS, prw={"target_session_attrs": "read-write",
                                                        "pool_mode": "session"}),
                              cls.pc.dir, cluster=cls.cluster_conf(),
                              probe_interval=cls.PROBE, queue_timeout="40s", shed_grace="2s",
                              drain_timeout="5s", inspect_idle="500ms", max_lag="1MB",
                              move_custom_settings="app.listed",
+                             http_listen="127.0.0.1:%d" % cls.mhttp, ready_max_stale="2s",
                              auth="router").start()
         cls.addClassCleanup(cls.mrouter.stop_clean)
 
@@ -521,19 +525,30 @@ class PatroniSuite:
         wait_for(lambda: victim.pg_port in {port_of(self.router.dsn("ro")) for _ in range(8)},
                  30, "%s back in rotation" % victim.name)
 
+    def readyz(self):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % self.mhttp, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     def test_d_dcs_stopped_and_restarted(self):
         before = self.placement()
+        self.assertEqual(self.readyz(), 200)
         self.stop_dcs()
         try:
             wait_for(lambda: "stale" in self.router.log_text(), 15, "stale cluster state logged")
             # routing goes on from the last view, guarded by the probes
             self.assert_placement(before)
+            # ... but a readiness probe says the view is stale (ready_max_stale 2s)
+            wait_for(lambda: self.readyz() == 503, 15, "/readyz to fail on a stale view")
         finally:
             mark = len(self.router.log_text())  # before: pgrouter may re-read at once
             self.start_dcs()
         wait_for(lambda: "cluster state is current again" in self.router.log_text()[mark:], 30,
                  "resync after DCS return")
         self.assert_placement()
+        wait_for(lambda: self.readyz() == 200, 30, "/readyz ready again")
 
     def test_e_started_while_dcs_down(self):
         self.stop_dcs()

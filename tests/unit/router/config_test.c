@@ -123,6 +123,24 @@ static void moving_keys(void **state)
 	expect_error("[pgrouter]\ndrain_timeout = soon\n", ":2: drain_timeout: invalid duration");
 }
 
+static void admin_keys(void **state)
+{
+	static struct config c;
+	char err[512];
+	assert_int_equal(load(good, &c, err), 0);
+	assert_string_equal(c.http_host, ""); /* off */
+	assert_int_equal(c.ready_max_stale_ms, 30000);
+	assert_int_equal(load("[admin]\nhttp_listen = 127.0.0.1\nready_max_stale = 5s\n"
+			      "[cluster]\nservers = a\n[listener x]\nlisten = 127.0.0.1:1\n",
+			      &c, err),
+			 0);
+	assert_string_equal(c.http_host, "127.0.0.1");
+	assert_string_equal(c.http_port, "9930");
+	assert_int_equal(c.ready_max_stale_ms, 5000);
+	expect_error("[admin]\nhttp_listen = 127.0.0.1:99999\n", ":2: http_listen: \"127.0.0.1:99999\"");
+	expect_error("[admin]\nhttp = 1\n", ":2: http: unknown key in [admin]");
+}
+
 static void etcd_source(void **state)
 {
 	static struct config c;
@@ -295,6 +313,7 @@ int main(void)
 	const struct CMUnitTest tests[] = { cmocka_unit_test(loads), cmocka_unit_test(errors),
 					    cmocka_unit_test(auth_and_pool_keys),
 					    cmocka_unit_test(moving_keys),
+					    cmocka_unit_test(admin_keys),
 		cmocka_unit_test(etcd_source),
 					    cmocka_unit_test(tls_keys),
 					    cmocka_unit_test(units) };
