@@ -66,6 +66,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	}
 	stop_signal = (int)sig;
 	atomic_store(&router.stopping, true);
+	notify_systemd("STOPPING=1\nSTATUS=draining: open sessions finish their transactions");
 	log_info("received %s: no new sessions; open sessions close at their next transaction "
 		 "boundary or after shutdown_timeout (%u ms)",
 		 sig == SIGINT ? "SIGINT" : "SIGTERM", router.cfg->shutdown_timeout_ms);
@@ -77,6 +78,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void reload_cb(evutil_socket_t sig, short what, void *arg)
 {
 	char err[1024];
+	notify_systemd("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
 	if (tls_setup(router.cfg, err, sizeof(err)) != 0)
 		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
 	else
@@ -87,6 +89,7 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 		else
 			log_info("SIGHUP: auth_file %s reloaded", router.cfg->auth_file);
 	}
+	notify_systemd("READY=1\nSTATUS=reloaded");
 }
 
 int main(int argc, char **argv)
@@ -240,6 +243,7 @@ int main(int argc, char **argv)
 	}
 	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
 		 cfg.workers, cfg.nservers, cfg.source);
+	notify_systemd("READY=1\nSTATUS=%u listener(s), source %s", cfg.nlisteners, cfg.source);
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
 	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, base);

@@ -383,6 +383,10 @@ struct router {
 };
 extern struct router router;
 
+/* notify.c: a line of systemd's sd_notify protocol (no-op outside systemd). */
+void notify_systemd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+unsigned long long monotonic_usec(void);
+
 /* admin.c: the HTTP endpoint (off without http_listen). Start after the
  * workers; stop after their loops ended, before they are freed. */
 int admin_start(const struct config *c, char *err, size_t errlen);

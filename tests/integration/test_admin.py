@@ -4,6 +4,7 @@ against a real PostgreSQL 15 primary and replica."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import PgCluster, Router, free_port, stop_pid, track, untrack, wait_for  # noqa: E402
+from cluster import PGROUTER, ROOT, PgCluster, Router, free_port, stop_pid, track  # noqa: E402
+from cluster import untrack, wait_for  # noqa: E402
 from wire import Wire, cstr, msg  # noqa: E402
 
 
@@ -190,6 +192,80 @@ class AdminHttpTest(unittest.TestCase):
         w.read_until_ready()
         w.close()
         wait_for(lambda: self.router.proc.poll() is not None, 10, "pgrouter to exit")
+
+
+class SystemdTest(unittest.TestCase):
+    """conf/pgrouter.service's commands run as written (paths swapped for the
+    test's), and pgrouter speaks systemd's notify protocol to $NOTIFY_SOCKET."""
+    UNIT = os.path.join(ROOT, "conf", "pgrouter.service")
+
+    def setUp(self):
+        self.cluster = PgCluster(0).start()
+        self.addCleanup(self.cluster.cleanup)
+        r = Router([self.cluster.primary.addr], {"rw": {"target_session_attrs": "read-write"}},
+                   self.cluster.dir)
+        r.write_conf()
+        self.conf = r.conf_path
+
+    def unit_commands(self, key):
+        out = []
+        with open(self.UNIT) as f:
+            for line in f:
+                if line.startswith(key + "="):
+                    cmd = line.split("=", 1)[1].strip()
+                    cmd = cmd.replace("/usr/local/bin/pgrouter", PGROUTER)
+                    out.append(cmd.replace("/etc/pgrouter/pgrouter.ini", self.conf))
+        self.assertTrue(out, key)
+        return out
+
+    def recv(self, sock, want, timeout=10):
+        sock.settimeout(timeout)
+        got = []
+        while True:
+            data = sock.recv(4096).decode()
+            got.append(data)
+            if want in data:
+                return data
+
+    def test_unit_runs_and_notifies(self):
+        for cmd in self.unit_commands("ExecStartPre"):
+            self.assertEqual(subprocess.run(cmd, shell=True).returncode, 0, cmd)
+        path = os.path.join(self.cluster.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.addCleanup(sock.close)
+        [start] = self.unit_commands("ExecStart")
+        log = open(os.path.join(self.cluster.dir, "systemd-pgrouter.log"), "wb")
+        proc = track(subprocess.Popen(start.split(), env=dict(os.environ, NOTIFY_SOCKET=path),
+                                      stdout=log, stderr=subprocess.STDOUT))
+        try:
+            self.assertIn("READY=1", self.recv(sock, "READY=1"))
+            for cmd in self.unit_commands("ExecReload"):
+                cmd = cmd.replace("$MAINPID", str(proc.pid))
+                self.assertEqual(subprocess.run(cmd, shell=True).returncode, 0, cmd)
+            msg_ = self.recv(sock, "RELOADING=1")
+            self.assertRegex(msg_, r"MONOTONIC_USEC=\d+")
+            self.assertIn("READY=1", self.recv(sock, "READY=1"))
+            os.kill(proc.pid, signal.SIGTERM)
+            self.assertIn("STOPPING=1", self.recv(sock, "STOPPING=1"))
+            self.assertEqual(proc.wait(30), 0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            untrack(proc)
+            log.close()
+
+    def test_cmake_install(self):
+        build = os.path.dirname(PGROUTER)
+        dest = tempfile.mkdtemp(prefix="pgrouter-install-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", dest])
+        r = subprocess.run(["cmake", "--install", build, "--prefix", "/usr/local"],
+                           env=dict(os.environ, DESTDIR=dest), capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for f in ("usr/local/bin/pgrouter", "usr/local/lib/systemd/system/pgrouter.service",
+                  "usr/local/etc/pgrouter/pgrouter.ini.example"):
+            self.assertTrue(os.path.exists(os.path.join(dest, f)), f)
 
 
 if __name__ == "__main__":
