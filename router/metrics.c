@@ -198,6 +198,17 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 		render_hist(out, "server_connect_seconds", labels,
 			    OFF(s[slot(t->e[k].srv)].connect_time));
 	}
+	help(out, "server_bytes_sent_total", "counter", "Bytes relayed from clients to the server.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_bytes_sent_total{server=\"%s:%s\"} %llu\n",
+				    t->e[k].srv->host, t->e[k].srv->port,
+				    (unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].bytes_sent)));
+	help(out, "server_bytes_received_total", "counter",
+	     "Bytes relayed from the server to clients.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_bytes_received_total{server=\"%s:%s\"} %llu\n",
+				    t->e[k].srv->host, t->e[k].srv->port,
+				    (unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].bytes_received)));
 	help(out, "sessions_shed_total", "counter",
 	     "Sessions closed because their server no longer fits, by reason.");
 	for (unsigned k = 0; t && k < t->n; k++)

@@ -171,6 +171,16 @@ static int scan(struct end *from, const uint8_t *p, size_t n)
 	return pgw_scan(&from->scan, p, n) == 0 ? 0 : -2;
 }
 
+/* Relayed bytes, by server and direction (metrics.c): one store, no lock. */
+static void count_bytes(struct session *s, const struct end *from, size_t n)
+{
+	if (!s->srv)
+		return;
+	unsigned id = s->srv->id < METRIC_SERVERS ? s->srv->id : METRIC_SERVERS - 1;
+	struct server_stats *st = &s->w->stats->s[id];
+	stat_add(from == &s->s ? &st->bytes_received : &st->bytes_sent, n);
+}
+
 int relay_move(struct session *s, struct end *from, struct end *to)
 {
 	ssize_t n;
@@ -187,6 +197,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		n = end_recv(from, buf, sizeof(s->w->scratch));
 		if (n <= 0)
 			goto read_failed;
+		count_bytes(s, from, (size_t)n);
 		if (scan(from, buf, (size_t)n) != 0)
 			return -2;
 		if (from->scan.last_type == PGW_MSG_TERMINATE && s->sc && from == &s->c &&
@@ -227,6 +238,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 			evbuffer_commit_space(to->out, v, 0);
 			goto read_failed;
 		}
+		count_bytes(s, from, (size_t)n);
 		size_t left = (size_t)n;
 		int used = 0;
 		for (; used < nv && left; used++) {

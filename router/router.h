@@ -312,6 +312,7 @@ struct listener_stats {
 struct server_stats {
 	atomic_int_fast64_t sessions[CONFIG_MAX_LISTENERS];
 	atomic_uint_fast64_t connect_errors[CONN_ERR_N], shed[SHED_N], moved[MOVE_N];
+	atomic_uint_fast64_t bytes_sent, bytes_received; /* relayed to / from the server */
 	struct hist connect_time;
 };
 /* One per worker, written only by it (no locked instructions); readers sum. */

@@ -100,6 +100,15 @@ class AdminHttpTest(unittest.TestCase):
                                 state="standby"), 0)
         self.assertGreaterEqual(metric(text, "pgrouter_server_connect_seconds_count",
                                        server=primary), 1)
+        got = metric(text, "pgrouter_server_bytes_received_total", server=primary)
+        sent = metric(text, "pgrouter_server_bytes_sent_total", server=primary)
+        cur = c.cursor()
+        cur.execute("select repeat('x', 100000)")
+        text = self.metrics()
+        self.assertGreater(metric(text, "pgrouter_server_bytes_received_total", server=primary),
+                           got + 100000)
+        self.assertGreater(metric(text, "pgrouter_server_bytes_sent_total", server=primary),
+                           sent + 20)
         c.close()
         wait_for(lambda: metric(self.metrics(), "pgrouter_client_connections",
                                 listener="rw") == before, 5, "the gauge to come down")
