@@ -344,6 +344,14 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 		c->log_level = l;
 		return 1;
 	}
+	if (strcmp(k, "log_format") == 0) {
+		if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0)
+			return fail(p, p->line, k, "must be text or json");
+		c->log_json = strcmp(v, "json") == 0;
+		return 1;
+	}
+	if (strcmp(k, "log_file") == 0)
+		return set_string(p, k, v, c->log_file, sizeof(c->log_file));
 	if (strcmp(k, "connect_timeout") == 0)
 		return set_duration(p, k, v, &c->connect_timeout_ms, false);
 	if (strcmp(k, "queue_timeout") == 0)

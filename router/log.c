@@ -1,4 +1,6 @@
 /* log.c — one line per event, written with one write(2) so threads never interleave. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +11,55 @@
 #include "router/router.h"
 
 int log_level = LOG_INFO;
+static bool log_json;
+static int log_fd = STDERR_FILENO; /* a log_file keeps its descriptor number across reopens */
+
+void log_set_json(bool json)
+{
+	log_json = json;
+}
+
+int log_open(const char *path, char *err, size_t errlen)
+{
+	if (!path || !*path)
+		return 0;
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		snprintf(err, errlen, "log_file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (log_fd == STDERR_FILENO) {
+		log_fd = fd;
+		return 0;
+	}
+	/* reopen (logrotate moved the file): the number stays, threads writing
+	 * meanwhile go to the old file or the new one, never to a closed fd */
+	int r = dup2(fd, log_fd);
+	close(fd);
+	if (r < 0) {
+		snprintf(err, errlen, "log_file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* JSON string body of s into out (cap bytes); returns the length written. */
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	return n;
+}
 
 static const char *const level_names[] = { "ERROR", "WARNING", "INFO", "DEBUG" };
 
@@ -25,6 +76,8 @@ int log_level_parse(const char *s)
 	return -1;
 }
 
+static const char *const json_levels[] = { "error", "warning", "info", "debug" };
+
 void log_msg(int level, const char *fmt, ...)
 {
 	if (!log_enabled(level))
@@ -34,6 +87,23 @@ void log_msg(int level, const char *fmt, ...)
 	struct tm tm;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
+	if (log_json) {
+		char msg[1536];
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		size_t n = strftime(line, sizeof(line), "{\"ts\":\"%Y-%m-%dT%H:%M:%S", &tm);
+		n += (size_t)snprintf(line + n, sizeof(line) - n,
+				      ".%03ldZ\",\"pid\":%d,\"level\":\"%s\",\"msg\":\"",
+				      ts.tv_nsec / 1000000, (int)getpid(), json_levels[level]);
+		n += json_escape(line + n, sizeof(line) - n - 4, msg);
+		memcpy(line + n, "\"}\n", 3);
+		n += 3;
+		ssize_t w = write(log_fd, line, n);
+		(void)w;
+		return;
+	}
 	size_t n = strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
 	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ld UTC [%d] %s: ",
 			      ts.tv_nsec / 1000000, (int)getpid(), level_names[level]);
@@ -47,7 +117,7 @@ void log_msg(int level, const char *fmt, ...)
 	if (n > sizeof(line) - 2)
 		n = sizeof(line) - 2;
 	line[n++] = '\n';
-	ssize_t w = write(STDERR_FILENO, line, n);
+	ssize_t w = write(log_fd, line, n);
 	(void)w;
 }
 

@@ -79,6 +79,9 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 {
 	char err[1024];
 	notify_systemd("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
+	/* logrotate moved the file: write to a new one at the same path */
+	if (log_open(router.cfg->log_file, err, sizeof(err)) != 0)
+		log_error("SIGHUP: %s; still writing to the old log file", err);
 	if (tls_setup(router.cfg, err, sizeof(err)) != 0)
 		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
 	else
@@ -140,6 +143,11 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_level = cfg.log_level;
+	log_set_json(cfg.log_json);
+	if (log_open(cfg.log_file, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s: %s\n", path, err);
+		return 1;
+	}
 	disc_log = disc_log_bridge;
 	router.cfg = &cfg;
 	router.nworkers = cfg.workers;

@@ -35,6 +35,10 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_debug(...) \
 	do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 int log_level_parse(const char *s);
+/* log_format = json: one JSON object a line (ts, pid, level, msg). */
+void log_set_json(bool json);
+/* log_file: open (or, logrotate's SIGHUP, reopen) path; empty: stderr. */
+int log_open(const char *path, char *err, size_t errlen);
 /* Cryptographically random bytes (OpenSSL's), buffered per thread. */
 bool random_bytes(void *out, size_t n) __attribute__((warn_unused_result));
 
@@ -117,6 +121,8 @@ struct config {
 	char path[512];
 	unsigned workers;
 	int log_level;
+	bool log_json;      /* log_format = json */
+	char log_file[512]; /* empty: stderr */
 	unsigned connect_timeout_ms;
 	unsigned queue_timeout_ms;
 	unsigned startup_timeout_ms;

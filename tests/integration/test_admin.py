@@ -203,6 +203,36 @@ class AdminHttpTest(unittest.TestCase):
         wait_for(lambda: self.router.proc.poll() is not None, 10, "pgrouter to exit")
 
 
+class LogTest(unittest.TestCase):
+    """log_format = json and log_file, reopened on SIGHUP (logrotate)."""
+
+    def test_json_lines_and_reopen(self):
+        cluster = PgCluster(0).start()
+        self.addCleanup(cluster.cleanup)
+        path = os.path.join(cluster.dir, "pgrouter-file.log")
+        r = Router([cluster.primary.addr], {"rw": {"target_session_attrs": "read-write"}},
+                   cluster.dir, log_format="json", log_file=path, log_level="debug")
+        r.start(wait_topology=False)
+        self.addCleanup(r.stop)
+        wait_for(lambda: os.path.exists(path) and "topology:" in open(path).read(), 10,
+                 "the log file")
+        os.rename(path, path + ".1")
+        os.kill(r.proc.pid, signal.SIGHUP)
+        wait_for(lambda: os.path.exists(path), 5, "a new log file after SIGHUP")
+        psycopg2.connect(r.dsn("rw")).close()
+        self.assertEqual(r.stop(), 0)
+        for f in (path + ".1", path):
+            with open(f) as fh:
+                lines = [json.loads(l) for l in fh]  # every line is one JSON object
+            self.assertTrue(lines, f)
+            for rec in lines:
+                self.assertEqual(set(rec), {"ts", "pid", "level", "msg"})
+        with open(path) as fh:
+            new = fh.read()
+        self.assertIn("accepted", new)  # the session after the reopen went to the new file
+        self.assertIn("pgrouter stopped", new)
+
+
 class SystemdTest(unittest.TestCase):
     """conf/pgrouter.service's commands run as written (paths swapped for the
     test's), and pgrouter speaks systemd's notify protocol to $NOTIFY_SOCKET."""

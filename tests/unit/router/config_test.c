@@ -139,6 +139,7 @@ static void admin_keys(void **state)
 	assert_int_equal(c.ready_max_stale_ms, 5000);
 	expect_error("[admin]\nhttp_listen = 127.0.0.1:99999\n", ":2: http_listen: \"127.0.0.1:99999\"");
 	expect_error("[admin]\nhttp = 1\n", ":2: http: unknown key in [admin]");
+	expect_error("[pgrouter]\nlog_format = xml\n", ":2: log_format: must be text or json");
 }
 
 static void etcd_source(void **state)
