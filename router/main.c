@@ -24,6 +24,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: pgrouter -c FILE        run with configuration FILE\n"
 		   "       pgrouter --check -c FILE  validate FILE and exit (0 ok, 1 error)\n"
+		   "       pgrouter --status -c FILE the running pgrouter's servers and listeners\n"
 		   "       pgrouter --version\n");
 }
 
@@ -100,15 +101,17 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 'k' },
 		{ "version", no_argument, NULL, 'V' },	    { "help", no_argument, NULL, 'h' },
+		{ "status", no_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = NULL;
-	bool check = false;
+	bool check = false, status = false;
 	int o;
 	while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'c': path = optarg; break;
 		case 'k': check = true; break;
+		case 'S': status = true; break;
 		case 'V': printf("pgrouter %s\n", PGROUTER_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -125,6 +128,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	if (status)
+		return status_print(&cfg, stdout);
 	/* certificates and keys load now, so --check finds a bad one */
 	if (tls_setup(&cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);

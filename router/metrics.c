@@ -135,6 +135,21 @@ static void render_listeners(struct evbuffer *out)
 					    "reason=\"%s\"} %llu\n",
 					    c->listeners[i].name, rej_names[r],
 					    (unsigned long long)sum_u(OFF(l[i].rejected[r])));
+	help(out, "tls_handshake_failures_total", "counter",
+	     "TLS handshakes with clients that failed, by listener.");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		evbuffer_add_printf(out, "pgrouter_tls_handshake_failures_total{listener=\"%s\"} %llu\n",
+				    c->listeners[i].name,
+				    (unsigned long long)sum_u(OFF(l[i].tls_failures)));
+	help(out, "tls_certificate_expiry_timestamp_seconds", "gauge",
+	     "When the certificate a TLS listener presents expires (Unix time).");
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		long long t = atomic_load(&c->listeners[i].cert_not_after);
+		if (t)
+			evbuffer_add_printf(out, "pgrouter_tls_certificate_expiry_timestamp_seconds"
+					    "{listener=\"%s\"} %lld\n",
+					    c->listeners[i].name, t);
+	}
 	help(out, "queued_sessions", "gauge", "Sessions waiting for an eligible server.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_queued_sessions{listener=\"%s\"} %lld\n",

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/queue.h>
 #include <sys/types.h>
 
@@ -106,6 +107,7 @@ struct listener_config {
 	int pool_size_line;
 	struct tls_config tls; /* after config_load: [pgrouter]'s keys with this listener's on top */
 	SSL_CTX *ssl_ctx;      /* tls.c; NULL when client_tls = disable */
+	atomic_llong cert_not_after; /* its certificate's expiry (Unix s); 0: none */
 };
 
 struct server_config {
@@ -312,7 +314,7 @@ struct hist {
 };
 struct listener_stats {
 	atomic_int_fast64_t clients, queued; /* gauges: this worker's share */
-	atomic_uint_fast64_t accepted, rejected[REJ_N];
+	atomic_uint_fast64_t accepted, rejected[REJ_N], tls_failures;
 	struct hist queue_wait;
 };
 struct server_stats {
@@ -393,6 +395,9 @@ extern struct router router;
 /* notify.c: a line of systemd's sd_notify protocol (no-op outside systemd). */
 void notify_systemd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 unsigned long long monotonic_usec(void);
+
+/* status_cli.c: pgrouter --status: the running pgrouter's /status as a table. */
+int status_print(const struct config *c, FILE *out);
 
 /* admin.c: the HTTP endpoint (off without http_listen). Start after the
  * workers; stop after their loops ended, before they are freed. */

@@ -510,6 +510,7 @@ static void client_handshake(struct session *s)
 	int r = end_handshake(&s->c, why, sizeof(why));
 	if (r < 0) {
 		slog(LOG_INFO, s, "TLS handshake with the client failed: %s", why);
+		stat_add(&lstats(s)->tls_failures, 1);
 		s->dead = true;
 		return;
 	}

@@ -30,6 +30,7 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -169,6 +170,16 @@ fail:
 
 #undef FAIL_AT
 
+/* notAfter of the certificate ctx presents, in Unix seconds; 0 without one. */
+static long long cert_expiry(SSL_CTX *ctx)
+{
+	X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+	struct tm tm;
+	if (!x || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+		return 0;
+	return (long long)timegm(&tm);
+}
+
 int tls_setup(struct config *c, char *err, size_t errlen)
 {
 	SSL_CTX *ctx[CONFIG_MAX_LISTENERS] = { 0 }, *sctx = NULL;
@@ -183,6 +194,7 @@ int tls_setup(struct config *c, char *err, size_t errlen)
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		SSL_CTX *old = c->listeners[i].ssl_ctx;
 		c->listeners[i].ssl_ctx = ctx[i];
+		atomic_store(&c->listeners[i].cert_not_after, cert_expiry(ctx[i]));
 		ctx[i] = old;
 	}
 	SSL_CTX *old = c->server_ssl_ctx;

@@ -41,11 +41,20 @@ def _stop_everything():
             proc.wait()
 
 
+_handed_out = set()
+
+
 def free_port():
-    """A port nobody listens on right now (127.0.0.1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on right now (127.0.0.1), and not one this process
+    handed out before: the kernel may offer a just-closed port again, and two
+    listeners of one configuration must not get the same."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def as_postgres():

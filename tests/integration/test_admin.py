@@ -79,6 +79,20 @@ class AdminHttpTest(unittest.TestCase):
         self.assertFalse(st["draining"])
         self.assertEqual(get(self.url + "/nope")[0], 404)
 
+    def test_status_cli(self):
+        """pgrouter --status -c FILE: a patronictl-like table of the running one."""
+        c = psycopg2.connect(self.router.dsn("rw"))
+        r = subprocess.run([PGROUTER, "--status", "-c", self.router.conf_path],
+                           capture_output=True, text=True, timeout=20)
+        c.close()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = {l.split()[0]: l.split() for l in r.stdout.splitlines()[1:]}
+        primary = rows[self.cluster.primary.addr]
+        self.assertEqual((primary[2], primary[3], primary[-1]), ("primary", "running", "1"))
+        self.assertEqual(rows[self.cluster.replicas[0].addr][2], "standby")
+        self.assertIn("source static", r.stdout)
+        self.assertEqual(rows["rw"][2:4], ["read-write", "1"])
+
     def test_metrics_valid_and_moving(self):
         text = self.metrics()
         r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,

@@ -2,8 +2,10 @@
 sslmodes against pgrouter, direct TLS with ALPN, client certificates, SCRAM
 and channel binding, server-side TLS modes against PostgreSQL with ssl=on,
 cancel over TLS, bad handshakes, certificate reload."""
+import calendar
 import os
 import shutil
+import socket
 import signal
 import ssl
 import struct
@@ -19,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 import psycopg2.errors  # noqa: E402
 
-from cluster import (PG_BIN, PGROUTER, PgCluster, Router, chown_postgres,  # noqa: E402
+from cluster import (PG_BIN, PGROUTER, PgCluster, Router, chown_postgres, free_port,  # noqa: E402
                      wait_for)
 from cluster import query_one as one  # noqa: E402
 from tlsca import TestCA  # noqa: E402
@@ -107,6 +109,39 @@ class TlsTest(unittest.TestCase):
         return (router or self.router).dsn(listener, **kw)
 
     # ---- client side ------------------------------------------------------
+
+    def test_tls_metrics(self):
+        """The certificate's expiry and failed handshakes, on /metrics."""
+        import urllib.request
+        port = free_port()
+        r = self.make_router(listeners={"tls": {"client_tls": "require"}},
+                             http_listen="127.0.0.1:%d" % port)
+
+        def metrics():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as f:
+                return f.read().decode()
+
+        def value(text, series):
+            for line in text.splitlines():
+                if line.startswith(series + " "):
+                    return float(line.split()[-1])
+            return None
+        out = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", self.router_crt],
+                             capture_output=True, text=True, check=True).stdout
+        end = calendar.timegm(time.strptime(out.strip().split("=", 1)[1],
+                                            "%b %d %H:%M:%S %Y %Z"))
+        self.assertEqual(value(metrics(), 'pgrouter_tls_certificate_expiry_timestamp_seconds'
+                                          '{listener="tls"}'), end)
+        series = 'pgrouter_tls_handshake_failures_total{listener="tls"}'
+        before = value(metrics(), series)
+        # an SSLRequest answered 'S', then bytes that are no ClientHello
+        s = socket.create_connection(("127.0.0.1", r.port("tls")))
+        s.sendall(struct.pack("!II", 8, 80877103))
+        self.assertEqual(s.recv(1), b"S")
+        s.sendall(b"\x16\x03\x01\x00\x05hello, not TLS")
+        s.recv(100)
+        s.close()
+        wait_for(lambda: value(metrics(), series) == before + 1, 5, "the failure counted")
 
     def test_sslmode_require_verify_ca_verify_full(self):
         for mode in ("require", "verify-ca", "verify-full"):
