@@ -31,6 +31,8 @@ struct disc_server {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	atomic_int sessions; /* live sessions routed here (least-connections) */
+	/* written by its prober only (metrics): rounds, failed ones, the last one's µs */
+	atomic_uint_fast64_t probes, probe_failures, probe_last_us;
 };
 
 /*

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "discovery/internal.h"
 
@@ -39,7 +40,15 @@ struct probe {
 	struct event *io;       /* on PQsocket(conn), re-armed as libpq asks */
 	struct event *tick;     /* next round */
 	struct event *deadline; /* bound of the current round */
+	uint64_t started_us;    /* the current round's start */
 };
+
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 static void probe_io_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -69,6 +78,16 @@ static void finish_round(struct probe *p, struct probe_result *r, bool keep)
 		p->conn = NULL;
 	}
 	p->state = P_IDLE;
+	/* for /metrics: this thread is the only writer */
+	atomic_store_explicit(&p->srv->probes, atomic_load_explicit(&p->srv->probes,
+				memory_order_relaxed) + 1, memory_order_relaxed);
+	if (!r->reachable)
+		atomic_store_explicit(&p->srv->probe_failures,
+				      atomic_load_explicit(&p->srv->probe_failures,
+							   memory_order_relaxed) + 1,
+				      memory_order_relaxed);
+	atomic_store_explicit(&p->srv->probe_last_us, mono_us() - p->started_us,
+			      memory_order_relaxed);
 	struct timeval tv = ms_tv(p->pc->interval_ms);
 	event_add(p->tick, &tv);
 	p->done(p->arg, p->srv, r);
@@ -176,6 +195,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct probe *p = arg;
 	struct timeval tv = ms_tv(p->pc->timeout_ms);
 	event_add(p->deadline, &tv);
+	p->started_us = mono_us();
 
 	if (p->conn && PQstatus(p->conn) == CONNECTION_OK) {
 		send_query(p);

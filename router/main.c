@@ -79,21 +79,33 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void reload_cb(evutil_socket_t sig, short what, void *arg)
 {
 	char err[1024];
+	bool ok = true;
 	notify_systemd("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
 	/* logrotate moved the file: write to a new one at the same path */
-	if (log_open(router.cfg->log_file, err, sizeof(err)) != 0)
+	if (log_open(router.cfg->log_file, err, sizeof(err)) != 0) {
 		log_error("SIGHUP: %s; still writing to the old log file", err);
-	if (tls_setup(router.cfg, err, sizeof(err)) != 0)
+		ok = false;
+	}
+	if (tls_setup(router.cfg, err, sizeof(err)) != 0) {
 		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
+		ok = false;
+	}
 	else
 		log_info("SIGHUP: TLS certificates and keys reloaded (other settings need a restart)");
 	if (router.cfg->auth_file[0]) {
-		if (auth_file_load(router.cfg, err, sizeof(err)) != 0)
+		if (auth_file_load(router.cfg, err, sizeof(err)) != 0) {
 			log_error("SIGHUP: auth_file not reloaded, keeping the users in use: %s", err);
+			ok = false;
+		}
 		else
 			log_info("SIGHUP: auth_file %s reloaded", router.cfg->auth_file);
 	}
-	notify_systemd("READY=1\nSTATUS=reloaded");
+	struct timespec wall;
+	clock_gettime(CLOCK_REALTIME, &wall);
+	atomic_store(&router.last_reload_ms, (long long)wall.tv_sec * 1000 + wall.tv_nsec / 1000000);
+	atomic_store(&router.last_reload_ok, ok);
+	atomic_fetch_add(ok ? &router.reloads_ok : &router.reloads_failed, 1);
+	notify_systemd("READY=1\nSTATUS=reloaded%s", ok ? "" : " (with errors: see the log)");
 }
 
 int main(int argc, char **argv)

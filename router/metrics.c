@@ -188,6 +188,21 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 	for (unsigned k = 0; t && k < t->n; k++)
 		evbuffer_add_printf(out, "pgrouter_server_lag_bytes{server=\"%s:%s\"} %lld\n",
 				    t->e[k].srv->host, t->e[k].srv->port, (long long)t->e[k].lag_bytes);
+	help(out, "server_probes_total", "counter", "SQL probes of the server (probe_interval).");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_probes_total{server=\"%s:%s\"} %llu\n",
+				    t->e[k].srv->host, t->e[k].srv->port,
+				    (unsigned long long)LOAD(t->e[k].srv->probes));
+	help(out, "server_probe_failures_total", "counter", "Probes that found the server unreachable.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_probe_failures_total{server=\"%s:%s\"} %llu\n",
+				    t->e[k].srv->host, t->e[k].srv->port,
+				    (unsigned long long)LOAD(t->e[k].srv->probe_failures));
+	help(out, "server_probe_duration_seconds", "gauge", "How long the last probe took.");
+	for (unsigned k = 0; t && k < t->n; k++)
+		evbuffer_add_printf(out, "pgrouter_server_probe_duration_seconds{server=\"%s:%s\"} %.6f\n",
+				    t->e[k].srv->host, t->e[k].srv->port,
+				    (double)LOAD(t->e[k].srv->probe_last_us) / 1e6);
 	help(out, "server_sessions", "gauge", "Client sessions on the server, by listener.");
 	for (unsigned k = 0; t && k < t->n; k++)
 		for (unsigned i = 0; i < c->nlisteners; i++)
@@ -224,6 +239,16 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 		evbuffer_add_printf(out, "pgrouter_server_bytes_received_total{server=\"%s:%s\"} %llu\n",
 				    t->e[k].srv->host, t->e[k].srv->port,
 				    (unsigned long long)sum_u(OFF(s[slot(t->e[k].srv)].bytes_received)));
+	help(out, "pool_server_connections", "gauge",
+	     "Pooled server connections (pool_mode = session), by state.");
+	for (unsigned k = 0; t && k < t->n; k++) {
+		int total, idle;
+		pool_counts(t->e[k].srv, &total, &idle);
+		evbuffer_add_printf(out, "pgrouter_pool_server_connections{server=\"%s:%s\",state=\"idle\"} %d\n"
+				    "pgrouter_pool_server_connections{server=\"%s:%s\",state=\"in_use\"} %d\n",
+				    t->e[k].srv->host, t->e[k].srv->port, idle, t->e[k].srv->host,
+				    t->e[k].srv->port, total - idle);
+	}
 	help(out, "sessions_shed_total", "counter",
 	     "Sessions closed because their server no longer fits, by reason.");
 	for (unsigned k = 0; t && k < t->n; k++)
@@ -268,6 +293,17 @@ void metrics_render(struct evbuffer *out)
 	help(out, "discovery_snapshots_total", "counter", "Cluster views published that changed routing.");
 	evbuffer_add_printf(out, "pgrouter_discovery_snapshots_total{source=\"%s\"} %llu\n", src,
 			    (unsigned long long)ts.publishes);
+	help(out, "reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
+	evbuffer_add_printf(out, "pgrouter_reloads_total{result=\"ok\"} %llu\n"
+			    "pgrouter_reloads_total{result=\"failed\"} %llu\n",
+			    (unsigned long long)atomic_load(&router.reloads_ok),
+			    (unsigned long long)atomic_load(&router.reloads_failed));
+	help(out, "last_reload_timestamp_seconds", "gauge", "When the last reload ran (Unix time; 0: none).");
+	evbuffer_add_printf(out, "pgrouter_last_reload_timestamp_seconds %.3f\n",
+			    (double)atomic_load(&router.last_reload_ms) / 1000);
+	help(out, "last_reload_success", "gauge", "1 when the last reload took everything.");
+	evbuffer_add_printf(out, "pgrouter_last_reload_success %d\n",
+			    atomic_load(&router.last_reload_ok) || !atomic_load(&router.last_reload_ms));
 	help(out, "primary_changes_total", "counter", "Times the routable primary changed.");
 	evbuffer_add_printf(out, "pgrouter_primary_changes_total %llu\n",
 			    (unsigned long long)ts.primary_changes);

@@ -165,6 +165,18 @@ uint64_t pool_conn_idle_ms(const struct session *s)
 	return s->sc->idle_ms ? now_ms() - s->sc->idle_ms : 0;
 }
 
+void pool_counts(const struct disc_server *srv, int *total, int *idle)
+{
+	*total = *idle = 0;
+	pthread_mutex_lock(&keys_lock);
+	for (struct pool_key *k = keys; k; k = k->next)
+		if (k->srv == srv) {
+			*total += atomic_load_explicit(&k->total, memory_order_relaxed);
+			*idle += atomic_load_explicit(&k->idle, memory_order_relaxed);
+		}
+	pthread_mutex_unlock(&keys_lock);
+}
+
 /* ---- a connection's record ------------------------------------------------ */
 
 static void wake_waiters(void)

@@ -386,6 +386,10 @@ struct router {
 	struct worker *workers;
 	atomic_uint clients; /* open client connections, all workers */
 	atomic_bool stopping; /* SIGTERM/SIGINT: draining for shutdown */
+	/* reloads (SIGHUP): counts by result, and the last one's wall-clock ms */
+	atomic_uint_fast64_t reloads_ok, reloads_failed;
+	atomic_llong last_reload_ms;
+	atomic_bool last_reload_ok;
 	double start_time;    /* wall clock, seconds */
 	atomic_uint_fast64_t next_session_id;
 	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener] */
@@ -559,6 +563,8 @@ void pool_adopt(struct session *s, struct end *e);
 uint32_t pool_key_len(const struct session *s);
 /* The session no longer waits for room in a pool. */
 void pool_unwait(struct session *s);
+/* Pooled server connections to srv, all pools and workers: every state, and idle. */
+void pool_counts(const struct disc_server *srv, int *total, int *idle);
 /* Worker-wide: a new snapshot (close connections whose server changed), exit. */
 void pools_topology_changed(struct worker *w);
 void pools_close_all(struct worker *w);

@@ -51,10 +51,18 @@ class AdminHttpTest(unittest.TestCase):
         cls.http_port = free_port()
         cls.router = Router([s.addr for s in cls.cluster.servers],
                             {"rw": {"target_session_attrs": "read-write"},
-                             "ro": {"target_session_attrs": "standby"}},
+                             "ro": {"target_session_attrs": "standby"},
+                             "pool": {"target_session_attrs": "read-write", "auth": "router",
+                                      "pool_mode": "session"}},
                             cls.cluster.dir, probe_interval="250ms", queue_timeout="2s",
+                            auth_trust_users="postgres",
                             http_listen="127.0.0.1:%d" % cls.http_port).start()
         cls.url = "http://127.0.0.1:%d" % cls.http_port
+
+        def probed():  # both servers' first probe answered
+            st = json.loads(get(cls.url + "/status")[1])
+            return {s["role"] for s in st["servers"]} == {"primary", "standby"}
+        wait_for(probed, 20, "both servers probed")
 
     @classmethod
     def tearDownClass(cls):
@@ -71,7 +79,7 @@ class AdminHttpTest(unittest.TestCase):
         status, body = get(self.url + "/status")
         self.assertEqual(status, 200)
         st = json.loads(body)
-        self.assertEqual([l["name"] for l in st["listeners"]], ["rw", "ro"])
+        self.assertEqual([l["name"] for l in st["listeners"]], ["rw", "ro", "pool"])
         roles = {s["server"]: s["role"] for s in st["servers"]}
         self.assertEqual(roles, {self.cluster.primary.addr: "primary",
                                  self.cluster.replicas[0].addr: "standby"})
@@ -147,6 +155,8 @@ class AdminHttpTest(unittest.TestCase):
             wait_for(lambda: metric(self.metrics(), "pgrouter_server_status",
                                     server=self.cluster.replicas[0].addr,
                                     state="unreachable") == 1, 10, "replica unreachable")
+            self.assertGreater(metric(self.metrics(), "pgrouter_server_probe_failures_total",
+                                      server=self.cluster.replicas[0].addr), 0)
             with self.assertRaises(psycopg2.OperationalError):
                 psycopg2.connect(self.router.dsn("ro"))
             text = self.metrics()
@@ -162,6 +172,28 @@ class AdminHttpTest(unittest.TestCase):
             wait_for(lambda: metric(self.metrics(), "pgrouter_server_status",
                                     server=self.cluster.replicas[0].addr,
                                     state="standby") == 1, 20, "replica back")
+
+    def test_probe_pool_and_reload_metrics(self):
+        primary = self.cluster.primary.addr
+        text = self.metrics()
+        self.assertGreater(metric(text, "pgrouter_server_probes_total", server=primary), 0)
+        self.assertGreater(metric(text, "pgrouter_server_probe_duration_seconds",
+                                  server=primary), 0)
+        # a pooled connection stays when its client leaves
+        c = psycopg2.connect(self.router.dsn("pool"))
+        self.assertEqual(metric(self.metrics(), "pgrouter_pool_server_connections",
+                                server=primary, state="in_use"), 1)
+        c.close()
+        wait_for(lambda: metric(self.metrics(), "pgrouter_pool_server_connections",
+                                server=primary, state="idle") == 1, 5, "the connection parked")
+        ok = metric(text, "pgrouter_reloads_total", result="ok")
+        os.kill(self.router.proc.pid, signal.SIGHUP)
+        wait_for(lambda: metric(self.metrics(), "pgrouter_reloads_total", result="ok") == ok + 1,
+                 5, "the reload counted")
+        text = self.metrics()
+        self.assertEqual(metric(text, "pgrouter_last_reload_success"), 1)
+        self.assertGreater(metric(text, "pgrouter_last_reload_timestamp_seconds"),
+                           time.time() - 60)
 
     def test_scraped_by_prometheus(self):
         work = tempfile.mkdtemp(prefix="pgrouter-prom-")
