@@ -1417,7 +1417,9 @@ static void leave_server(struct session *s, const char *lost)
  * if it did not (someone ran pg_terminate_backend, idle_session_timeout),
  * the client is told what the server said, as it would have been.
  */
-#define LOST_VERDICT_MS(c) (2 * (c)->probe_interval_ms + 1000)
+/* two probe rounds, each bounded by connect_timeout, and a second for the news
+ * to reach the workers on a loaded machine */
+#define LOST_VERDICT_MS(c) (2 * (c)->probe_interval_ms + (c)->connect_timeout_ms + 1000)
 
 static bool server_left(const struct topology *t, const struct session *s)
 {
@@ -1943,10 +1945,15 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_INSPECT:
 		inspect_failed(s, "the server did not answer in time");
 		break;
-	case SS_LOST:
+	case SS_LOST: {
+		char now[64];
+		describe_entry(entry_for(s->w->topo, move_from_server(s)), now, sizeof(now));
+		slog(LOG_INFO, s, "server %s still %s after its connection closed: not moving",
+		     move_from(s), now);
 		session_fail(s, "57P01", "pgrouter: server %s closed the session: %s", move_from(s),
 			     move_lost(s));
 		break;
+	}
 	case SS_RESTORE:
 		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
 			      router.cfg->connect_timeout_ms);

@@ -382,7 +382,11 @@ class PatroniSuite:
         time.sleep(1.5)  # idle: pgrouter reads its state
         old.kill9()
         t0 = time.monotonic()
-        cur.execute("select current_setting('work_mem'), inet_server_port()")
+        try:
+            cur.execute("select current_setting('work_mem'), inet_server_port()")
+        except psycopg2.Error as e:
+            old.start()  # the next tests need all three members
+            self.fail("%s\npgrouter's log:\n%s" % (e, self.mrouter.log_text()[-4000:]))
         stall = time.monotonic() - t0
         new = self.pc.wait_healthy(60, nodes=[n for n in self.pc.nodes if n is not old])
         self.assertEqual(cur.fetchone(), ("6MB", new.pg_port))
