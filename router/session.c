@@ -733,6 +733,23 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 
 static void check_fit(struct session *s);
 
+/* Server bytes read whole into s->in but owed to the client (what followed a
+ * ReadyForQuery): to the client, through the server stream's scanner. false:
+ * the session failed. */
+static bool pass_server_bytes(struct session *s)
+{
+	size_t left = s->in ? evbuffer_get_length(s->in) : 0;
+	if (!left)
+		return true;
+	if (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
+	    !end_queue(&s->c, evbuffer_pullup(s->in, -1), left)) {
+		session_fail(s, "08P01", "server sent an invalid message");
+		return false;
+	}
+	evbuffer_drain(s->in, left);
+	return true;
+}
+
 static void enter_relay(struct session *s, char txn_status)
 {
 	session_set_state(s, SS_RELAY);
@@ -751,15 +768,9 @@ static void enter_relay(struct session *s, char txn_status)
 	     s->hot_standby < 0 ? "?" : s->hot_standby ? "on" : "off",
 	     s->read_only < 0 ? "?" : s->read_only ? "on" : "off");
 	if (s->in) {
-		size_t left = evbuffer_get_length(s->in);
-		if (left) {
-			/* the server spoke past ReadyForQuery; pass it on, scanned */
-			if (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
-			    evbuffer_remove_buffer(s->in, s->c.out, left) < 0) {
-				session_fail(s, "08P01", "server sent an invalid message");
-				return;
-			}
-		}
+		/* the server spoke past ReadyForQuery */
+		if (!pass_server_bytes(s))
+			return;
 		evbuffer_free(s->in);
 		s->in = NULL;
 	}
@@ -1365,19 +1376,12 @@ static void inspected(struct session *s)
 static void back_to_relay(struct session *s)
 {
 	session_set_state(s, SS_RELAY);
-	if (s->in && evbuffer_get_length(s->in)) {
-		/* asynchronous messages right behind the answer: the client's */
-		size_t left = evbuffer_get_length(s->in);
-		if (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
-		    !end_queue(&s->c, evbuffer_pullup(s->in, -1), left)) {
-			session_fail(s, "08P01", "server sent an invalid message");
-			return;
-		}
-		evbuffer_drain(s->in, left);
-		if (end_flush(&s->c) < 0) {
-			s->dead = true;
-			return;
-		}
+	/* asynchronous messages right behind the answer: the client's */
+	if (!pass_server_bytes(s))
+		return;
+	if (end_flush(&s->c) < 0) {
+		s->dead = true;
+		return;
 	}
 	client_watch(s, EV_READ);
 	if (s->draining)
@@ -1513,13 +1517,8 @@ static bool idle_server_read(struct session *s)
 	}
 	/* what is left (part of a message, or not an asynchronous one) goes the
 	 * relay's way, scanned */
-	size_t left = evbuffer_get_length(s->in);
-	if (left && (pgw_scan(&s->s.scan, evbuffer_pullup(s->in, -1), left) != 0 ||
-		     !end_queue(&s->c, evbuffer_pullup(s->in, -1), left))) {
-		session_fail(s, "08P01", "server sent an invalid message");
+	if (!pass_server_bytes(s))
 		return true;
-	}
-	evbuffer_drain(s->in, left);
 	if (end_flush(&s->c) < 0)
 		s->dead = true;
 	return true;
