@@ -33,6 +33,7 @@ struct disc_server {
 	atomic_int sessions; /* live sessions routed here (least-connections) */
 	/* written by its prober only (metrics): rounds, failed ones, the last one's µs */
 	atomic_uint_fast64_t probes, probe_failures, probe_last_us;
+	int admin; /* enum disc_admin: the operator's word (under the snapshot lock) */
 };
 
 /*
@@ -53,6 +54,14 @@ enum disc_role {
 };
 const char *disc_role_name(enum disc_role r);
 
+/* What an operator said of a server (admin console: SET SERVER), over what
+ * discovery says: ready (discovery decides), drain (no new sessions; open ones
+ * stay), maint (no new sessions; open ones leave at their next boundary). */
+enum disc_admin { DISC_ADMIN_READY = 0, DISC_ADMIN_DRAIN, DISC_ADMIN_MAINT };
+const char *disc_admin_name(enum disc_admin a);
+/* The registered server named name ("host:port" or a Patroni member name), or NULL. */
+struct disc_server *disc_server_find(const char *name);
+
 struct topo_entry {
 	struct disc_server *srv;
 	enum disc_role role;
@@ -63,6 +72,7 @@ struct topo_entry {
 	bool draining;              /* about to change role (planned switchover): no new
 				       sessions; existing ones close at a transaction boundary */
 	int64_t lag_bytes;          /* replay lag behind the primary; -1 unknown */
+	enum disc_admin admin;      /* the operator's word, copied at publication */
 };
 
 struct topology {
@@ -88,6 +98,10 @@ uint64_t topo_generation(void);
  */
 struct topology *topo_new(unsigned n, const char *source);
 bool topo_publish(struct topology *t, int64_t max_lag);
+
+/* Set the operator's word on srv and publish the current snapshot again with
+ * it (any thread). Returns false when nothing changed. */
+bool topo_set_admin(struct disc_server *srv, enum disc_admin a);
 
 typedef void (*topo_notify_fn)(void *arg);
 /* Register a callback run (on the publishing thread) after each publish. */

@@ -89,6 +89,29 @@ void disc_servers_free(void)
 	pthread_mutex_unlock(&reg_lock);
 }
 
+struct disc_server *disc_server_find(const char *name)
+{
+	struct disc_server *s = NULL;
+	pthread_mutex_lock(&reg_lock);
+	for (unsigned i = 0; i < reg_n && !s; i++) {
+		char hp[300];
+		snprintf(hp, sizeof(hp), "%s:%s", reg[i]->host, reg[i]->port);
+		if (strcmp(reg[i]->name, name) == 0 || strcmp(hp, name) == 0)
+			s = reg[i];
+	}
+	pthread_mutex_unlock(&reg_lock);
+	return s;
+}
+
+const char *disc_admin_name(enum disc_admin a)
+{
+	switch (a) {
+	case DISC_ADMIN_DRAIN: return "drain";
+	case DISC_ADMIN_MAINT: return "maint";
+	default: return "ready";
+	}
+}
+
 const char *disc_role_name(enum disc_role r)
 {
 	switch (r) {
@@ -171,6 +194,7 @@ static bool entry_same(const struct topo_entry *a, const struct topo_entry *b, i
 	       a->in_hot_standby == b->in_hot_standby &&
 	       a->default_read_only == b->default_read_only &&
 	       a->noloadbalance == b->noloadbalance && a->draining == b->draining &&
+	       a->admin == b->admin &&
 	       lagging_a == lagging_b &&
 	       (a->lag_bytes < 0) == (b->lag_bytes < 0);
 }
@@ -190,6 +214,8 @@ bool topo_publish(struct topology *t, int64_t max_lag)
 	struct timespec wall;
 	clock_gettime(CLOCK_REALTIME, &wall);
 	pthread_mutex_lock(&topo_lock);
+	for (unsigned i = 0; i < t->n; i++)
+		t->e[i].admin = (enum disc_admin)t->e[i].srv->admin;
 	/* the source confirmed its view now, whether or not it changed */
 	stats.updated_s = (double)wall.tv_sec + wall.tv_nsec / 1e9;
 	if (!t->stale)
@@ -215,6 +241,34 @@ bool topo_publish(struct topology *t, int64_t max_lag)
 	topo_release(old);
 	for (unsigned i = 0; i < n; i++)
 		subs[i].fn(subs[i].arg);
+	return true;
+}
+
+bool topo_set_admin(struct disc_server *srv, enum disc_admin a)
+{
+	pthread_mutex_lock(&topo_lock);
+	if (srv->admin == (int)a) {
+		pthread_mutex_unlock(&topo_lock);
+		return false;
+	}
+	srv->admin = (int)a;
+	struct topology *old = current, *t = NULL;
+	if (old && (t = topo_new(old->n, old->source))) {
+		memcpy(t->e, old->e, old->n * sizeof(t->e[0]));
+		t->stale = old->stale;
+		for (unsigned i = 0; i < t->n; i++)
+			t->e[i].admin = (enum disc_admin)t->e[i].srv->admin;
+		t->generation = ++generation;
+		stats.publishes++;
+		current = t;
+	}
+	unsigned n = nsubs;
+	pthread_mutex_unlock(&topo_lock);
+	if (t) {
+		topo_release(old);
+		for (unsigned i = 0; i < n; i++)
+			subs[i].fn(subs[i].arg);
+	}
 	return true;
 }
 

@@ -168,6 +168,7 @@ static json_t *status_json(void)
 		json_object_set_new(o, "role", json_string(disc_role_name(e->role)));
 		json_object_set_new(o, "reachable", json_boolean(e->reachable));
 		json_object_set_new(o, "draining", json_boolean(e->draining));
+		json_object_set_new(o, "admin", json_string(disc_admin_name(e->admin)));
 		json_object_set_new(o, "in_hot_standby", json_boolean(e->in_hot_standby));
 		json_object_set_new(o, "lag_bytes", e->lag_bytes < 0 ? json_null()
 								    : json_integer(e->lag_bytes));
@@ -220,6 +221,8 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 		event_active(&router.workers[i].ping, EV_READ, 0);
 }
 
+static int http_start(const struct config *c, char *err, size_t errlen);
+
 static void *admin_main(void *arg)
 {
 	event_base_dispatch(base);
@@ -228,9 +231,30 @@ static void *admin_main(void *arg)
 
 int admin_start(const struct config *c, char *err, size_t errlen)
 {
-	if (!c->http_host[0])
+	if (!c->http_host[0] && !c->nconsole)
 		return 0;
-	if (!(base = event_base_new()) || !(http = evhttp_new(base))) {
+	if (!(base = event_base_new())) {
+		snprintf(err, errlen, "admin: out of memory");
+		return -1;
+	}
+	if (console_start(base, c, err, errlen) != 0)
+		return -1;
+	if (c->http_host[0] && http_start(c, err, errlen) != 0)
+		return -1;
+	ping_timer = event_new(base, -1, EV_PERSIST, ping_cb, NULL);
+	struct timeval tv = { PING_MS / 1000, (PING_MS % 1000) * 1000 };
+	if (!ping_timer || event_add(ping_timer, &tv) != 0 ||
+	    pthread_create(&thread, NULL, admin_main, NULL) != 0) {
+		snprintf(err, errlen, "admin: cannot start its thread");
+		return -1;
+	}
+	running = true;
+	return 0;
+}
+
+static int http_start(const struct config *c, char *err, size_t errlen)
+{
+	if (!(http = evhttp_new(base))) {
 		snprintf(err, errlen, "admin: out of memory");
 		return -1;
 	}
@@ -247,14 +271,6 @@ int admin_start(const struct config *c, char *err, size_t errlen)
 			 c->http_line, c->http_host, c->http_port);
 		return -1;
 	}
-	ping_timer = event_new(base, -1, EV_PERSIST, ping_cb, NULL);
-	struct timeval tv = { PING_MS / 1000, (PING_MS % 1000) * 1000 };
-	if (!ping_timer || event_add(ping_timer, &tv) != 0 ||
-	    pthread_create(&thread, NULL, admin_main, NULL) != 0) {
-		snprintf(err, errlen, "admin: cannot start its thread");
-		return -1;
-	}
-	running = true;
 	log_info("admin: HTTP on %s:%s (/metrics /livez /readyz /status)", c->http_host,
 		 c->http_port);
 	return 0;
@@ -267,6 +283,7 @@ void admin_stop(void)
 		pthread_join(thread, NULL);
 		running = false;
 	}
+	console_stop();
 	if (ping_timer)
 		event_free(ping_timer);
 	if (http)

@@ -586,6 +586,48 @@ static int listener_key(struct parse_ctx *p, const char *k, const char *v)
 	return fail(p, p->line, k, "unknown key in [listener %s]", l->name);
 }
 
+/* The admin console's sockets: "host:port" (TCP) or "/dir:port" (a Unix
+ * socket /dir/.s.PGSQL.port, where psql -h /dir -p port looks). */
+static int parse_console(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	char buf[1024];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, p->line, k, "list too long");
+	strcpy(buf, v);
+	c->nconsole = 0;
+	c->console_line = p->line;
+	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		if (c->nconsole == sizeof(c->console) / sizeof(c->console[0]))
+			return fail(p, p->line, k, "more than 4 addresses");
+		struct console_listen *cl = &c->console[c->nconsole++];
+		memset(cl, 0, sizeof(*cl));
+		const char *why;
+		if (*tok == '/') {
+			char *colon = strrchr(tok, ':');
+			unsigned port = 6432;
+			if (colon) {
+				*colon = 0;
+				if (parse_uint(colon + 1, 1, 65535, &port) != 0)
+					return fail(p, p->line, k, "\"%s\": port must be 1..65535", tok);
+			}
+			cl->unix_socket = true;
+			snprintf(cl->port, sizeof(cl->port), "%u", port);
+			snprintf(cl->host, sizeof(cl->host), "%s", tok);
+			if ((size_t)snprintf(cl->path, sizeof(cl->path), "%s/.s.PGSQL.%u", tok, port) >=
+			    sizeof(cl->path))
+				return fail(p, p->line, k, "\"%s\": socket path too long", tok);
+		} else if (parse_hostport(tok, cl->host, sizeof(cl->host), cl->port, sizeof(cl->port),
+					  "6432", &why) != 0) {
+			return fail(p, p->line, k, "\"%s\": %s", tok, why);
+		}
+	}
+	if (c->nconsole == 0)
+		return fail(p, p->line, k, "empty list");
+	return 1;
+}
+
 static int admin_key(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
@@ -599,6 +641,10 @@ static int admin_key(struct parse_ctx *p, const char *k, const char *v)
 	}
 	if (strcmp(k, "ready_max_stale") == 0)
 		return set_duration(p, k, v, &c->ready_max_stale_ms, true);
+	if (strcmp(k, "listen") == 0)
+		return parse_console(p, k, v);
+	if (strcmp(k, "admin_users") == 0)
+		return set_string(p, k, v, c->admin_users, sizeof(c->admin_users));
 	return fail(p, p->line, k, "unknown key in [admin]");
 }
 
@@ -607,6 +653,13 @@ static int handler(void *user, const char *section, const char *name, const char
 	struct parse_ctx *p = user;
 	struct config *c = p->c;
 
+	if (c->nkv < sizeof(c->kv) / sizeof(c->kv[0])) {
+		struct config_kv *kv = &c->kv[c->nkv++];
+		snprintf(kv->section, sizeof(kv->section), "%s", section);
+		snprintf(kv->key, sizeof(kv->key), "%s", name);
+		snprintf(kv->value, sizeof(kv->value), "%s", value);
+		kv->line = p->line;
+	}
 	if (strcmp(section, p->cur_section) != 0) {
 		snprintf(p->cur_section, sizeof(p->cur_section), "%s", section);
 		p->cur_listener = NULL;
@@ -794,6 +847,7 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 		strcpy(c->auth_password, c->probe_password);
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		struct listener_config *l = &c->listeners[i];
+		l->slot = i;
 		inherit_tls(&l->tls, &c->client_tls);
 		if (!l->auth_line)
 			l->auth = c->auth;
@@ -824,5 +878,14 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 				return -1;
 			}
 	}
+	for (unsigned i = 0; i < c->nconsole; i++)
+		if (!c->console[i].unix_socket && (!c->admin_users[0] || !c->auth_file[0])) {
+			snprintf(err, errlen,
+				 "%s:%d: listen: the admin console on TCP (%s:%s) needs admin_users, "
+				 "whose SCRAM verifiers are in auth_file (a Unix socket needs neither: "
+				 "it admits pgrouter's own OS user and root)",
+				 path, c->console_line, c->console[i].host, c->console[i].port);
+			return -1;
+		}
 	return tls_checks(c, err, errlen);
 }

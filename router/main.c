@@ -7,6 +7,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -74,31 +75,36 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(base, NULL);
 }
 
-/* SIGHUP: read the TLS certificates and keys again (rotated in place). A file
- * that does not load leaves the ones in use. */
-static void reload_cb(evutil_socket_t sig, short what, void *arg)
+/* SIGHUP and RELOAD: read the TLS certificates and keys again (rotated in
+ * place), the auth_file, and reopen the log file. A file that does not load
+ * leaves the one in use. msg: what happened, one line. */
+static bool reload(char *msg, size_t len)
 {
 	char err[1024];
 	bool ok = true;
+	msg[0] = 0;
 	notify_systemd("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
 	/* logrotate moved the file: write to a new one at the same path */
 	if (log_open(router.cfg->log_file, err, sizeof(err)) != 0) {
-		log_error("SIGHUP: %s; still writing to the old log file", err);
+		log_error("reload: %s; still writing to the old log file", err);
+		snprintf(msg, len, "%s", err);
 		ok = false;
 	}
 	if (tls_setup(router.cfg, err, sizeof(err)) != 0) {
-		log_error("SIGHUP: TLS files not reloaded, keeping the ones in use: %s", err);
+		log_error("reload: TLS files not reloaded, keeping the ones in use: %s", err);
+		snprintf(msg, len, "%s", err);
 		ok = false;
 	}
 	else
-		log_info("SIGHUP: TLS certificates and keys reloaded (other settings need a restart)");
+		log_info("reload: TLS certificates and keys reloaded (other settings need a restart)");
 	if (router.cfg->auth_file[0]) {
 		if (auth_file_load(router.cfg, err, sizeof(err)) != 0) {
-			log_error("SIGHUP: auth_file not reloaded, keeping the users in use: %s", err);
+			log_error("reload: auth_file not reloaded, keeping the users in use: %s", err);
+			snprintf(msg, len, "%s", err);
 			ok = false;
 		}
 		else
-			log_info("SIGHUP: auth_file %s reloaded", router.cfg->auth_file);
+			log_info("reload: auth_file %s reloaded", router.cfg->auth_file);
 	}
 	struct timespec wall;
 	clock_gettime(CLOCK_REALTIME, &wall);
@@ -106,6 +112,67 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 	atomic_store(&router.last_reload_ok, ok);
 	atomic_fetch_add(ok ? &router.reloads_ok : &router.reloads_failed, 1);
 	notify_systemd("READY=1\nSTATUS=reloaded%s", ok ? "" : " (with errors: see the log)");
+	if (ok)
+		snprintf(msg, len, "reloaded %s", router.cfg->path);
+	return ok;
+}
+
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	char msg[1024];
+	log_info("SIGHUP: reloading");
+	reload(msg, sizeof(msg));
+}
+
+/* RELOAD from the admin console (admin thread) runs here, on the main thread. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct event *ev;
+	bool asked, done, loop_running;
+	int rc;
+	char msg[1024];
+} R = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+static void console_reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char msg[1024];
+	bool ok = reload(msg, sizeof(msg));
+	pthread_mutex_lock(&R.mu);
+	R.rc = ok ? 0 : -1;
+	snprintf(R.msg, sizeof(R.msg), "%s", msg);
+	R.done = true;
+	pthread_cond_signal(&R.cv);
+	pthread_mutex_unlock(&R.mu);
+}
+
+int main_reload(char *msg, size_t len)
+{
+	pthread_mutex_lock(&R.mu);
+	if (!R.loop_running || R.asked) {
+		pthread_mutex_unlock(&R.mu);
+		snprintf(msg, len, R.asked ? "a reload is already under way"
+					   : "pgrouter is shutting down");
+		return -1;
+	}
+	R.asked = true;
+	R.done = false;
+	event_active(R.ev, EV_READ, 0);
+	while (!R.done && R.loop_running)
+		pthread_cond_wait(&R.cv, &R.mu);
+	int rc = R.done ? R.rc : -1;
+	snprintf(msg, len, "%s", R.done ? R.msg : "pgrouter is shutting down");
+	R.asked = false;
+	pthread_mutex_unlock(&R.mu);
+	return rc;
+}
+
+static void main_loop_ended(void)
+{
+	pthread_mutex_lock(&R.mu);
+	R.loop_running = false;
+	pthread_cond_broadcast(&R.cv);
+	pthread_mutex_unlock(&R.mu);
 }
 
 int main(int argc, char **argv)
@@ -261,6 +328,10 @@ int main(int argc, char **argv)
 			 l->name, l->host, l->port, tsa_name(l->tsa), lb_name(l->lb),
 			 client_tls_name(l->tls.mode), auth_mode_name(l->auth));
 	}
+	R.ev = event_new(base, -1, 0, console_reload_cb, NULL);
+	pthread_mutex_lock(&R.mu);
+	R.loop_running = R.ev != NULL; /* RELOAD waits for the loop to run it */
+	pthread_mutex_unlock(&R.mu);
 	if (admin_start(&cfg, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		workers_shutdown(&router);
@@ -277,6 +348,7 @@ int main(int argc, char **argv)
 	event_add(sigint, NULL);
 	event_add(sighup, NULL);
 	event_base_dispatch(base);
+	main_loop_ended();
 
 	/* the main loop has stopped: workers drain on their own, this thread waits */
 	workers_shutdown(&router);
@@ -289,9 +361,12 @@ int main(int argc, char **argv)
 	log_info("pgrouter stopped");
 	rc = 0;
 out:
+	main_loop_ended();
 	workers_wait(&router);
 	admin_stop();
 	workers_join(&router);
+	if (R.ev)
+		event_free(R.ev);
 	disc_static_stop(src);
 	disc_etcd_stop(etcd);
 	disc_rest_stop(rest);

@@ -38,7 +38,7 @@ void hist_observe(struct hist *h, uint64_t us)
 
 struct listener_stats *lstats(const struct session *s)
 {
-	return &s->w->stats->l[s->l - router.cfg->listeners];
+	return &s->w->stats->l[s->l->slot];
 }
 
 static unsigned slot(const struct disc_server *srv);
@@ -58,13 +58,14 @@ static const char *const rej_names[REJ_N] = { "max_client_conn", "tls_required",
 					      "protocol" };
 static const char *const conn_err_names[CONN_ERR_N] = { "refused", "timeout", "tls",
 							"server_refused", "closed" };
-static const char *const shed_names[SHED_N] = { "role_change", "cannot_move", "drain_timeout" };
+static const char *const shed_names[SHED_N] = { "role_change", "cannot_move", "drain_timeout",
+						 "maintenance" };
 static const char *const move_names[MOVE_N] = { "switchover", "role_change", "server_lost",
-						"lag" };
+						"lag", "maintenance" };
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-static uint64_t sum_u(size_t off)
+uint64_t stats_sum_u(size_t off)
 {
 	uint64_t v = 0;
 	for (unsigned i = 0; i < router.nworkers; i++)
@@ -73,7 +74,7 @@ static uint64_t sum_u(size_t off)
 	return v;
 }
 
-static int64_t sum_i(size_t off)
+int64_t stats_sum_i(size_t off)
 {
 	int64_t v = 0;
 	for (unsigned i = 0; i < router.nworkers; i++)
@@ -82,7 +83,9 @@ static int64_t sum_i(size_t off)
 	return v;
 }
 
-#define OFF(field) offsetof(struct worker_stats, field)
+#define OFF(field) STATS_OFF(field)
+#define sum_u stats_sum_u
+#define sum_i stats_sum_i
 
 static void help(struct evbuffer *out, const char *name, const char *type, const char *text)
 {

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/queue.h>
@@ -98,6 +99,7 @@ struct listener_config {
 	enum tsa tsa;
 	enum lb lb;
 	int line;
+	unsigned slot;  /* its index in metrics and PAUSE bits: stable across reloads */
 	atomic_uint rr; /* round-robin cursor, shared by the workers */
 	enum auth_mode auth;
 	int auth_line; /* 0: [pgrouter]'s auth */
@@ -190,10 +192,25 @@ struct config {
 	unsigned nlisteners;
 	struct listener_config listeners[CONFIG_MAX_LISTENERS];
 
-	/* [admin] (admin.c) */
+	/* [admin] (admin.c, console.c) */
 	char http_host[256], http_port[8]; /* http_listen; empty: off */
 	int http_line;
 	unsigned ready_max_stale_ms;
+	unsigned nconsole; /* listen: the admin console's sockets */
+	struct console_listen {
+		bool unix_socket;       /* path: DIR/.s.PGSQL.PORT, as psql -h DIR -p PORT finds it */
+		char host[256], port[8];
+		char path[108];
+	} console[4];
+	int console_line;
+	char admin_users[512];
+
+	/* every key = value as read, for SHOW CONFIG */
+	unsigned nkv;
+	struct config_kv {
+		char section[72], key[40], value[200];
+		int line;
+	} kv[256];
 };
 
 /*
@@ -294,6 +311,10 @@ int auth_file_load(const struct config *c, char *err, size_t errlen)
  * AUTH_UNAVAILABLE: the lookup failed (why).
  */
 int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why, size_t whylen);
+/* The admin console: user's SCRAM verifier when user is in admin_users and
+ * auth_file has one for it; otherwise false, with a mock verifier in *out. */
+bool auth_admin_verifier(const char *admin_users, const char *user,
+			 struct pgw_scram_verifier *out);
 /* A login failed with the cached verifier: look it up again next time. */
 void auth_forget(const char *user);
 
@@ -304,8 +325,10 @@ enum rej_reason { REJ_MAX_CLIENT_CONN, REJ_TLS_REQUIRED, REJ_NO_SERVER, REJ_POOL
 		  REJ_AUTH_FAILED, REJ_SHUTTING_DOWN, REJ_PROTOCOL, REJ_N };
 enum conn_err { CONN_REFUSED, CONN_TIMEOUT, CONN_TLS, CONN_SERVER_REFUSED, CONN_CLOSED,
 		CONN_ERR_N };
-enum shed_reason { SHED_ROLE_CHANGE, SHED_CANNOT_MOVE, SHED_DRAIN_TIMEOUT, SHED_N };
-enum move_cause { MOVE_SWITCHOVER, MOVE_ROLE_CHANGE, MOVE_SERVER_LOST, MOVE_LAG, MOVE_N };
+enum shed_reason { SHED_ROLE_CHANGE, SHED_CANNOT_MOVE, SHED_DRAIN_TIMEOUT, SHED_MAINT,
+		   SHED_N };
+enum move_cause { MOVE_SWITCHOVER, MOVE_ROLE_CHANGE, MOVE_SERVER_LOST, MOVE_LAG, MOVE_MAINT,
+		  MOVE_N };
 #define HIST_BUCKETS 12
 /* Bucket counts (not cumulative; the last is +Inf) and the sum in µs. */
 struct hist {
@@ -339,6 +362,10 @@ static inline void gauge_add(atomic_int_fast64_t *g, int64_t n)
 			      memory_order_relaxed);
 }
 uint64_t now_us(void);
+/* A counter (gauge) summed over the workers: STATS_OFF(l[i].accepted). */
+#define STATS_OFF(field) offsetof(struct worker_stats, field)
+uint64_t stats_sum_u(size_t off);
+int64_t stats_sum_i(size_t off);
 void hist_observe(struct hist *h, uint64_t us);
 /* Prometheus text format of everything, into out. */
 struct evbuffer;
@@ -366,6 +393,9 @@ struct worker {
 	struct event pool_sweep; /* closes idle server connections past their time */
 	struct event inspect_sweep; /* reads the state of sessions idle since the last turn */
 	struct event ping;          /* admin.c asks: is this loop turning? */
+	struct event call;          /* the admin console asks for something (workers_call) */
+	struct wcall *pending_call; /* under the call lock */
+	atomic_bool loop_ended;
 	atomic_uint_fast64_t pong_ms; /* when it last answered */
 	struct worker_stats *stats; /* metrics.c */
 	struct pool *pools;     /* this worker's pools of server connections */
@@ -393,8 +423,15 @@ struct router {
 	double start_time;    /* wall clock, seconds */
 	atomic_uint_fast64_t next_session_id;
 	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener] */
+	atomic_uint paused; /* PAUSE (admin console): bit = listener slot */
+	atomic_uint_fast64_t admin_kills; /* sessions ended by KILL */
 };
 extern struct router router;
+
+static inline bool listener_paused(const struct listener_config *l)
+{
+	return atomic_load_explicit(&router.paused, memory_order_relaxed) >> l->slot & 1;
+}
 
 /* notify.c: a line of systemd's sd_notify protocol (no-op outside systemd). */
 void notify_systemd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -403,10 +440,29 @@ unsigned long long monotonic_usec(void);
 /* status_cli.c: pgrouter --status: the running pgrouter's /status as a table. */
 int status_print(const struct config *c, FILE *out);
 
-/* admin.c: the HTTP endpoint (off without http_listen). Start after the
- * workers; stop after their loops ended, before they are freed. */
+/* admin.c: the HTTP endpoint (off without http_listen) and the admin console
+ * (off without [admin] listen), on one thread. Start after the workers; stop
+ * after their loops ended, before they are freed. */
 int admin_start(const struct config *c, char *err, size_t errlen);
 void admin_stop(void);
+/* console.c: the admin console's sockets on the admin thread's base. */
+int console_start(struct event_base *base, const struct config *c, char *err, size_t errlen);
+void console_stop(void);
+/* main.c: RELOAD from the console, run on the main thread; 0 or -1, with what
+ * happened in msg either way. */
+int main_reload(char *msg, size_t len);
+
+/* worker.c: run fn on every worker's thread (all at once) and wait for their
+ * answers, at most timeout_ms; each one's output is appended to out in worker
+ * order. One caller at a time (the admin thread). Returns how many answered. */
+struct wcall_arg {
+	int op;
+	uint64_t id;
+	char text[256];
+	unsigned count; /* fn counts what it did on its worker; the caller gets the sum */
+};
+typedef void (*wcall_fn)(struct worker *w, struct wcall_arg *a, struct evbuffer *out);
+unsigned workers_call(wcall_fn fn, struct wcall_arg *a, struct evbuffer *out, unsigned timeout_ms);
 
 int listeners_bind(struct router *r, char *err, size_t errlen);
 int workers_start(struct router *r, char *err, size_t errlen);
@@ -498,8 +554,10 @@ struct session {
 	unsigned inspect_only : 1;     /* INSPECT while idle, to know the state; no move */
 	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
 	uint64_t queued_us, connect_us; /* metrics: when it began to wait / to connect */
+	uint64_t started_ms;           /* accepted (SHOW SESSIONS) */
 	unsigned srv_counted : 1;      /* metrics: counted in its server's sessions */
-	unsigned move_cause : 2;       /* enum move_cause of the move wanted or under way */
+	unsigned move_cause : 3;       /* enum move_cause of the move wanted or under way */
+	unsigned held : 1;             /* PAUSE: its client is not read until RESUME */
 	char peer[48];
 	char who[96]; /* user@database */
 	char user[64];
@@ -515,6 +573,8 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 /* Close without a message; client_gone: the client already left (no lingering). */
 void session_close(struct session *s, bool client_gone);
 void sessions_topology_changed(struct worker *w);
+/* PAUSE or RESUME: hold idle sessions of paused listeners, let the others go. */
+void sessions_pause_changed(struct worker *w);
 /* Sessions queued for room in a pool try again. */
 void sessions_retry_queued(struct worker *w);
 void sessions_drain(struct worker *w);

@@ -25,7 +25,7 @@ static bool standby_usable(const struct topo_entry *e, int64_t max_lag)
 
 bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag)
 {
-	if (!e->reachable || e->draining)
+	if (!e->reachable || e->draining || e->admin != DISC_ADMIN_READY)
 		return false;
 	bool known = e->role != DISC_ROLE_UNKNOWN;
 	switch (t) {

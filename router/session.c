@@ -319,6 +319,7 @@ static void shed(struct session *s, enum shed_reason reason, const char *why);
 static void inspect_failed(struct session *s, const char *what);
 static void check_drain(struct session *s);
 static void check_fit(struct session *s);
+static void hold_if_paused(struct session *s);
 
 /* pool_mode = session: an idle server connection from the pool becomes this
  * session's; the client's own parameters are set on it next. */
@@ -367,6 +368,18 @@ static void route(struct session *s)
 	if (w->draining) {
 		stat_reject(s, REJ_SHUTTING_DOWN);
 		session_fail(s, "57P01", "pgrouter is shutting down");
+		return;
+	}
+	if (listener_paused(s->l)) {
+		/* PAUSE: wait for RESUME, however long; queue_timeout starts then */
+		pool_unwait(s);
+		if (s->state != SS_QUEUED) {
+			slog(LOG_INFO, s, "listener paused: waiting for RESUME");
+			if (s->state != SS_CONNECTING)
+				client_watch(s, EV_CLOSED);
+			session_set_state(s, SS_QUEUED);
+		}
+		evtimer_del(&s->timer);
 		return;
 	}
 	/* The newest snapshot, not the worker's cached one: the worker learns of a
@@ -775,6 +788,7 @@ static void enter_relay(struct session *s, char txn_status)
 		s->in = NULL;
 	}
 	if (s->router_auth) {
+		s->held = false;
 		client_watch(s, EV_READ); /* it may speak now */
 		login_done(s);        /* the exchanges' state goes; the credentials stay */
 		/* just logged in (or moved): its state is what pgrouter set up */
@@ -785,6 +799,8 @@ static void enter_relay(struct session *s, char txn_status)
 		session_fail(s, "57P01", "pgrouter is shutting down");
 	else
 		check_fit(s); /* a snapshot may have arrived while it authenticated */
+	if (!s->dead && s->state == SS_RELAY && s->router_auth)
+		hold_if_paused(s); /* moved during a PAUSE: its next transaction waits */
 }
 
 /*
@@ -1221,6 +1237,8 @@ static void describe_entry(const struct topo_entry *e, char *buf, size_t len)
 		snprintf(buf, len, "not routable");
 	else if (e->role == DISC_ROLE_PRIMARY && e->in_hot_standby)
 		snprintf(buf, len, "in recovery");
+	else if (e->admin == DISC_ADMIN_MAINT)
+		snprintf(buf, len, "%s, in maintenance (operator)", disc_role_name(e->role));
 	else if (e->draining)
 		snprintf(buf, len, "%s, switchover pending", disc_role_name(e->role));
 	else
@@ -1231,6 +1249,12 @@ static void describe_entry(const struct topo_entry *e, char *buf, size_t len)
 /* Close a session whose server no longer fits, with FATAL 57P01 where the
  * stream allows a message; mid-message the connection is just closed. why:
  * what kept it from moving to another server (NULL: it could not try). */
+static bool maint(const struct session *s)
+{
+	const struct topo_entry *e = entry_for(s->w->topo, s->srv);
+	return e && e->admin == DISC_ADMIN_MAINT;
+}
+
 static void shed(struct session *s, enum shed_reason reason, const char *why)
 {
 	stat_add(&srv_stats(s, s->srv)->shed[reason], 1);
@@ -1242,11 +1266,19 @@ static void shed(struct session *s, enum shed_reason reason, const char *why)
 		s->dead = true;
 		return;
 	}
-	session_fail(s, "57P01",
-		     "pgrouter: server %s changed role (was %s, now %s) and no longer satisfies "
-		     "target_session_attrs=%s for listener \"%s\"%s%s; reconnect",
-		     s->srv->name, was, now, tsa_name(s->l->tsa), s->l->name,
-		     why ? "; the session cannot move to another server: it " : "", why ? why : "");
+	if (reason == SHED_MAINT || (reason != SHED_ROLE_CHANGE && maint(s)))
+		session_fail(s, "57P01",
+			     "pgrouter: server %s was taken out of service by an operator (SET SERVER "
+			     "MAINT)%s%s; reconnect",
+			     s->srv->name, why ? "; the session cannot move to another server: it " : "",
+			     why ? why : "");
+	else
+		session_fail(s, "57P01",
+			     "pgrouter: server %s changed role (was %s, now %s) and no longer satisfies "
+			     "target_session_attrs=%s for listener \"%s\"%s%s; reconnect",
+			     s->srv->name, was, now, tsa_name(s->l->tsa), s->l->name,
+			     why ? "; the session cannot move to another server: it " : "",
+			     why ? why : "");
 }
 
 /* ---- moving: a session changes servers between transactions ----------
@@ -1383,11 +1415,14 @@ static void back_to_relay(struct session *s)
 		s->dead = true;
 		return;
 	}
+	s->held = false;
 	client_watch(s, EV_READ);
 	if (s->draining)
 		check_drain(s);
 	else
 		check_fit(s);
+	if (!s->dead && s->state == SS_RELAY)
+		hold_if_paused(s);
 }
 
 /* Known state, nothing in flight: off to another server. */
@@ -1560,6 +1595,17 @@ static void move_done(struct session *s)
 	enter_relay(s, 'I');
 }
 
+/* PAUSE: a session between transactions waits for RESUME before its next one
+ * (its client is not read; a close is still noticed). */
+static void hold_if_paused(struct session *s)
+{
+	if (!s->held && at_boundary(s) && listener_paused(s->l)) {
+		s->held = true;
+		client_watch(s, EV_CLOSED);
+		slog(LOG_DEBUG, s, "held: listener paused");
+	}
+}
+
 static void check_drain(struct session *s)
 {
 	if (!at_boundary(s))
@@ -1569,7 +1615,9 @@ static void check_drain(struct session *s)
 	else if (s->move_wanted)
 		move_begin(s);
 	else if (s->shedding)
-		shed(s, SHED_ROLE_CHANGE, NULL);
+		shed(s, maint(s) ? SHED_MAINT : SHED_ROLE_CHANGE, NULL);
+	else
+		hold_if_paused(s);
 }
 
 /* A new snapshot: does this relaying session's server still fit? */
@@ -1577,9 +1625,11 @@ static void check_fit(struct session *s)
 {
 	const struct topo_entry *e = entry_for(s->w->topo, s->srv);
 	bool fits = e && select_still_fits(s->l->tsa, e);
+	/* an operator's MAINT: its sessions leave at their boundary, writers too */
+	bool in_maint = e && e->admin == DISC_ADMIN_MAINT;
 	enum tsa t = s->l->tsa;
 	int64_t max_lag = router.cfg->max_lag;
-	if (fits && !e->draining && can_move(s) && select_lagging(t, e, max_lag) &&
+	if (fits && !in_maint && !e->draining && can_move(s) && select_lagging(t, e, max_lag) &&
 	    select_other_eligible(s->w->topo, t, max_lag, s->srv)) {
 		/* a standby fallen behind: its sessions go to one that is not */
 		if (!s->move_wanted)
@@ -1587,7 +1637,7 @@ static void check_fit(struct session *s)
 		want_move(s, e);
 		return;
 	}
-	if (fits && !e->draining) {
+	if (fits && !in_maint && !e->draining) {
 		if (s->shedding || s->move_wanted) {
 			/* it fits again before its grace ran out (a transient probe failure) */
 			s->shedding = s->move_wanted = false;
@@ -1599,9 +1649,12 @@ static void check_fit(struct session *s)
 	/* writers and "any" wait for the server that comes (a new primary); a
 	 * read session moves only where another server takes it now */
 	if (can_move(s) && (tsa_writes(t) || t == TSA_ANY ||
-			    select_other_eligible(s->w->topo, t, max_lag, s->srv))) {
+			    select_other_eligible(s->w->topo, t, max_lag, s->srv) ||
+			    (t == TSA_PREFER_STANDBY &&
+			     select_other_eligible(s->w->topo, TSA_ANY, max_lag, s->srv)))) {
 		if (!s->move_wanted)
-			s->move_cause = e && e->draining ? MOVE_SWITCHOVER : MOVE_ROLE_CHANGE;
+			s->move_cause = in_maint ? MOVE_MAINT
+				      : e && e->draining ? MOVE_SWITCHOVER : MOVE_ROLE_CHANGE;
 		want_move(s, e);
 		return;
 	}
@@ -1615,7 +1668,7 @@ static void check_fit(struct session *s)
 		return;
 	s->shedding = true;
 	if (at_boundary(s)) {
-		shed(s, SHED_ROLE_CHANGE, NULL);
+		shed(s, in_maint ? SHED_MAINT : SHED_ROLE_CHANGE, NULL);
 		return;
 	}
 	char now[64];
@@ -1939,7 +1992,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		if (s->move_wanted)
 			shed(s, SHED_DRAIN_TIMEOUT, "stayed inside a transaction past drain_timeout");
 		else if (s->shedding)
-			shed(s, SHED_ROLE_CHANGE, NULL); /* shed_grace is over */
+			shed(s, maint(s) ? SHED_MAINT : SHED_ROLE_CHANGE, NULL); /* shed_grace is over */
 		break;
 	case SS_INSPECT:
 		inspect_failed(s, "the server did not answer in time");
@@ -1976,6 +2029,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->id = atomic_fetch_add_explicit(&router.next_session_id, 1, memory_order_relaxed) + 1;
 	s->w = w;
 	s->l = l;
+	s->started_ms = now_ms();
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
 	/* evconnlistener accepts with SOCK_NONBLOCK: no fcntl here */
@@ -2040,6 +2094,33 @@ void sessions_topology_changed(struct worker *w)
 	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
 		next = TAILQ_NEXT(s, qlink);
 		s->tried = 0; /* a new view: servers that refused may be back */
+		route(s);
+		finish(s);
+	}
+}
+
+void sessions_pause_changed(struct worker *w)
+{
+	struct session *s, *next;
+	for (s = TAILQ_FIRST(&w->sessions); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (s->state != SS_RELAY)
+			continue;
+		if (s->held && !listener_paused(s->l)) {
+			s->held = false;
+			client_watch(s, EV_READ);
+			slog(LOG_DEBUG, s, "resumed");
+		} else {
+			hold_if_paused(s);
+		}
+	}
+	uint64_t now = now_ms();
+	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
+		next = TAILQ_NEXT(s, qlink);
+		if (listener_paused(s->l))
+			continue;
+		if (s->deadline_ms < now + router.cfg->queue_timeout_ms)
+			s->deadline_ms = now + router.cfg->queue_timeout_ms; /* waited for RESUME */
 		route(s);
 		finish(s);
 	}

@@ -4,11 +4,13 @@
  * to a worker only by activating its events (notify, shutdown).
  */
 #include <errno.h>
+#include <event2/buffer.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "router/router.h"
@@ -80,6 +82,133 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 	atomic_store_explicit(&w->pong_ms, now_ms(), memory_order_relaxed);
 }
 
+/* ---- workers_call: the admin console's questions --------------------- */
+
+struct wcall {
+	wcall_fn fn;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned pending, refs;
+	struct wcall_arg *args;  /* one copy per worker */
+	struct evbuffer **outs;  /* one per worker, set when it answered */
+};
+
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void wcall_unref(struct wcall *c)
+{
+	pthread_mutex_lock(&c->mu);
+	bool last = --c->refs == 0;
+	pthread_mutex_unlock(&c->mu);
+	if (!last)
+		return;
+	for (unsigned i = 0; i < router.nworkers; i++)
+		if (c->outs[i])
+			evbuffer_free(c->outs[i]);
+	free(c->outs);
+	free(c->args);
+	pthread_cond_destroy(&c->cv);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+static void call_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	pthread_mutex_lock(&call_lock);
+	struct wcall *c = w->pending_call;
+	w->pending_call = NULL;
+	pthread_mutex_unlock(&call_lock);
+	if (!c)
+		return;
+	struct evbuffer *out = evbuffer_new();
+	if (out)
+		c->fn(w, &c->args[w->id], out);
+	pthread_mutex_lock(&c->mu);
+	c->outs[w->id] = out;
+	c->pending--;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	wcall_unref(c);
+}
+
+unsigned workers_call(wcall_fn fn, struct wcall_arg *a, struct evbuffer *out, unsigned timeout_ms)
+{
+	unsigned n = router.nworkers, answered = 0;
+	struct wcall *c = calloc(1, sizeof(*c));
+	if (!c)
+		return 0;
+	c->args = calloc(n, sizeof(*c->args));
+	c->outs = calloc(n, sizeof(*c->outs));
+	if (!c->args || !c->outs) {
+		free(c->args);
+		free(c->outs);
+		free(c);
+		return 0;
+	}
+	c->fn = fn;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	c->refs = 1;
+	bool asked[256] = { false };
+	for (unsigned i = 0; i < n && i < 256; i++) {
+		struct worker *w = &router.workers[i];
+		c->args[i] = *a;
+		c->args[i].count = 0;
+		if (atomic_load(&w->loop_ended))
+			continue;
+		pthread_mutex_lock(&call_lock);
+		bool free_slot = !w->pending_call; /* else an earlier call is still stuck there */
+		if (free_slot) {
+			w->pending_call = c;
+			pthread_mutex_lock(&c->mu);
+			c->refs++;
+			c->pending++;
+			pthread_mutex_unlock(&c->mu);
+		}
+		pthread_mutex_unlock(&call_lock);
+		if (free_slot) {
+			asked[i] = true;
+			event_active(&w->call, EV_READ, 0);
+		}
+	}
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&c->mu);
+	while (c->pending && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0)
+		;
+	unsigned count = 0;
+	for (unsigned i = 0; i < n; i++)
+		if (asked[i] && c->outs[i]) {
+			evbuffer_add_buffer(out, c->outs[i]);
+			count += c->args[i].count;
+			answered++;
+		}
+	pthread_mutex_unlock(&c->mu);
+	a->count = count;
+	/* a worker that did not answer in time still holds the call: take it back */
+	pthread_mutex_lock(&call_lock);
+	for (unsigned i = 0; i < n; i++)
+		if (router.workers[i].pending_call == c) {
+			router.workers[i].pending_call = NULL;
+			pthread_mutex_unlock(&call_lock);
+			pthread_mutex_lock(&c->mu);
+			c->pending--;
+			pthread_mutex_unlock(&c->mu);
+			wcall_unref(c);
+			pthread_mutex_lock(&call_lock);
+		}
+	pthread_mutex_unlock(&call_lock);
+	wcall_unref(c);
+	return answered;
+}
+
 static void inspect_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	sessions_inspect_idle(arg);
@@ -112,6 +241,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	event_base_dispatch(w->base);
+	atomic_store(&w->loop_ended, true);
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
 	pools_free(w);
 	event_del(&w->pool_wake);
@@ -160,6 +290,7 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		pools_init(w);
 		event_assign(&w->inspect_sweep, w->base, -1, EV_PERSIST, inspect_sweep_cb, w);
 		event_assign(&w->ping, w->base, -1, 0, ping_cb, w);
+		event_assign(&w->call, w->base, -1, 0, call_cb, w);
 		atomic_init(&w->pong_ms, now_ms());
 		if (!(w->stats = calloc(1, sizeof(*w->stats)))) {
 			snprintf(err, errlen, "out of memory");
@@ -235,6 +366,7 @@ void workers_join(struct router *r)
 		if (w->base) {
 			event_del(&w->drain_deadline);
 			event_del(&w->ping);
+			event_del(&w->call);
 			event_base_free(w->base);
 		}
 		free(w->stats);

@@ -318,12 +318,14 @@ class Router:
         s = dict(self.settings)
         cluster_keys = ("probe_interval", "probe_user", "probe_password", "probe_dbname",
                         "max_lag")
-        admin_keys = ("http_listen", "ready_max_stale")
+        # [admin]'s "listen" is admin_listen here (a listener has a listen too)
+        admin_keys = ("http_listen", "ready_max_stale", "admin_listen", "admin_users")
         lines = ["[pgrouter]"]
         lines += ["%s = %s" % (k, v) for k, v in s.items()
                   if k not in cluster_keys and k not in admin_keys]
         if any(k in s for k in admin_keys):
-            lines += ["[admin]"] + ["%s = %s" % (k, v) for k, v in s.items() if k in admin_keys]
+            lines += ["[admin]"] + ["%s = %s" % ("listen" if k == "admin_listen" else k, v)
+                                    for k, v in s.items() if k in admin_keys]
         if self.cluster:
             lines += ["[cluster]"] + ["%s = %s" % kv for kv in self.cluster.items()]
         else:
