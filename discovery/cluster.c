@@ -31,6 +31,7 @@ struct disc_cluster {
 	const struct disc_probe_config *pc;
 	bool roles_from_probes;
 	bool stale;
+	bool hold_empty; /* taken over at a reload: an empty view is not published */
 	unsigned n, cap;
 	struct member *m;
 };
@@ -150,9 +151,60 @@ static void probe_done(void *arg, struct disc_server *srv, const struct probe_re
 	publish(c);
 }
 
+/* A reload that restarts the source: the stopped source's cluster waits here
+ * for the next one started (disc_reload_begin/end). */
+static bool park_next;
+static struct disc_cluster *parked;
+
+static void cluster_free(struct disc_cluster *c)
+{
+	for (unsigned i = 0; i < c->n; i++)
+		probe_free(c->m[i].probe);
+	free(c->m);
+	free(c);
+}
+
+void disc_reload_begin(void)
+{
+	park_next = true;
+}
+
+void disc_reload_end(void)
+{
+	park_next = false;
+	if (parked)
+		cluster_free(parked);
+	parked = NULL;
+}
+
+/* The parked cluster, now the new source's: same members and probe results
+ * (probed again with the new settings), and its last view stays published
+ * until the new source has one of its own. */
+static struct disc_cluster *adopt(struct event_base *base, const char *source,
+				  const struct disc_probe_config *pc)
+{
+	struct disc_cluster *c = parked;
+	parked = NULL;
+	c->base = base;
+	c->source = source;
+	c->pc = pc;
+	c->hold_empty = true;
+	for (unsigned i = 0; i < c->n; i++) {
+		struct member *m = &c->m[i];
+		probe_free(m->probe);
+		m->probe = pc->interval_ms ? probe_new(base, m->v.srv, pc, probe_done, c) : NULL;
+		m->probes_on = pc->interval_ms > 0;
+	}
+	disc_log(DISC_LOG_INFO, "%s: source restarted; keeping the last view until it has its own",
+		 source);
+	return c;
+}
+
 struct disc_cluster *disc_cluster_new(struct event_base *base, const char *source,
 				      const struct disc_probe_config *pc, bool roles_from_probes)
 {
+	if (parked && parked->roles_from_probes == roles_from_probes)
+		return adopt(base, source, pc);
 	struct disc_cluster *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
@@ -165,6 +217,9 @@ struct disc_cluster *disc_cluster_new(struct event_base *base, const char *sourc
 
 int disc_cluster_set(struct disc_cluster *c, const struct disc_view_entry *v, unsigned n)
 {
+	if (n == 0 && c->hold_empty)
+		return 0; /* "nothing known yet" from a restarted source: the last view stays */
+	c->hold_empty = false;
 	struct member *next = calloc(n ? n : 1, sizeof(*next));
 	if (!next)
 		return -1;
@@ -214,10 +269,11 @@ void disc_cluster_free(struct disc_cluster *c)
 {
 	if (!c)
 		return;
-	for (unsigned i = 0; i < c->n; i++)
-		probe_free(c->m[i].probe);
-	free(c->m);
-	free(c);
+	if (park_next && !parked) {
+		parked = c;
+		return;
+	}
+	cluster_free(c);
 }
 
 unsigned patroni_view(const struct patroni_cluster *pc, bool probes_on, const char *source,

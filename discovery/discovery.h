@@ -121,6 +121,14 @@ void topo_stats(struct topo_stats *out);
 
 /* ---- sources ---- */
 
+/*
+ * A reload that restarts the discovery source: between begin and end, the
+ * source stopped hands its view (members, probe results) to the one started
+ * next, which keeps it published until it has a view of its own. Main thread.
+ */
+void disc_reload_begin(void);
+void disc_reload_end(void);
+
 struct disc_probe_config {
 	unsigned interval_ms;
 	unsigned timeout_ms;

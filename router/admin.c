@@ -52,6 +52,7 @@ static void text(struct evhttp_request *req, int code, const char *reason, const
 
 static void metrics_cb(struct evhttp_request *req, void *arg)
 {
+	config_thread_refresh(); /* this request sees the current generation */
 	struct evbuffer *b = evbuffer_new();
 	if (!b) {
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
@@ -76,6 +77,7 @@ static int stuck_worker(void)
 
 static void livez_cb(struct evhttp_request *req, void *arg)
 {
+	config_thread_refresh(); /* this request sees the current generation */
 	int w = stuck_worker();
 	if (w < 0) {
 		text(req, HTTP_OK, "OK", "ok");
@@ -89,7 +91,7 @@ static void livez_cb(struct evhttp_request *req, void *arg)
 /* Can any listener route a new session now? */
 static bool any_routable(const struct topology *t)
 {
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	for (unsigned i = 0; t && i < c->nlisteners; i++) {
 		enum tsa p = c->listeners[i].tsa;
 		if (select_other_eligible(t, p, c->max_lag, NULL) ||
@@ -101,13 +103,14 @@ static bool any_routable(const struct topology *t)
 
 static void readyz_cb(struct evhttp_request *req, void *arg)
 {
+	config_thread_refresh(); /* this request sees the current generation */
 	if (atomic_load_explicit(&router.stopping, memory_order_relaxed)) {
 		text(req, 503, "Service Unavailable", "draining for shutdown");
 		return;
 	}
 	struct topo_stats ts;
 	topo_stats(&ts);
-	unsigned max = router.cfg->ready_max_stale_ms;
+	unsigned max = cur_cfg->ready_max_stale_ms;
 	if (ts.stale_since_ms && now_ms() - ts.stale_since_ms > max) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "cluster view stale for %llu ms (ready_max_stale %u ms)",
@@ -127,10 +130,15 @@ static void readyz_cb(struct evhttp_request *req, void *arg)
 
 static json_t *status_json(void)
 {
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	json_t *root = json_object();
 	json_object_set_new(root, "version", json_string(PGROUTER_VERSION));
 	json_object_set_new(root, "config", json_string(c->path));
+	json_object_set_new(root, "config_generation", json_integer((json_int_t)c->generation));
+	json_object_set_new(root, "restart_needed", json_string(c->restart_needed));
+	long long last = atomic_load(&router.last_reload_ms);
+	json_object_set_new(root, "last_reload", last ? json_real((double)last / 1000.0) : json_null());
+	json_object_set_new(root, "last_reload_ok", json_boolean(atomic_load(&router.last_reload_ok)));
 	json_object_set_new(root, "start_time", json_real(router.start_time));
 	json_object_set_new(root, "draining",
 			    json_boolean(atomic_load_explicit(&router.stopping,
@@ -192,6 +200,7 @@ static json_t *status_json(void)
 
 static void status_cb(struct evhttp_request *req, void *arg)
 {
+	config_thread_refresh(); /* this request sees the current generation */
 	json_t *j = status_json();
 	char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
 	json_decref(j);
@@ -226,6 +235,8 @@ static int http_start(const struct config *c, char *err, size_t errlen);
 static void *admin_main(void *arg)
 {
 	event_base_dispatch(base);
+	config_unref(cur_cfg);
+	cur_cfg = NULL;
 	return NULL;
 }
 

@@ -271,7 +271,7 @@ static void wake_waiters(struct entry *e)
 
 int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why, size_t whylen)
 {
-	const struct config *c = A.cfg;
+	const struct config *c = cur_cfg; /* the worker's generation (A.cfg is the main thread's) */
 	if (listed(c->auth_trust_users, user)) {
 		memset(out, 0, sizeof(*out));
 		out->kind = CRED_TRUST;
@@ -579,6 +579,35 @@ static void next_query(void)
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	next_query();
+}
+
+static bool streq(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+void auth_reconfigure(const struct config *c, const struct disc_probe_config *pc)
+{
+	const struct config *o = A.cfg;
+	bool same = streq(o->auth_query, c->auth_query) && streq(o->auth_user, c->auth_user) &&
+		    streq(o->auth_password, c->auth_password) && streq(A.pc->dbname, pc->dbname) &&
+		    streq(A.pc->sslmode, pc->sslmode) && streq(A.pc->sslrootcert, pc->sslrootcert) &&
+		    streq(A.pc->sslcert, pc->sslcert) && streq(A.pc->sslkey, pc->sslkey);
+	A.cfg = c;
+	A.pc = pc;
+	pthread_mutex_lock(&A.lock);
+	A.query_on = c->auth_query_line || !c->auth_file[0];
+	struct entry *e = same ? NULL : A.busy;
+	if (e) {
+		e->state = E_PENDING; /* asked again, the new way */
+		A.busy = NULL;
+	}
+	pthread_mutex_unlock(&A.lock);
+	if (!same) {
+		event_del(A.deadline);
+		drop_conn();
+		event_active(A.kick, EV_READ, 0);
+	}
 }
 
 int auth_start(struct event_base *base, const struct config *c,

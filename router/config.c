@@ -695,7 +695,9 @@ static int handler(void *user, const char *section, const char *name, const char
 
 static void defaults(struct config *c)
 {
+	int refs = atomic_load(&c->refs); /* the generation's, not the file's */
 	memset(c, 0, sizeof(*c));
+	atomic_init(&c->refs, refs);
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = n > 0 ? (unsigned)n : 1;
 	c->log_level = LOG_INFO;

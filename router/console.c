@@ -56,7 +56,6 @@ static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
 static struct evconnlistener *listeners[4];
 static unsigned nlisteners;
 static char unix_paths[4][108];
-static const struct config *cfg;
 
 /* ---- messages out ------------------------------------------------------ */
 
@@ -240,7 +239,7 @@ static const char *word(const char **p, char *buf, size_t cap)
 
 static const struct listener_config *listener_named(const char *name)
 {
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		if (strcmp(c->listeners[i].name, name) == 0)
 			return &c->listeners[i];
@@ -332,7 +331,7 @@ static void show_listeners(struct evbuffer *out)
 					    "client_tls",   "paused", "clients",
 					    "queued",	"accepted", "rejected" };
 	put_columns(out, 12, cols);
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		const struct listener_config *l = &c->listeners[i];
 		char addr[300], clients[24], queued[24], acc[24], rej[24];
@@ -379,7 +378,7 @@ static void show_stats(struct evbuffer *out)
 	const char *cols[] = { "stat", "value" };
 	put_columns(out, 2, cols);
 	unsigned rows = 0;
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	uint64_t acc = 0, rej = 0, shed = 0, moved = 0, sent = 0, recv = 0, cerr = 0;
 	int64_t clients = 0, queued = 0;
 	for (unsigned i = 0; i < c->nlisteners; i++) {
@@ -430,18 +429,18 @@ static bool secret_key(const char *key)
 
 static void show_config(struct evbuffer *out)
 {
-	const char *cols[] = { "section", "key", "value", "line" };
-	put_columns(out, 4, cols);
-	const struct config *c = router.cfg;
-	const char *path[] = { "(file)", "path", c->path, NULL };
-	put_row(out, 4, path);
+	const char *cols[] = { "section", "key", "value", "line", "pending_restart" };
+	put_columns(out, 5, cols);
+	const struct config *c = cur_cfg;
+	const char *path[] = { "(file)", "path", c->path, NULL, "no" };
+	put_row(out, 5, path);
 	for (unsigned i = 0; i < c->nkv; i++) {
 		const struct config_kv *kv = &c->kv[i];
 		char line[16];
 		snprintf(line, sizeof(line), "%d", kv->line);
 		const char *v[] = { kv->section, kv->key, secret_key(kv->key) ? "********" : kv->value,
-				    line };
-		put_row(out, 4, v);
+				    line, kv->pending ? "yes" : "no" };
+		put_row(out, 5, v);
 	}
 	put_rows_done(out, "SHOW", c->nkv + 1);
 }
@@ -730,7 +729,7 @@ static void startup(struct conn *k, const uint8_t *p, uint32_t len)
 		logged_in(k);
 		return;
 	}
-	k->known = auth_admin_verifier(cfg->admin_users, k->user, &k->v);
+	k->known = auth_admin_verifier(cur_cfg->admin_users, k->user, &k->v);
 	uint8_t mech[32];
 	size_t n = (size_t)snprintf((char *)mech, sizeof(mech), "SCRAM-SHA-256") + 1;
 	mech[n++] = 0;
@@ -850,6 +849,7 @@ static void message(struct conn *k, uint8_t type, const uint8_t *body, uint32_t 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *k = arg;
+	config_thread_refresh(); /* what it does, it does with the current generation */
 	struct evbuffer *in = bufferevent_get_input(bev);
 	while (!k->closing) {
 		size_t have = evbuffer_get_length(in);
@@ -902,6 +902,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa,
 		      int salen, void *arg)
 {
+	config_thread_refresh();
 	struct conn *k = calloc(1, sizeof(*k));
 	struct bufferevent *bev = k ? bufferevent_socket_new(evconnlistener_get_base(el), fd,
 							    BEV_OPT_CLOSE_ON_FREE)
@@ -918,7 +919,7 @@ static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sock
 		struct ucred cr;
 		socklen_t l = sizeof(cr);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0) {
-			k->peer_ok = os_user_may(cr.uid, cfg->admin_users);
+			k->peer_ok = os_user_may(cr.uid, cur_cfg->admin_users);
 			snprintf(k->peer, sizeof(k->peer), "unix:uid=%u,pid=%d", (unsigned)cr.uid,
 				 (int)cr.pid);
 		} else {
@@ -944,7 +945,6 @@ static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sock
 
 int console_start(struct event_base *base, const struct config *c, char *err, size_t errlen)
 {
-	cfg = c;
 	for (unsigned i = 0; i < c->nconsole; i++) {
 		const struct console_listen *cl = &c->console[i];
 		struct evconnlistener *el = NULL;

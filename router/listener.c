@@ -2,6 +2,12 @@
  * listener.c — one listening socket per [listener] per worker, all bound to the
  * same address with SO_REUSEPORT, so the kernel spreads new connections across
  * workers and no accept lock is shared.
+ *
+ * Sockets are indexed by the listener's slot, which stays the listener's for
+ * the life of the process (metrics and PAUSE bits use it too): a reload that
+ * adds a listener binds it here (main thread) and each worker takes its socket
+ * when it switches to the new configuration; a removed one is closed by the
+ * workers then.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,50 +40,128 @@ static int bind_one(const struct addrinfo *ai, bool reuseport)
 	return fd;
 }
 
-int listeners_bind(struct router *r, char *err, size_t errlen)
+static int bind_listener(struct router *r, const struct config *c, const struct listener_config *l,
+			 char *err, size_t errlen)
 {
-	const struct config *c = r->cfg;
-	r->listen_fds = calloc(r->nworkers, sizeof(*r->listen_fds));
-	if (!r->listen_fds) {
-		snprintf(err, errlen, "out of memory");
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE };
+	struct addrinfo *ai = NULL;
+	int rc = getaddrinfo(l->host, l->port, &hints, &ai);
+	if (rc != 0) {
+		snprintf(err, errlen, "%s:%d: listen: cannot resolve %s: %s", c->path, l->line,
+			 l->host, gai_strerror(rc));
 		return -1;
 	}
-	for (unsigned w = 0; w < r->nworkers; w++)
-		for (unsigned i = 0; i < CONFIG_MAX_LISTENERS; i++)
-			r->listen_fds[w][i] = -1;
-
-	for (unsigned i = 0; i < c->nlisteners; i++) {
-		const struct listener_config *l = &c->listeners[i];
-		struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-					  .ai_flags = AI_PASSIVE };
-		struct addrinfo *ai = NULL;
-		int rc = getaddrinfo(l->host, l->port, &hints, &ai);
-		if (rc != 0) {
-			snprintf(err, errlen, "%s:%d: listen: cannot resolve %s: %s", c->path, l->line,
-				 l->host, gai_strerror(rc));
-			return -1;
-		}
-		/* SO_REUSEPORT would let us share a port with another running pgrouter:
-		 * bind once without it first so "address in use" is reported. */
-		int probe = bind_one(ai, false);
-		if (probe < 0) {
+	/* SO_REUSEPORT would let us share a port with another running pgrouter:
+	 * bind once without it first so "address in use" is reported. */
+	int probe = bind_one(ai, false);
+	if (probe < 0) {
+		snprintf(err, errlen, "%s:%d: listen: cannot listen on %s:%s: %s", c->path, l->line,
+			 l->host, l->port, strerror(errno));
+		freeaddrinfo(ai);
+		return -1;
+	}
+	close(probe);
+	for (unsigned w = 0; w < r->nworkers; w++) {
+		int fd = bind_one(ai, true);
+		if (fd < 0) {
 			snprintf(err, errlen, "%s:%d: listen: cannot listen on %s:%s: %s", c->path,
 				 l->line, l->host, l->port, strerror(errno));
 			freeaddrinfo(ai);
 			return -1;
 		}
-		close(probe);
-		for (unsigned w = 0; w < r->nworkers; w++) {
-			int fd = bind_one(ai, true);
-			if (fd < 0) {
-				snprintf(err, errlen, "%s:%d: listen: cannot listen on %s:%s: %s",
-					 c->path, l->line, l->host, l->port, strerror(errno));
-				freeaddrinfo(ai);
-				return -1;
-			}
-			r->listen_fds[w][i] = fd;
-		}
-		freeaddrinfo(ai);
+		r->listen_fds[w][l->slot] = fd;
 	}
+	freeaddrinfo(ai);
+	return 0;
+}
+
+static void close_slot(struct router *r, unsigned slot)
+{
+	for (unsigned w = 0; w < r->nworkers; w++)
+		if (r->listen_fds[w][slot] >= 0) {
+			close(r->listen_fds[w][slot]);
+			r->listen_fds[w][slot] = -1;
+		}
+}
+
+int listeners_bind(struct router *r, const struct config *c, const struct config *old, char *err,
+		   size_t errlen)
+{
+	if (!r->listen_fds) {
+		r->listen_fds = calloc(r->nworkers, sizeof(*r->listen_fds));
+		if (!r->listen_fds) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		for (unsigned w = 0; w < r->nworkers; w++)
+			for (unsigned i = 0; i < CONFIG_MAX_LISTENERS; i++)
+				r->listen_fds[w][i] = -1;
+	}
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		const struct listener_config *l = &c->listeners[i];
+		if (old && config_listener((struct config *)old, l->name))
+			continue;
+		if (bind_listener(r, c, l, err, errlen) != 0) {
+			for (unsigned j = 0; j <= i; j++)
+				if (!old || !config_listener((struct config *)old, c->listeners[j].name))
+					close_slot(r, c->listeners[j].slot);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void listeners_unbind_unclaimed(struct router *r)
+{
+	for (unsigned i = 0; r->listen_fds && i < CONFIG_MAX_LISTENERS; i++)
+		close_slot(r, i);
+}
+
+static bool slot_live(const struct config *c, unsigned slot)
+{
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].slot == slot)
+			return true;
+	return false;
+}
+
+int listeners_assign_slots(struct router *r, struct config *c, const struct config *old,
+			   char *err, size_t errlen)
+{
+	bool taken[CONFIG_MAX_LISTENERS] = { false };
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		struct listener_config *o =
+			old ? config_listener((struct config *)old, c->listeners[i].name) : NULL;
+		c->listeners[i].slot = o ? o->slot : CONFIG_MAX_LISTENERS;
+		if (o)
+			taken[o->slot] = true;
+	}
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		struct listener_config *l = &c->listeners[i];
+		if (l->slot < CONFIG_MAX_LISTENERS)
+			continue;
+		/* a slot never used; else one whose listener is gone and has no client left */
+		unsigned pick = CONFIG_MAX_LISTENERS;
+		for (unsigned k = 0; k < CONFIG_MAX_LISTENERS && pick == CONFIG_MAX_LISTENERS; k++)
+			if (!taken[k] && !r->slot_names[k][0])
+				pick = k;
+		for (unsigned k = 0; k < CONFIG_MAX_LISTENERS && pick == CONFIG_MAX_LISTENERS; k++)
+			if (!taken[k] && !(old && slot_live(old, k)) &&
+			    stats_sum_i(STATS_OFF(l[k].clients)) == 0)
+				pick = k;
+		if (pick == CONFIG_MAX_LISTENERS) {
+			snprintf(err, errlen,
+				 "%s:%d: listener: no room for [listener %s]: %d listeners, or removed "
+				 "ones whose sessions are still open",
+				 c->path, l->line, l->name, CONFIG_MAX_LISTENERS);
+			return -1;
+		}
+		taken[pick] = true;
+		l->slot = pick;
+	}
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		snprintf(r->slot_names[c->listeners[i].slot], sizeof(r->slot_names[0]), "%s",
+			 c->listeners[i].name);
 	return 0;
 }

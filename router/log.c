@@ -10,8 +10,8 @@
 
 #include "router/router.h"
 
-int log_level = LOG_INFO;
-static bool log_json;
+atomic_int log_level = LOG_INFO;
+static atomic_bool log_json;
 static int log_fd = STDERR_FILENO; /* a log_file keeps its descriptor number across reopens */
 
 void log_set_json(bool json)

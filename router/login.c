@@ -121,7 +121,7 @@ static void wrong_password(struct session *s)
 static void begin_exchange(struct session *s)
 {
 	session_set_state(s, SS_LOGIN);
-	session_timer(s, router.cfg->startup_timeout_ms);
+	session_timer(s, cur_cfg->startup_timeout_ms);
 	session_watch_client(s, EV_READ);
 	if (!s->login && !(s->login = calloc(1, sizeof(*s->login)))) {
 		session_fail(s, "53200", "pgrouter: out of memory");
@@ -171,7 +171,7 @@ void login_start(struct session *s)
 	case AUTH_PENDING:
 		if (s->state != SS_LOOKUP) {
 			session_set_state(s, SS_LOOKUP);
-			session_timer(s, router.cfg->queue_timeout_ms);
+			session_timer(s, cur_cfg->queue_timeout_ms);
 			session_watch_client(s, EV_CLOSED);
 		}
 		break;

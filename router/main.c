@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "discovery/internal.h"
 #include "router/router.h"
@@ -75,45 +76,262 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(base, NULL);
 }
 
-/* SIGHUP and RELOAD: read the TLS certificates and keys again (rotated in
- * place), the auth_file, and reopen the log file. A file that does not load
- * leaves the one in use. msg: what happened, one line. */
+/* auth_query runs with this generation's settings (a reference). */
+static struct config *auth_ref;
+
+/* ---- what a generation runs with ---------------------------------------- */
+
+/* Resolve c's servers and fill what the discovery sources and auth_query are
+ * started with (pointing into c). 0, or -1 with err. */
+static int config_derive(struct config *c, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < c->nservers; i++) {
+		char why[300];
+		c->srv[i] = disc_server_get(c->servers[i].host, c->servers[i].port, why, sizeof(why));
+		if (!c->srv[i]) {
+			snprintf(err, errlen, "%s:%d: servers: %s", c->path, c->servers[i].line, why);
+			return -1;
+		}
+	}
+	c->pc = (struct disc_probe_config){ .interval_ms = c->probe_interval_ms,
+					    .timeout_ms = c->connect_timeout_ms,
+					    .user = c->probe_user,
+					    .password = c->probe_password,
+					    .dbname = c->probe_dbname,
+					    .sslmode = server_tls_name(c->server_tls),
+					    .sslrootcert = c->server_tls_ca,
+					    .sslcert = c->server_tls_cert,
+					    .sslkey = c->server_tls_key,
+					    .max_lag = c->max_lag };
+	c->ec = (struct disc_etcd_config){ .nendpoints = c->netcd,
+					   .namespace_ = c->namespace_,
+					   .scope = c->scope,
+					   .user = c->etcd_user,
+					   .password = c->etcd_password,
+					   .cacert = c->etcd_cacert,
+					   .timeout_ms = c->connect_timeout_ms };
+	for (unsigned i = 0; i < c->netcd; i++)
+		c->ec.endpoints[i] = c->etcd_endpoints[i];
+	c->zc = (struct disc_zk_config){ .nhosts = c->nzk,
+					 .namespace_ = c->namespace_,
+					 .scope = c->scope,
+					 .session_timeout_ms = c->zk_session_timeout_ms };
+	for (unsigned i = 0; i < c->nzk; i++)
+		c->zc.hosts[i] = c->zk_hosts[i];
+	c->rc = (struct disc_rest_config){ .nurls = c->npatroni,
+					   .poll_ms = c->poll_interval_ms,
+					   .timeout_ms = c->connect_timeout_ms };
+	for (unsigned i = 0; i < c->npatroni; i++)
+		c->rc.urls[i] = c->patroni_urls[i];
+	return 0;
+}
+
+/* The discovery source, started from the generation it holds a reference to. */
+static struct {
+	struct event_base *base;
+	struct disc_static *st;
+	struct disc_etcd *etcd;
+	struct disc_rest *rest;
+	struct disc_zk *zk;
+	struct config *gen;
+} D;
+
+static int discovery_start(struct config *c, char *err, size_t errlen)
+{
+	if (strcmp(c->source, "etcd") == 0)
+		D.etcd = disc_etcd_start(D.base, &c->ec, &c->pc, err, errlen);
+	else if (strcmp(c->source, "zookeeper") == 0)
+		D.zk = disc_zk_start(D.base, &c->zc, &c->pc, err, errlen);
+	else if (strcmp(c->source, "patroni") == 0)
+		D.rest = disc_rest_start(D.base, &c->rc, &c->pc, err, errlen);
+	else
+		D.st = disc_static_start(D.base, c->srv, c->nservers, &c->pc, err, errlen);
+	if (!D.st && !D.etcd && !D.rest && !D.zk)
+		return -1;
+	D.gen = config_ref(c);
+	return 0;
+}
+
+static void discovery_stop(void)
+{
+	disc_static_stop(D.st);
+	disc_etcd_stop(D.etcd);
+	disc_rest_stop(D.rest);
+	disc_zk_stop(D.zk);
+	D.st = NULL, D.etcd = NULL, D.rest = NULL, D.zk = NULL;
+	config_unref(D.gen);
+	D.gen = NULL;
+}
+
+#define SAME_STR(f) (strcmp(a->f, b->f) == 0)
+#define SAME(f) (a->f == b->f)
+
+/* Would a source started from b see the cluster as one started from a does? */
+static bool discovery_same(const struct config *a, const struct config *b)
+{
+	if (!SAME_STR(source) || !SAME(nservers) || !SAME(probe_interval_ms) ||
+	    !SAME_STR(probe_user) || !SAME_STR(probe_password) || !SAME_STR(probe_dbname) ||
+	    !SAME(max_lag) || !SAME(server_tls) || !SAME_STR(server_tls_ca) ||
+	    !SAME_STR(server_tls_cert) || !SAME_STR(server_tls_key) || !SAME(connect_timeout_ms) ||
+	    !SAME(netcd) || !SAME_STR(namespace_) || !SAME_STR(scope) || !SAME_STR(etcd_user) ||
+	    !SAME_STR(etcd_password) || !SAME_STR(etcd_cacert) || !SAME(nzk) ||
+	    !SAME(zk_session_timeout_ms) || !SAME(npatroni) || !SAME(poll_interval_ms))
+		return false;
+	for (unsigned i = 0; i < a->nservers; i++)
+		if (a->srv[i] != b->srv[i])
+			return false;
+	for (unsigned i = 0; i < a->netcd; i++)
+		if (!SAME_STR(etcd_endpoints[i]))
+			return false;
+	for (unsigned i = 0; i < a->nzk; i++)
+		if (!SAME_STR(zk_hosts[i]))
+			return false;
+	for (unsigned i = 0; i < a->npatroni; i++)
+		if (!SAME_STR(patroni_urls[i]))
+			return false;
+	return true;
+}
+
+/* A key the file now sets that runs as before until a restart. */
+static void pending(struct config *n, const char *section, const char *key, const char *what)
+{
+	size_t l = strlen(n->restart_needed);
+	snprintf(n->restart_needed + l, sizeof(n->restart_needed) - l, "%s%s", l ? ", " : "", what);
+	for (unsigned i = 0; i < n->nkv; i++)
+		if (strcmp(n->kv[i].section, section) == 0 && strcmp(n->kv[i].key, key) == 0)
+			n->kv[i].pending = true;
+}
+
+/* What cannot change while running keeps its running value in n. */
+static void keep_running(const struct config *o, struct config *n)
+{
+	if (n->workers != o->workers) {
+		pending(n, "pgrouter", "workers", "workers");
+		n->workers = o->workers;
+	}
+	for (unsigned i = 0; i < n->nlisteners; i++) {
+		struct listener_config *l = &n->listeners[i];
+		const struct listener_config *ol = config_listener((struct config *)o, l->name);
+		if (ol && (strcmp(ol->host, l->host) != 0 || strcmp(ol->port, l->port) != 0)) {
+			char section[80], what[120];
+			snprintf(section, sizeof(section), "listener %s", l->name);
+			snprintf(what, sizeof(what), "[listener %s] listen", l->name);
+			pending(n, section, "listen", what);
+			memcpy(l->host, ol->host, sizeof(l->host));
+			memcpy(l->port, ol->port, sizeof(l->port));
+		}
+	}
+	if (strcmp(o->http_host, n->http_host) != 0 || strcmp(o->http_port, n->http_port) != 0) {
+		pending(n, "admin", "http_listen", "[admin] http_listen");
+		memcpy(n->http_host, o->http_host, sizeof(n->http_host));
+		memcpy(n->http_port, o->http_port, sizeof(n->http_port));
+	}
+	if (o->nconsole != n->nconsole ||
+	    memcmp(o->console, n->console, sizeof(o->console[0]) * o->nconsole) != 0) {
+		pending(n, "admin", "listen", "[admin] listen");
+		n->nconsole = o->nconsole;
+		memcpy(n->console, o->console, sizeof(n->console));
+	}
+}
+
+/*
+ * SIGHUP and RELOAD: the whole file, read and checked as --check does; when
+ * anything is wrong the running configuration stays. Otherwise a new
+ * generation becomes current: logging, timeouts and limits at once; listeners
+ * added (bound here, taken by the workers) and removed (their sessions
+ * finish); sessions follow their listener's new policy, handled as on a role
+ * change; the discovery source restarts when its settings changed (keeping
+ * its view until the new one has its own); TLS files, auth_file and the log
+ * file are read again. What needs a restart (workers, a listener's address,
+ * the admin sockets) is logged and shown by SHOW CONFIG. msg: one line.
+ */
 static bool reload(char *msg, size_t len)
 {
 	char err[1024];
-	bool ok = true;
-	msg[0] = 0;
+	struct config *o = router.cfg, *n = config_new();
 	notify_systemd("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
+	bool ok = false, bound = false;
+	if (!n) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto out;
+	}
+	if (config_load(o->path, n, err, sizeof(err)) != 0 || tls_setup(n, err, sizeof(err)) != 0 ||
+	    config_derive(n, err, sizeof(err)) != 0)
+		goto out;
+	keep_running(o, n);
+	if (listeners_assign_slots(&router, n, o, err, sizeof(err)) != 0 ||
+	    listeners_bind(&router, n, o, err, sizeof(err)) != 0)
+		goto out;
+	bound = true;
 	/* logrotate moved the file: write to a new one at the same path */
-	if (log_open(router.cfg->log_file, err, sizeof(err)) != 0) {
-		log_error("reload: %s; still writing to the old log file", err);
+	if (log_open(n->log_file, err, sizeof(err)) != 0 ||
+	    (n->auth_file[0] && auth_file_load(n, err, sizeof(err)) != 0))
+		goto out;
+	ok = true;
+out:
+	if (!ok) {
+		if (bound)
+			for (unsigned i = 0; i < n->nlisteners; i++)
+				if (!config_listener(o, n->listeners[i].name))
+					for (unsigned w = 0; w < router.nworkers; w++)
+						if (router.listen_fds[w][n->listeners[i].slot] >= 0) {
+							close(router.listen_fds[w][n->listeners[i].slot]);
+							router.listen_fds[w][n->listeners[i].slot] = -1;
+						}
+		config_unref(n);
+		log_error("reload failed, the running configuration stays: %s", err);
 		snprintf(msg, len, "%s", err);
-		ok = false;
-	}
-	if (tls_setup(router.cfg, err, sizeof(err)) != 0) {
-		log_error("reload: TLS files not reloaded, keeping the ones in use: %s", err);
-		snprintf(msg, len, "%s", err);
-		ok = false;
-	}
-	else
-		log_info("reload: TLS certificates and keys reloaded (other settings need a restart)");
-	if (router.cfg->auth_file[0]) {
-		if (auth_file_load(router.cfg, err, sizeof(err)) != 0) {
-			log_error("reload: auth_file not reloaded, keeping the users in use: %s", err);
-			snprintf(msg, len, "%s", err);
-			ok = false;
+	} else {
+		n->generation = o->generation + 1;
+		log_level = n->log_level;
+		log_set_json(n->log_json);
+		raise_fd_limit(n->max_client_conn * 2 + 256);
+		config_publish(n); /* drops the main thread's reference to o */
+		o = NULL;
+		cur_cfg = n;
+		auth_reconfigure(n, &n->pc);
+		if (!discovery_same(D.gen, n)) {
+			log_info("reload: the discovery settings changed; restarting source %s",
+				 n->source);
+			disc_reload_begin();
+			struct config *was = config_ref(D.gen);
+			discovery_stop();
+			if (discovery_start(n, err, sizeof(err)) != 0) {
+				log_error("reload: discovery: %s; going on with the previous settings", err);
+				if (discovery_start(was, err, sizeof(err)) != 0)
+					log_error("reload: discovery: %s", err);
+			}
+			config_unref(was);
+			disc_reload_end();
 		}
-		else
-			log_info("reload: auth_file %s reloaded", router.cfg->auth_file);
+		workers_reconfigure(&router);
+		if (auth_ref) {
+			config_unref(auth_ref);
+			auth_ref = config_ref(n);
+		}
+		for (unsigned i = 0; i < n->nlisteners; i++)
+			log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s "
+				 "client_tls=%s auth=%s",
+				 n->listeners[i].name, n->listeners[i].host, n->listeners[i].port,
+				 tsa_name(n->listeners[i].tsa), lb_name(n->listeners[i].lb),
+				 client_tls_name(n->listeners[i].tls.mode),
+				 auth_mode_name(n->listeners[i].auth));
+		if (n->restart_needed[0])
+			log_warning("reload: %s changed in the file but need%s a restart to take effect",
+				    n->restart_needed, strchr(n->restart_needed, ',') ? "" : "s");
+		log_info("reload: %s applied (generation %llu)", n->path,
+			 (unsigned long long)n->generation);
+		if (snprintf(msg, len, "reloaded %s%s%s", n->path,
+			     n->restart_needed[0] ? "; needs a restart: " : "",
+			     n->restart_needed) >= (int)len)
+			msg[len - 1] = 0; /* cut: the log has it whole */
 	}
 	struct timespec wall;
 	clock_gettime(CLOCK_REALTIME, &wall);
 	atomic_store(&router.last_reload_ms, (long long)wall.tv_sec * 1000 + wall.tv_nsec / 1000000);
 	atomic_store(&router.last_reload_ok, ok);
 	atomic_fetch_add(ok ? &router.reloads_ok : &router.reloads_failed, 1);
-	notify_systemd("READY=1\nSTATUS=reloaded%s", ok ? "" : " (with errors: see the log)");
-	if (ok)
-		snprintf(msg, len, "reloaded %s", router.cfg->path);
+	notify_systemd("READY=1\nSTATUS=%s", ok ? "reloaded" : "reload failed: see the log");
 	return ok;
 }
 
@@ -201,46 +419,54 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	static struct config cfg;
+	struct config *cfg = config_new();
 	char err[1024];
-	if (config_load(path, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "%s\n", err);
+	if (!cfg) {
+		fprintf(stderr, "out of memory\n");
 		return 1;
 	}
-	if (status)
-		return status_print(&cfg, stdout);
-	/* certificates and keys load now, so --check finds a bad one */
-	if (tls_setup(&cfg, err, sizeof(err)) != 0) {
+	if (config_load(path, cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
+		config_unref(cfg);
 		return 1;
 	}
-	/* auth_file too: a line that is not a verifier is an error now, not at login */
-	if (auth_file_load(&cfg, err, sizeof(err)) != 0) {
+	if (status) {
+		int rc = status_print(cfg, stdout);
+		config_unref(cfg);
+		return rc;
+	}
+	/* certificates and keys load now, so --check finds a bad one; auth_file
+	 * too: a line that is not a verifier is an error now, not at login */
+	if (tls_setup(cfg, err, sizeof(err)) != 0 || auth_file_load(cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
-		tls_teardown(&cfg);
+		config_unref(cfg);
+		auth_stop();
 		return 1;
 	}
 	if (check) {
 		auth_stop();
-		tls_teardown(&cfg);
+		config_unref(cfg);
 		printf("%s: ok\n", path);
 		return 0;
 	}
-	log_level = cfg.log_level;
-	log_set_json(cfg.log_json);
-	if (log_open(cfg.log_file, err, sizeof(err)) != 0) {
+	log_level = cfg->log_level;
+	log_set_json(cfg->log_json);
+	if (log_open(cfg->log_file, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s: %s\n", path, err);
+		config_unref(cfg);
 		return 1;
 	}
 	disc_log = disc_log_bridge;
-	router.cfg = &cfg;
-	router.nworkers = cfg.workers;
+	cfg->generation = 1;
+	router.cfg = cfg; /* the main thread's reference */
+	cur_cfg = cfg;
+	router.nworkers = cfg->workers;
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	struct timespec wall;
 	clock_gettime(CLOCK_REALTIME, &wall);
 	router.start_time = (double)wall.tv_sec + wall.tv_nsec / 1e9;
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit(cfg.max_client_conn * 2 + 256);
+	raise_fd_limit(cfg->max_client_conn * 2 + 256);
 	if (evthread_use_pthreads() != 0) {
 		log_error("libevent has no pthreads support");
 		return 1;
@@ -248,71 +474,19 @@ int main(int argc, char **argv)
 
 	int rc = 1;
 	struct event_base *base = event_base_new();
-	struct disc_static *src = NULL;
-	struct disc_etcd *etcd = NULL;
-	struct disc_rest *rest = NULL;
-	struct disc_zk *zk = NULL;
-	struct disc_server *servers[CONFIG_MAX_SERVERS];
-	for (unsigned i = 0; i < cfg.nservers; i++) {
-		char why[300];
-		servers[i] = disc_server_get(cfg.servers[i].host, cfg.servers[i].port, why, sizeof(why));
-		if (!servers[i]) {
-			log_error("%s:%d: servers: %s", path, cfg.servers[i].line, why);
-			goto out;
-		}
-	}
-	if (listeners_bind(&router, err, sizeof(err)) != 0) {
+	D.base = base;
+	if (config_derive(cfg, err, sizeof(err)) != 0 ||
+	    listeners_assign_slots(&router, cfg, NULL, err, sizeof(err)) != 0 ||
+	    listeners_bind(&router, cfg, NULL, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		goto out;
 	}
-	static struct disc_probe_config pc;
-	pc = (struct disc_probe_config){ .interval_ms = cfg.probe_interval_ms,
-					 .timeout_ms = cfg.connect_timeout_ms,
-					 .user = cfg.probe_user,
-					 .password = cfg.probe_password,
-					 .dbname = cfg.probe_dbname,
-					 .sslmode = server_tls_name(cfg.server_tls),
-					 .sslrootcert = cfg.server_tls_ca,
-					 .sslcert = cfg.server_tls_cert,
-					 .sslkey = cfg.server_tls_key,
-					 .max_lag = cfg.max_lag };
-	if (auth_start(base, &cfg, &pc, err, sizeof(err)) != 0) {
+	auth_ref = config_ref(cfg);
+	if (auth_start(base, cfg, &cfg->pc, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		goto out;
 	}
-	if (strcmp(cfg.source, "etcd") == 0) {
-		static struct disc_etcd_config ec;
-		ec = (struct disc_etcd_config){ .nendpoints = cfg.netcd,
-						.namespace_ = cfg.namespace_,
-						.scope = cfg.scope,
-						.user = cfg.etcd_user,
-						.password = cfg.etcd_password,
-						.cacert = cfg.etcd_cacert,
-						.timeout_ms = cfg.connect_timeout_ms };
-		for (unsigned i = 0; i < cfg.netcd; i++)
-			ec.endpoints[i] = cfg.etcd_endpoints[i];
-		etcd = disc_etcd_start(base, &ec, &pc, err, sizeof(err));
-	} else if (strcmp(cfg.source, "zookeeper") == 0) {
-		static struct disc_zk_config zc;
-		zc = (struct disc_zk_config){ .nhosts = cfg.nzk,
-					      .namespace_ = cfg.namespace_,
-					      .scope = cfg.scope,
-					      .session_timeout_ms = cfg.zk_session_timeout_ms };
-		for (unsigned i = 0; i < cfg.nzk; i++)
-			zc.hosts[i] = cfg.zk_hosts[i];
-		zk = disc_zk_start(base, &zc, &pc, err, sizeof(err));
-	} else if (strcmp(cfg.source, "patroni") == 0) {
-		static struct disc_rest_config rcfg;
-		rcfg = (struct disc_rest_config){ .nurls = cfg.npatroni,
-						  .poll_ms = cfg.poll_interval_ms,
-						  .timeout_ms = cfg.connect_timeout_ms };
-		for (unsigned i = 0; i < cfg.npatroni; i++)
-			rcfg.urls[i] = cfg.patroni_urls[i];
-		rest = disc_rest_start(base, &rcfg, &pc, err, sizeof(err));
-	} else {
-		src = disc_static_start(base, servers, cfg.nservers, &pc, err, sizeof(err));
-	}
-	if (!src && !etcd && !rest && !zk) {
+	if (discovery_start(cfg, err, sizeof(err)) != 0) {
 		log_error("discovery: %s", err);
 		goto out;
 	}
@@ -321,8 +495,8 @@ int main(int argc, char **argv)
 		workers_shutdown(&router);
 		goto out;
 	}
-	for (unsigned i = 0; i < cfg.nlisteners; i++) {
-		const struct listener_config *l = &cfg.listeners[i];
+	for (unsigned i = 0; i < cfg->nlisteners; i++) {
+		const struct listener_config *l = &cfg->listeners[i];
 		log_info("listener %s on %s:%s: target_session_attrs=%s load_balance=%s client_tls=%s "
 			 "auth=%s",
 			 l->name, l->host, l->port, tsa_name(l->tsa), lb_name(l->lb),
@@ -332,14 +506,14 @@ int main(int argc, char **argv)
 	pthread_mutex_lock(&R.mu);
 	R.loop_running = R.ev != NULL; /* RELOAD waits for the loop to run it */
 	pthread_mutex_unlock(&R.mu);
-	if (admin_start(&cfg, err, sizeof(err)) != 0) {
+	if (admin_start(cfg, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		workers_shutdown(&router);
 		goto out;
 	}
 	log_info("pgrouter %s started: %u worker(s), %u server(s), source %s", PGROUTER_VERSION,
-		 cfg.workers, cfg.nservers, cfg.source);
-	notify_systemd("READY=1\nSTATUS=%u listener(s), source %s", cfg.nlisteners, cfg.source);
+		 cfg->workers, cfg->nservers, cfg->source);
+	notify_systemd("READY=1\nSTATUS=%u listener(s), source %s", cfg->nlisteners, cfg->source);
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
 	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, base);
@@ -367,14 +541,13 @@ out:
 	workers_join(&router);
 	if (R.ev)
 		event_free(R.ev);
-	disc_static_stop(src);
-	disc_etcd_stop(etcd);
-	disc_rest_stop(rest);
-	disc_zk_stop(zk);
+	discovery_stop();
 	auth_stop();
+	config_unref(auth_ref);
 	topo_reset();
 	disc_servers_free();
-	tls_teardown(&cfg);
+	cur_cfg = NULL;
+	config_publish(NULL);
 	if (base)
 		event_base_free(base);
 	return rc;

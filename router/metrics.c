@@ -119,16 +119,16 @@ static unsigned slot(const struct disc_server *srv)
 
 static void render_listeners(struct evbuffer *out)
 {
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	help(out, "client_connections", "gauge", "Client connections open, by listener.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_client_connections{listener=\"%s\"} %lld\n",
-				    c->listeners[i].name, (long long)sum_i(OFF(l[i].clients)));
+				    c->listeners[i].name, (long long)sum_i(OFF(l[c->listeners[i].slot].clients)));
 	help(out, "client_connections_total", "counter", "Client connections accepted.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_client_connections_total{listener=\"%s\"} %llu\n",
 				    c->listeners[i].name,
-				    (unsigned long long)sum_u(OFF(l[i].accepted)));
+				    (unsigned long long)sum_u(OFF(l[c->listeners[i].slot].accepted)));
 	help(out, "client_connections_rejected_total", "counter",
 	     "Client sessions refused or ended before reaching a server, by reason.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
@@ -137,13 +137,13 @@ static void render_listeners(struct evbuffer *out)
 					    "pgrouter_client_connections_rejected_total{listener=\"%s\","
 					    "reason=\"%s\"} %llu\n",
 					    c->listeners[i].name, rej_names[r],
-					    (unsigned long long)sum_u(OFF(l[i].rejected[r])));
+					    (unsigned long long)sum_u(OFF(l[c->listeners[i].slot].rejected[r])));
 	help(out, "tls_handshake_failures_total", "counter",
 	     "TLS handshakes with clients that failed, by listener.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_tls_handshake_failures_total{listener=\"%s\"} %llu\n",
 				    c->listeners[i].name,
-				    (unsigned long long)sum_u(OFF(l[i].tls_failures)));
+				    (unsigned long long)sum_u(OFF(l[c->listeners[i].slot].tls_failures)));
 	help(out, "tls_certificate_expiry_timestamp_seconds", "gauge",
 	     "When the certificate a TLS listener presents expires (Unix time).");
 	for (unsigned i = 0; i < c->nlisteners; i++) {
@@ -156,13 +156,13 @@ static void render_listeners(struct evbuffer *out)
 	help(out, "queued_sessions", "gauge", "Sessions waiting for an eligible server.");
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_queued_sessions{listener=\"%s\"} %lld\n",
-				    c->listeners[i].name, (long long)sum_i(OFF(l[i].queued)));
+				    c->listeners[i].name, (long long)sum_i(OFF(l[c->listeners[i].slot].queued)));
 	help(out, "queue_wait_seconds", "histogram",
 	     "Time sessions waited for an eligible server (those that waited).");
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		char labels[96];
 		snprintf(labels, sizeof(labels), "listener=\"%s\"", c->listeners[i].name);
-		render_hist(out, "queue_wait_seconds", labels, OFF(l[i].queue_wait));
+		render_hist(out, "queue_wait_seconds", labels, OFF(l[c->listeners[i].slot].queue_wait));
 	}
 }
 
@@ -179,7 +179,7 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 {
 	static const char *const states[] = { "primary", "standby", "unknown", "draining",
 					      "unreachable" };
-	const struct config *c = router.cfg;
+	const struct config *c = cur_cfg;
 	help(out, "server_status", "gauge",
 	     "1 for the state the server is in (primary, standby, unknown, draining, unreachable).");
 	for (unsigned k = 0; t && k < t->n; k++)
@@ -212,7 +212,7 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 			evbuffer_add_printf(
 				out, "pgrouter_server_sessions{server=\"%s:%s\",listener=\"%s\"} %lld\n",
 				t->e[k].srv->host, t->e[k].srv->port, c->listeners[i].name,
-				(long long)sum_i(OFF(s[slot(t->e[k].srv)].sessions[i])));
+				(long long)sum_i(OFF(s[slot(t->e[k].srv)].sessions[c->listeners[i].slot])));
 	help(out, "server_connect_errors_total", "counter",
 	     "Failed attempts to open a session on the server, by reason.");
 	for (unsigned k = 0; t && k < t->n; k++)
@@ -285,7 +285,7 @@ void metrics_render(struct evbuffer *out)
 	render_servers(out, t);
 	struct topo_stats ts;
 	topo_stats(&ts);
-	const char *src = t ? t->source : router.cfg->source;
+	const char *src = t ? t->source : cur_cfg->source;
 	help(out, "discovery_up", "gauge", "1 when the source's view is current, 0 when stale.");
 	evbuffer_add_printf(out, "pgrouter_discovery_up{source=\"%s\"} %d\n", src,
 			    t && !t->stale ? 1 : 0);

@@ -96,7 +96,7 @@ static const char inspect_tail[] =
  * config.c: letters, digits, '_' and '.', so they need no quoting). */
 static int custom_settings_sql(char *out, size_t cap)
 {
-	const char *list = router.cfg->move_custom_settings;
+	const char *list = cur_cfg->move_custom_settings;
 	size_t n = 0;
 	out[0] = 0;
 	while (*list) {

@@ -284,7 +284,7 @@ static bool conn_fits(const struct srv_conn *sc)
 
 static bool too_old(const struct srv_conn *sc, uint64_t now)
 {
-	unsigned life = router.cfg->server_lifetime_ms;
+	unsigned life = cur_cfg->server_lifetime_ms;
 	return life && now - sc->created_ms >= life;
 }
 
@@ -592,7 +592,7 @@ void pool_give_back(struct session *s, bool reusable)
 	}
 	sc->state = SC_RESET;
 	TAILQ_INSERT_TAIL(&sc->pool->resetting, sc, link);
-	const char *q = router.cfg->server_reset_query;
+	const char *q = cur_cfg->server_reset_query;
 	if (!*q) {
 		park(sc);
 		return;
@@ -641,7 +641,7 @@ static bool unfit(struct srv_conn *sc, uint64_t now)
 
 static bool expired(struct srv_conn *sc, uint64_t now)
 {
-	unsigned idle = router.cfg->server_idle_timeout_ms;
+	unsigned idle = cur_cfg->server_idle_timeout_ms;
 	return (idle && now - sc->idle_ms >= idle) || too_old(sc, now);
 }
 

@@ -27,7 +27,7 @@ struct evconnlistener;
 /* ---- log.c ------------------------------------------------------------ */
 
 enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
-extern int log_level;
+extern atomic_int log_level;
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_enabled(l) ((l) <= log_level)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
@@ -210,8 +210,40 @@ struct config {
 	struct config_kv {
 		char section[72], key[40], value[200];
 		int line;
+		bool pending; /* differs from what runs: applied at the next restart */
 	} kv[256];
+
+	/* ---- a running generation (not set by config_load) ---- */
+	atomic_int refs;       /* config_ref/config_unref (worker.c) */
+	uint64_t generation;   /* 1 at start, +1 each reload */
+	char restart_needed[512]; /* settings read but not applied: they need a restart */
+	/* what the discovery sources and auth_query are started with (main.c) */
+	struct disc_server *srv[CONFIG_MAX_SERVERS];
+	struct disc_probe_config pc;
+	struct disc_etcd_config ec;
+	struct disc_zk_config zc;
+	struct disc_rest_config rc;
 };
+
+/*
+ * Configuration generations. A reload makes a new one; the old one lives on
+ * while something still uses it (a worker that has not switched yet, a
+ * session of a removed listener, a discovery source not restarted). Each
+ * thread reads the generation in cur_cfg: a worker's switches between two
+ * callbacks (its reconf event), the main thread's is the current one, the
+ * admin thread takes the current one per request (config_thread_refresh).
+ */
+extern _Thread_local struct config *cur_cfg;
+struct config *config_new(void); /* zeroed, refs = 1 */
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c); /* the last one frees it (TLS contexts too) */
+/* The current generation, with a reference for the caller. */
+struct config *config_current(void);
+/* Make c (the caller's reference) current; the previous one's reference is dropped. */
+void config_publish(struct config *c);
+void config_thread_refresh(void);
+/* The listener named name in c, or NULL. */
+struct listener_config *config_listener(struct config *c, const char *name);
 
 /*
  * Read and validate path into *c (defaults first). Returns 0, or -1 with err
@@ -301,6 +333,9 @@ int auth_start(struct event_base *base, const struct config *c,
 	       const struct disc_probe_config *pc, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 void auth_stop(void);
+/* A reload: auth_query's settings from c and pc from now on (main thread; both
+ * must outlive their use: the caller keeps a reference to their generation). */
+void auth_reconfigure(const struct config *c, const struct disc_probe_config *pc);
 /* (Re)read auth_file (start, --check, SIGHUP). On error the table in use stays. */
 int auth_file_load(const struct config *c, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
@@ -393,6 +428,8 @@ struct worker {
 	struct event pool_sweep; /* closes idle server connections past their time */
 	struct event inspect_sweep; /* reads the state of sessions idle since the last turn */
 	struct event ping;          /* admin.c asks: is this loop turning? */
+	struct event reconf;        /* a reload published a new configuration generation */
+	struct config *cfg;         /* this worker's generation (its threads' cur_cfg) */
 	struct event call;          /* the admin console asks for something (workers_call) */
 	struct wcall *pending_call; /* under the call lock */
 	atomic_bool loop_ended;
@@ -400,13 +437,16 @@ struct worker {
 	struct worker_stats *stats; /* metrics.c */
 	struct pool *pools;     /* this worker's pools of server connections */
 	struct topology *topo; /* this worker's reference to the current snapshot */
-	struct evconnlistener **listeners;
+	struct evconnlistener *listeners[CONFIG_MAX_LISTENERS]; /* by listener slot */
 	struct session_list sessions; /* every session */
 	struct session_list queued;   /* waiting for an eligible server */
 	unsigned nsessions;
 	bool draining;
 	bool started;
-	struct accept_arg *accept_args;
+	struct accept_arg {
+		struct worker *w;
+		struct listener_config *l;
+	} accept_args[CONFIG_MAX_LISTENERS]; /* by slot */
 	uint8_t scratch[64 * 1024]; /* relay read buffer, see relay.c */
 };
 
@@ -422,7 +462,8 @@ struct router {
 	atomic_bool last_reload_ok;
 	double start_time;    /* wall clock, seconds */
 	atomic_uint_fast64_t next_session_id;
-	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener] */
+	int (*listen_fds)[CONFIG_MAX_LISTENERS]; /* [worker][listener slot], until a worker takes it */
+	char slot_names[CONFIG_MAX_LISTENERS][64]; /* which listener each slot belongs to */
 	atomic_uint paused; /* PAUSE (admin console): bit = listener slot */
 	atomic_uint_fast64_t admin_kills; /* sessions ended by KILL */
 };
@@ -464,7 +505,17 @@ struct wcall_arg {
 typedef void (*wcall_fn)(struct worker *w, struct wcall_arg *a, struct evbuffer *out);
 unsigned workers_call(wcall_fn fn, struct wcall_arg *a, struct evbuffer *out, unsigned timeout_ms);
 
-int listeners_bind(struct router *r, char *err, size_t errlen);
+/* Bind c's listeners (those that old, when not NULL, does not have) into
+ * r->listen_fds; on error none of them stays bound. */
+int listeners_bind(struct router *r, const struct config *c, const struct config *old, char *err,
+		   size_t errlen);
+void listeners_unbind_unclaimed(struct router *r);
+/* Give c's listeners their slots: old's for the names it had, free ones for
+ * new names. -1 when none is free (err). */
+int listeners_assign_slots(struct router *r, struct config *c, const struct config *old,
+			   char *err, size_t errlen);
+/* A reload made a new generation current: tell every worker. */
+void workers_reconfigure(struct router *r);
 int workers_start(struct router *r, char *err, size_t errlen);
 void workers_shutdown(struct router *r);
 /* Wait for the workers' loops to end; then free them (workers_join does both). */
@@ -513,6 +564,7 @@ struct session {
 	uint64_t id;
 	struct worker *w;
 	struct listener_config *l;
+	struct config *gen;  /* the generation l belongs to (a reference) */
 	struct end c, s;
 	struct event timer; /* startup, queue, connect or linger deadline, by state */
 	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
@@ -573,6 +625,10 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 /* Close without a message; client_gone: the client already left (no lingering). */
 void session_close(struct session *s, bool client_gone);
 void sessions_topology_changed(struct worker *w);
+/* A new configuration generation: sessions follow their listener into it (by
+ * name; those of a removed listener keep the old one and finish there), and
+ * are checked as after a role change. */
+void sessions_config_changed(struct worker *w);
 /* PAUSE or RESUME: hold idle sessions of paused listeners, let the others go. */
 void sessions_pause_changed(struct worker *w);
 /* Sessions queued for room in a pool try again. */

@@ -124,14 +124,14 @@ void session_watch_client(struct session *s, short what)
 /* metrics: the session in its server's sessions gauge, by listener */
 static void srv_count(struct session *s)
 {
-	gauge_add(&srv_stats(s, s->srv)->sessions[s->l - router.cfg->listeners], 1);
+	gauge_add(&srv_stats(s, s->srv)->sessions[s->l->slot], 1);
 	s->srv_counted = true;
 }
 
 static void srv_uncount(struct session *s)
 {
 	if (s->srv_counted)
-		gauge_add(&srv_stats(s, s->srv)->sessions[s->l - router.cfg->listeners], -1);
+		gauge_add(&srv_stats(s, s->srv)->sessions[s->l->slot], -1);
 	s->srv_counted = false;
 }
 
@@ -161,6 +161,7 @@ static void session_free(struct session *s)
 	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
 	w->nsessions--;
 	slog(LOG_DEBUG, s, "closed");
+	config_unref(s->gen);
 	free(s);
 	if (w->draining && w->nsessions == 0)
 		event_base_loopexit(w->base, NULL);
@@ -307,7 +308,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 		client_watch(s, EV_CLOSED);
 	session_set_state(s, SS_CONNECTING);
 	evtimer_del(&s->timer);
-	timer_set(s, router.cfg->connect_timeout_ms);
+	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_write(&s->s, true);
 }
 
@@ -350,7 +351,7 @@ static void no_server(struct session *s)
 		session_fail(s, "53300",
 			     "pgrouter: no server connection free for %s on listener \"%s\" after "
 			     "%.1fs: the pool is at pool_size=%u",
-			     s->who, s->l->name, router.cfg->queue_timeout_ms / 1000.0, s->l->pool_size);
+			     s->who, s->l->name, cur_cfg->queue_timeout_ms / 1000.0, s->l->pool_size);
 		return;
 	}
 	char desc[160];
@@ -358,12 +359,12 @@ static void no_server(struct session *s)
 	session_fail(s, "08001",
 		     "pgrouter: no server satisfies target_session_attrs=%s for listener \"%s\" "
 		     "after %.1fs (%s)",
-		     tsa_name(s->l->tsa), s->l->name, router.cfg->queue_timeout_ms / 1000.0, desc);
+		     tsa_name(s->l->tsa), s->l->name, cur_cfg->queue_timeout_ms / 1000.0, desc);
 }
 
 static void route(struct session *s)
 {
-	const struct config *cfg = router.cfg;
+	const struct config *cfg = cur_cfg;
 	struct worker *w = s->w;
 	if (w->draining) {
 		stat_reject(s, REJ_SHUTTING_DOWN);
@@ -471,7 +472,7 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
 	snprintf(s->user, sizeof(s->user), "%s", f->user);
 	evtimer_del(&s->timer);
-	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
 	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
 	bool user_fits = strlen(f->user) < sizeof(s->user), f_replication = f->replication;
@@ -500,7 +501,7 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 void session_authenticated(struct session *s)
 {
 	/* queue_timeout counts from here: typing a password is not waiting for a server */
-	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	evtimer_del(&s->timer);
 	if (s->in && evbuffer_get_length(s->in)) {
 		/* the client may speak once it has its ReadyForQuery */
@@ -685,7 +686,7 @@ static void startup_read(struct session *s)
 				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
 				session_fail(s, "53300",
 					     "sorry, too many clients already (max_client_conn=%u)",
-					     router.cfg->max_client_conn);
+					     cur_cfg->max_client_conn);
 				return;
 			}
 			if (!s->c.ssl && s->l->tls.mode == CLIENT_TLS_REQUIRE) {
@@ -738,7 +739,7 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 		return;
 	}
 	slog(LOG_INFO, s, "forwarding cancel request");
-	timer_set(s, router.cfg->connect_timeout_ms);
+	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_write(&s->s, true);
 }
 
@@ -914,7 +915,7 @@ static int auth_message(struct session *s, uint8_t type, const uint8_t *body, ui
 				     "rejects a client that supports binding; connect with "
 				     "channel_binding=disable, or give pgrouter the servers' own "
 				     "certificate (then binding works end to end)",
-				     s->srv->name, server_tls_name(router.cfg->server_tls));
+				     s->srv->name, server_tls_name(cur_cfg->server_tls));
 			return LOGIN_STOP;
 		}
 		slog(LOG_INFO, s, "server refused the session: %s %s", code,
@@ -1013,7 +1014,7 @@ static void handover_start(struct session *s)
 		handover_done(s);
 		return;
 	}
-	timer_set(s, router.cfg->connect_timeout_ms);
+	timer_set(s, cur_cfg->connect_timeout_ms);
 	client_watch(s, EV_CLOSED); /* it waits for the server now */
 	n = pgw_build_sync(m, sizeof(m));
 	if (evbuffer_add(s->s.out, m, n) != 0) {
@@ -1331,7 +1332,7 @@ static void inspect(struct session *s, bool only)
 	session_set_state(s, SS_INSPECT);
 	slog(LOG_DEBUG, s, "between transactions: asking %s what the session holds%s",
 	     s->srv->name, only ? " (it is idle)" : "");
-	timer_set(s, router.cfg->connect_timeout_ms);
+	timer_set(s, cur_cfg->connect_timeout_ms);
 	s->s.paused = false;
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
@@ -1377,9 +1378,9 @@ static void want_move(struct session *s, const struct topo_entry *e)
 	char now[64];
 	describe_entry(e, now, sizeof(now));
 	slog(LOG_INFO, s, "server now %s: moving at the next transaction boundary (or shed in %u ms)",
-	     now, router.cfg->drain_timeout_ms);
+	     now, cur_cfg->drain_timeout_ms);
 	evtimer_del(&s->timer);
-	timer_set(s, router.cfg->drain_timeout_ms);
+	timer_set(s, cur_cfg->drain_timeout_ms);
 }
 
 static void back_to_relay(struct session *s);
@@ -1444,7 +1445,7 @@ static void leave_server(struct session *s, const char *lost)
 	say_goodbye(s);
 	detach_server(s);
 	s->tried = 0;
-	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
 
@@ -1482,7 +1483,7 @@ static void lost_verdict(struct session *s)
 	     move_lost(s));
 	s->moving = true;
 	s->tried = 0;
-	s->deadline_ms = now_ms() + router.cfg->queue_timeout_ms;
+	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
 
@@ -1498,7 +1499,7 @@ static void lost_at_idle(struct session *s, const char *lost)
 	session_set_state(s, SS_LOST); /* first: a pooled connection is not reusable */
 	detach_server(s);
 	evtimer_del(&s->timer);
-	timer_set(s, LOST_VERDICT_MS(router.cfg));
+	timer_set(s, LOST_VERDICT_MS(cur_cfg));
 	lost_verdict(s);
 }
 
@@ -1572,7 +1573,7 @@ static void restore_start(struct session *s)
 	}
 	session_set_state(s, SS_RESTORE);
 	evtimer_del(&s->timer);
-	timer_set(s, router.cfg->connect_timeout_ms);
+	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
 		server_failed(s, CONN_CLOSED, "write to %s: %s", s->srv->name, strerror(errno));
@@ -1628,7 +1629,7 @@ static void check_fit(struct session *s)
 	/* an operator's MAINT: its sessions leave at their boundary, writers too */
 	bool in_maint = e && e->admin == DISC_ADMIN_MAINT;
 	enum tsa t = s->l->tsa;
-	int64_t max_lag = router.cfg->max_lag;
+	int64_t max_lag = cur_cfg->max_lag;
 	if (fits && !in_maint && !e->draining && can_move(s) && select_lagging(t, e, max_lag) &&
 	    select_other_eligible(s->w->topo, t, max_lag, s->srv)) {
 		/* a standby fallen behind: its sessions go to one that is not */
@@ -1674,8 +1675,8 @@ static void check_fit(struct session *s)
 	char now[64];
 	describe_entry(e, now, sizeof(now));
 	slog(LOG_INFO, s, "server now %s: closing at the next transaction boundary or in %u ms",
-	     now, router.cfg->shed_grace_ms);
-	timer_set(s, router.cfg->shed_grace_ms);
+	     now, cur_cfg->shed_grace_ms);
+	timer_set(s, cur_cfg->shed_grace_ms);
 }
 
 /* ---- callbacks -------------------------------------------------------- */
@@ -1816,7 +1817,7 @@ static void server_handshake(struct session *s)
 	int r = end_handshake(&s->s, why, sizeof(why));
 	if (r < 0) {
 		server_failed(s, CONN_TLS, "TLS with %s (server_tls = %s): %s", s->srv->name,
-			      server_tls_name(router.cfg->server_tls), why);
+			      server_tls_name(cur_cfg->server_tls), why);
 		return;
 	}
 	if (r == 0)
@@ -1849,11 +1850,11 @@ static void server_ssl_answer(struct session *s)
 		}
 		s->s_phase = PH_HANDSHAKE;
 		server_handshake(s);
-	} else if (b == 'N' && router.cfg->server_tls == SERVER_TLS_PREFER) {
+	} else if (b == 'N' && cur_cfg->server_tls == SERVER_TLS_PREFER) {
 		server_up(s);
 	} else if (b == 'N') {
 		server_failed(s, CONN_TLS, "%s does not accept TLS (server_tls = %s)", s->srv->name,
-			      server_tls_name(router.cfg->server_tls));
+			      server_tls_name(cur_cfg->server_tls));
 	} else {
 		server_failed(s, CONN_TLS, "%s answered SSLRequest with 0x%02x", s->srv->name, b);
 	}
@@ -1869,7 +1870,7 @@ static void server_connected(struct session *s)
 		server_failed(s, CONN_REFUSED, "connect to %s: %s", s->srv->name, strerror(err));
 		return;
 	}
-	if (router.cfg->server_tls == SERVER_TLS_DISABLE) {
+	if (cur_cfg->server_tls == SERVER_TLS_DISABLE) {
 		server_up(s);
 		return;
 	}
@@ -1960,17 +1961,17 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	switch (s->state) {
 	case SS_STARTUP:
 		session_fail(s, "08P01", "startup packet not received within %.1fs",
-			     router.cfg->startup_timeout_ms / 1000.0);
+			     cur_cfg->startup_timeout_ms / 1000.0);
 		break;
 	case SS_LOOKUP:
 		session_fail(s, "08001",
 			     "pgrouter: could not look up the password verifier of user \"%s\" "
 			     "within %.1fs (no server answered auth_query)",
-			     s->user, router.cfg->queue_timeout_ms / 1000.0);
+			     s->user, cur_cfg->queue_timeout_ms / 1000.0);
 		break;
 	case SS_LOGIN:
 		session_fail(s, "08P01", "pgrouter: authentication not completed within %.1fs",
-			     router.cfg->startup_timeout_ms / 1000.0);
+			     cur_cfg->startup_timeout_ms / 1000.0);
 		break;
 	case SS_QUEUED:
 		no_server(s);
@@ -1979,7 +1980,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_AUTH:
 	case SS_HANDOVER:
 		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
-			      router.cfg->connect_timeout_ms);
+			      cur_cfg->connect_timeout_ms);
 		break;
 	case SS_CANCEL:
 		slog(LOG_WARNING, s, "cancel forward to %s timed out", s->srv->name);
@@ -2008,7 +2009,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	case SS_RESTORE:
 		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
-			      router.cfg->connect_timeout_ms);
+			      cur_cfg->connect_timeout_ms);
 		break;
 	}
 	finish(s);
@@ -2029,6 +2030,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->id = atomic_fetch_add_explicit(&router.next_session_id, 1, memory_order_relaxed) + 1;
 	s->w = w;
 	s->l = l;
+	s->gen = config_ref(cur_cfg);
 	s->started_ms = now_ms();
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
@@ -2057,10 +2059,10 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	stat_add(&lstats(s)->accepted, 1);
 	gauge_add(&lstats(s)->clients, 1);
 
-	if (n > 2 * router.cfg->max_client_conn) {
+	if (n > 2 * cur_cfg->max_client_conn) {
 		/* far past the limit: not even an error message */
 		slog(LOG_WARNING, s, "closed at once: %u clients (max_client_conn=%u)", n - 1,
-		     router.cfg->max_client_conn);
+		     cur_cfg->max_client_conn);
 		stat_reject(s, REJ_MAX_CLIENT_CONN);
 		s->dead = true;
 		finish(s);
@@ -2068,7 +2070,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	}
 	/* Past max_client_conn the client still gets its SSLRequest answered and its
 	 * cancels forwarded; its StartupMessage gets 53300, as from PostgreSQL. */
-	s->over_limit = n > router.cfg->max_client_conn;
+	s->over_limit = n > cur_cfg->max_client_conn;
 	if (w->draining) {
 		stat_reject(s, REJ_SHUTTING_DOWN);
 		session_fail(s, "57P01", "pgrouter is shutting down");
@@ -2076,7 +2078,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 		return;
 	}
 	slog(LOG_DEBUG, s, "accepted");
-	timer_set(s, router.cfg->startup_timeout_ms);
+	timer_set(s, cur_cfg->startup_timeout_ms);
 	end_read(&s->c, true);
 }
 
@@ -2099,6 +2101,21 @@ void sessions_topology_changed(struct worker *w)
 	}
 }
 
+void sessions_config_changed(struct worker *w)
+{
+	struct session *s;
+	TAILQ_FOREACH(s, &w->sessions, link) {
+		struct listener_config *l = config_listener(cur_cfg, s->l->name);
+		if (!l || l == s->l)
+			continue; /* a removed listener's session finishes where it is */
+		s->l = l;
+		config_unref(s->gen);
+		s->gen = config_ref(cur_cfg);
+	}
+	/* a policy, a timeout or max_lag changed: as after a role change */
+	sessions_topology_changed(w);
+}
+
 void sessions_pause_changed(struct worker *w)
 {
 	struct session *s, *next;
@@ -2119,8 +2136,8 @@ void sessions_pause_changed(struct worker *w)
 		next = TAILQ_NEXT(s, qlink);
 		if (listener_paused(s->l))
 			continue;
-		if (s->deadline_ms < now + router.cfg->queue_timeout_ms)
-			s->deadline_ms = now + router.cfg->queue_timeout_ms; /* waited for RESUME */
+		if (s->deadline_ms < now + cur_cfg->queue_timeout_ms)
+			s->deadline_ms = now + cur_cfg->queue_timeout_ms; /* waited for RESUME */
 		route(s);
 		finish(s);
 	}
@@ -2169,7 +2186,7 @@ void sessions_drain(struct worker *w)
 
 void sessions_inspect_idle(struct worker *w)
 {
-	unsigned budget = INSPECT_PER_SEC * router.cfg->inspect_idle_ms / 1000;
+	unsigned budget = INSPECT_PER_SEC * cur_cfg->inspect_idle_ms / 1000;
 	if (budget == 0)
 		budget = 1;
 	struct session *s, *next;

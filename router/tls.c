@@ -244,7 +244,7 @@ SSL *tls_accept_ssl(struct listener_config *l, int fd)
 
 SSL *tls_connect_ssl(const struct disc_server *srv, int fd)
 {
-	SSL *ssl = new_ssl(&router.cfg->server_ssl_ctx, fd);
+	SSL *ssl = new_ssl(&cur_cfg->server_ssl_ctx, fd);
 	if (!ssl)
 		return NULL;
 	SSL_set_connect_state(ssl);
@@ -253,7 +253,7 @@ SSL *tls_connect_ssl(const struct disc_server *srv, int fd)
 	/* as libpq: SNI carries host names, never addresses (RFC 6066) */
 	if (!is_ip)
 		SSL_set_tlsext_host_name(ssl, srv->host);
-	if (router.cfg->server_tls == SERVER_TLS_VERIFY_FULL) {
+	if (cur_cfg->server_tls == SERVER_TLS_VERIFY_FULL) {
 		X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
 		int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, srv->host)
 			       : X509_VERIFY_PARAM_set1_host(vp, srv->host, 0);

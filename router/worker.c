@@ -15,10 +15,64 @@
 
 #include "router/router.h"
 
-struct accept_arg {
-	struct worker *w;
-	struct listener_config *l;
-};
+/* ---- configuration generations ------------------------------------------ */
+
+_Thread_local struct config *cur_cfg;
+static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct config *config_new(void)
+{
+	struct config *c = calloc(1, sizeof(*c));
+	if (c)
+		atomic_init(&c->refs, 1);
+	return c;
+}
+
+struct config *config_ref(struct config *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+void config_unref(struct config *c)
+{
+	if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	tls_teardown(c);
+	free(c);
+}
+
+struct config *config_current(void)
+{
+	pthread_mutex_lock(&cfg_lock);
+	struct config *c = router.cfg ? config_ref(router.cfg) : NULL;
+	pthread_mutex_unlock(&cfg_lock);
+	return c;
+}
+
+void config_publish(struct config *c)
+{
+	pthread_mutex_lock(&cfg_lock);
+	struct config *old = router.cfg;
+	router.cfg = c;
+	pthread_mutex_unlock(&cfg_lock);
+	config_unref(old);
+}
+
+void config_thread_refresh(void)
+{
+	struct config *c = config_current();
+	config_unref(cur_cfg);
+	cur_cfg = c;
+}
+
+struct listener_config *config_listener(struct config *c, const char *name)
+{
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		if (strcmp(c->listeners[i].name, name) == 0)
+			return &c->listeners[i];
+	return NULL;
+}
 
 static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa,
 		      int salen, void *arg)
@@ -214,41 +268,6 @@ static void inspect_sweep_cb(evutil_socket_t fd, short what, void *arg)
 	sessions_inspect_idle(arg);
 }
 
-static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct worker *w = arg;
-	if (w->draining)
-		return;
-	w->draining = true;
-	event_del(&w->inspect_sweep);
-	pools_close_all(w);
-	for (unsigned i = 0; i < router.cfg->nlisteners; i++)
-		if (w->listeners[i]) {
-			evconnlistener_free(w->listeners[i]);
-			w->listeners[i] = NULL;
-		}
-	sessions_drain(w);
-	if (w->nsessions == 0) {
-		event_base_loopexit(w->base, NULL);
-		return;
-	}
-	struct timeval tv = { router.cfg->shutdown_timeout_ms / 1000,
-			      (router.cfg->shutdown_timeout_ms % 1000) * 1000 };
-	evtimer_add(&w->drain_deadline, &tv);
-}
-
-static void *worker_main(void *arg)
-{
-	struct worker *w = arg;
-	event_base_dispatch(w->base);
-	atomic_store(&w->loop_ended, true);
-	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
-	pools_free(w);
-	event_del(&w->pool_wake);
-	event_del(&w->inspect_sweep);
-	return NULL;
-}
-
 /* Sessions can move only where pgrouter authenticates clients. */
 static bool any_router_auth(const struct config *c)
 {
@@ -258,9 +277,111 @@ static bool any_router_auth(const struct config *c)
 	return false;
 }
 
+static void arm_inspect_sweep(struct worker *w)
+{
+	const struct config *c = w->cfg;
+	event_del(&w->inspect_sweep);
+	if (c->inspect_idle_ms && any_router_auth(c) && !w->draining) {
+		struct timeval tv = { c->inspect_idle_ms / 1000, (c->inspect_idle_ms % 1000) * 1000 };
+		event_add(&w->inspect_sweep, &tv);
+	}
+}
+
+/* This worker's listening sockets for generation c: the new listeners' taken
+ * from the main thread, the removed ones' closed, every one's accept argument
+ * pointing at c's listener. */
+static int take_listeners(struct worker *w, struct config *c, char *err, size_t errlen)
+{
+	bool live[CONFIG_MAX_LISTENERS] = { false };
+	for (unsigned i = 0; i < c->nlisteners; i++) {
+		struct listener_config *l = &c->listeners[i];
+		live[l->slot] = true;
+		w->accept_args[l->slot] = (struct accept_arg){ w, l };
+		if (w->listeners[l->slot] || w->draining)
+			continue;
+		int *fd = &router.listen_fds[w->id][l->slot];
+		w->listeners[l->slot] = evconnlistener_new(w->base, accept_cb, &w->accept_args[l->slot],
+							   LEV_OPT_CLOSE_ON_FREE, 0, *fd);
+		if (!w->listeners[l->slot]) {
+			snprintf(err, errlen, "cannot listen: %s", strerror(errno));
+			return -1;
+		}
+		*fd = -1; /* owned by the evconnlistener now */
+		evconnlistener_set_error_cb(w->listeners[l->slot], accept_error_cb);
+	}
+	for (unsigned k = 0; k < CONFIG_MAX_LISTENERS; k++)
+		if (!live[k] && w->listeners[k]) {
+			evconnlistener_free(w->listeners[k]);
+			w->listeners[k] = NULL;
+		}
+	return 0;
+}
+
+static void reconf_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct config *c = config_current();
+	if (!c || c == w->cfg) {
+		config_unref(c);
+		return;
+	}
+	struct config *old = w->cfg;
+	w->cfg = cur_cfg = c;
+	char err[256];
+	if (take_listeners(w, c, err, sizeof(err)) != 0)
+		log_error("worker %u: %s", w->id, err);
+	arm_inspect_sweep(w);
+	sessions_config_changed(w);
+	config_unref(old);
+}
+
+void workers_reconfigure(struct router *r)
+{
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->workers[i].base && !atomic_load(&r->workers[i].loop_ended))
+			event_active(&r->workers[i].reconf, EV_READ, 0);
+}
+
+static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	if (w->draining)
+		return;
+	w->draining = true;
+	event_del(&w->inspect_sweep);
+	pools_close_all(w);
+	for (unsigned i = 0; i < CONFIG_MAX_LISTENERS; i++)
+		if (w->listeners[i]) {
+			evconnlistener_free(w->listeners[i]);
+			w->listeners[i] = NULL;
+		}
+	sessions_drain(w);
+	if (w->nsessions == 0) {
+		event_base_loopexit(w->base, NULL);
+		return;
+	}
+	struct timeval tv = { cur_cfg->shutdown_timeout_ms / 1000,
+			      (cur_cfg->shutdown_timeout_ms % 1000) * 1000 };
+	evtimer_add(&w->drain_deadline, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	cur_cfg = w->cfg;
+	event_base_dispatch(w->base);
+	atomic_store(&w->loop_ended, true);
+	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
+	pools_free(w);
+	event_del(&w->pool_wake);
+	event_del(&w->inspect_sweep);
+	event_del(&w->reconf);
+	cur_cfg = NULL;
+	return NULL;
+}
+
 int workers_start(struct router *r, char *err, size_t errlen)
 {
-	const struct config *c = r->cfg;
 	r->workers = calloc(r->nworkers, sizeof(*r->workers));
 	if (!r->workers) {
 		snprintf(err, errlen, "out of memory");
@@ -292,36 +413,16 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		event_assign(&w->ping, w->base, -1, 0, ping_cb, w);
 		event_assign(&w->call, w->base, -1, 0, call_cb, w);
 		atomic_init(&w->pong_ms, now_ms());
+		event_assign(&w->reconf, w->base, -1, 0, reconf_cb, w);
 		if (!(w->stats = calloc(1, sizeof(*w->stats)))) {
 			snprintf(err, errlen, "out of memory");
 			return -1;
 		}
-		if (c->inspect_idle_ms && any_router_auth(c)) {
-			struct timeval tv = { c->inspect_idle_ms / 1000,
-					      (c->inspect_idle_ms % 1000) * 1000 };
-			event_add(&w->inspect_sweep, &tv);
-		}
+		w->cfg = config_ref(r->cfg);
+		arm_inspect_sweep(w);
 		w->topo = topo_acquire();
-		w->listeners = calloc(c->nlisteners, sizeof(*w->listeners));
-		struct accept_arg *args = calloc(c->nlisteners, sizeof(*args));
-		if (!w->listeners || !args) {
-			free(args);
-			snprintf(err, errlen, "out of memory");
+		if (take_listeners(w, w->cfg, err, errlen) != 0)
 			return -1;
-		}
-		w->accept_args = args;
-		for (unsigned l = 0; l < c->nlisteners; l++) {
-			args[l] = (struct accept_arg){ w, &r->cfg->listeners[l] };
-			w->listeners[l] = evconnlistener_new(w->base, accept_cb, &args[l],
-							     LEV_OPT_CLOSE_ON_FREE, 0,
-							     r->listen_fds[i][l]);
-			if (!w->listeners[l]) {
-				snprintf(err, errlen, "cannot listen: %s", strerror(errno));
-				return -1;
-			}
-			r->listen_fds[i][l] = -1; /* owned by the evconnlistener now */
-			evconnlistener_set_error_cb(w->listeners[l], accept_error_cb);
-		}
 		topo_subscribe(topo_notify, w);
 	}
 	for (unsigned i = 0; i < r->nworkers; i++) {
@@ -357,16 +458,16 @@ void workers_join(struct router *r)
 	workers_wait(r);
 	for (unsigned i = 0; r->workers && i < r->nworkers; i++) {
 		struct worker *w = &r->workers[i];
-		for (unsigned l = 0; w->listeners && l < r->cfg->nlisteners; l++)
+		for (unsigned l = 0; l < CONFIG_MAX_LISTENERS; l++)
 			if (w->listeners[l])
 				evconnlistener_free(w->listeners[l]);
-		free(w->listeners);
-		free(w->accept_args);
+		config_unref(w->cfg);
 		topo_release(w->topo);
 		if (w->base) {
 			event_del(&w->drain_deadline);
 			event_del(&w->ping);
 			event_del(&w->call);
+			event_del(&w->reconf);
 			event_base_free(w->base);
 		}
 		free(w->stats);
