@@ -219,6 +219,8 @@ int disc_cluster_set(struct disc_cluster *c, const struct disc_view_entry *v, un
 {
 	if (n == 0 && c->hold_empty)
 		return 0; /* "nothing known yet" from a restarted source: the last view stays */
+	if (c->hold_empty)
+		c->stale = false; /* its own view now (disc_cluster_no_view may have marked the old) */
 	c->hold_empty = false;
 	struct member *next = calloc(n ? n : 1, sizeof(*next));
 	if (!next)
@@ -263,6 +265,12 @@ void disc_cluster_set_stale(struct disc_cluster *c, bool stale)
 	if (!stale)
 		disc_log(DISC_LOG_INFO, "%s: cluster state is current again", c->source);
 	publish(c);
+}
+
+void disc_cluster_no_view(struct disc_cluster *c)
+{
+	if (c->hold_empty)
+		disc_cluster_set_stale(c, true);
 }
 
 void disc_cluster_free(struct disc_cluster *c)

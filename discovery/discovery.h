@@ -116,8 +116,11 @@ struct topo_stats {
 	uint64_t stale_since_ms;
 	uint64_t primary_changes;
 	uint64_t publishes;
+	uint64_t errors;
 };
 void topo_stats(struct topo_stats *out);
+/* A source failed to read the cluster state (a request, a session, a key). */
+void disc_count_error(void);
 
 /* ---- sources ---- */
 

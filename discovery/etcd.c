@@ -403,6 +403,7 @@ static void fail(struct disc_etcd *e, const char *fmt, ...)
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	end_request(e);
+	disc_count_error();
 	e->step = E_IDLE;
 	e->token[0] = 0;
 	if (e->have_view && !e->stale) {
@@ -414,6 +415,8 @@ static void fail(struct disc_etcd *e, const char *fmt, ...)
 	} else {
 		disc_log(e->delay_ms >= 1000 ? DISC_LOG_INFO : DISC_LOG_WARNING, "etcd: %s: %s",
 			 endpoint(e), why);
+		if (!e->have_view)
+			disc_cluster_no_view(e->cluster);
 	}
 	e->endpoint = (e->endpoint + 1) % e->cfg.nendpoints;
 	/* the first retry is quick (a stream that simply ended); then back off */

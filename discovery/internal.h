@@ -48,6 +48,9 @@ struct disc_cluster *disc_cluster_new(struct event_base *base, const char *sourc
 int disc_cluster_set(struct disc_cluster *c, const struct disc_view_entry *v, unsigned n);
 /* The source lost (or regained) its view of the cluster. */
 void disc_cluster_set_stale(struct disc_cluster *c, bool stale);
+/* The source failed before it had a view of its own: a view taken over at a
+ * reload is marked stale (its source can no longer confirm it). */
+void disc_cluster_no_view(struct disc_cluster *c);
 void disc_cluster_free(struct disc_cluster *c);
 
 /* ---- patroni.c: Patroni's keys ---- */

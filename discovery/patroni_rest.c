@@ -50,6 +50,7 @@ static void poll_now(struct disc_rest *r)
 static void round_failed(struct disc_rest *r, const char *why)
 {
 	const char *url = r->cfg.urls[r->url];
+	disc_count_error();
 	r->url = (r->url + 1) % r->cfg.nurls;
 	if (++r->tried < r->cfg.nurls) {
 		disc_log(DISC_LOG_INFO, "patroni: %s: %s; asking %s", url, why, r->cfg.urls[r->url]);
@@ -65,6 +66,7 @@ static void round_failed(struct disc_rest *r, const char *why)
 		disc_cluster_set_stale(r->cluster, true);
 	} else if (!r->have_view) {
 		disc_log(DISC_LOG_WARNING, "patroni: no member's REST API answers (%s: %s)", url, why);
+		disc_cluster_no_view(r->cluster);
 	}
 	schedule(r, r->cfg.poll_ms);
 }

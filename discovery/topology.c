@@ -171,11 +171,19 @@ void topo_release(struct topology *t)
 		free(t);
 }
 
+static atomic_uint_fast64_t errors;
+
+void disc_count_error(void)
+{
+	atomic_fetch_add_explicit(&errors, 1, memory_order_relaxed);
+}
+
 void topo_stats(struct topo_stats *out)
 {
 	pthread_mutex_lock(&topo_lock);
 	*out = stats;
 	pthread_mutex_unlock(&topo_lock);
+	out->errors = atomic_load_explicit(&errors, memory_order_relaxed);
 }
 
 uint64_t topo_generation(void)

@@ -55,6 +55,8 @@ struct disc_zk {
 	struct disc_zk_config cfg;
 	struct disc_cluster *cluster;
 	struct event *wake, *retry, *hold;
+	unsigned reads; /* get()s not answered yet: the first view waits for all of them */
+	struct event *first; /* no view yet within session_timeout: say so */
 	struct { /* members whose znode is gone, until they return or the hold ends */
 		char key[300];
 		uint64_t until_ms;
@@ -204,8 +206,12 @@ static void get(struct disc_zk *z, const char *rel)
 			 ? zoo_awget_children(z->zh, path, watcher, gen, children_done,
 					      ctx_new(z->gen, path))
 			 : zoo_awget(z->zh, path, watcher, gen, data_done, ctx_new(z->gen, path));
-	if (rc != ZOK)
+	if (rc == ZOK)
+		z->reads++;
+	if (rc != ZOK) {
+		disc_count_error();
 		disc_log(DISC_LOG_WARNING, "zookeeper: cannot read %s: %s", path, zerror(rc));
+	}
 }
 
 static void read_all(struct disc_zk *z)
@@ -217,6 +223,11 @@ static void read_all(struct disc_zk *z)
 
 static void set_stale(struct disc_zk *z, bool stale, const char *why)
 {
+	if (stale) {
+		disc_count_error();
+		if (!z->have_view)
+			disc_cluster_no_view(z->cluster);
+	}
 	if (z->stale == stale || !z->have_view)
 		return;
 	z->stale = stale;
@@ -309,6 +320,7 @@ static void on_session(struct disc_zk *z, int state)
 		disc_log(DISC_LOG_WARNING, "zookeeper: session expired; opening a new one");
 		open_session(z);
 	} else if (state == ZOO_AUTH_FAILED_STATE) {
+		disc_count_error();
 		disc_log(DISC_LOG_ERROR, "zookeeper: authentication failed");
 	}
 }
@@ -336,6 +348,9 @@ static void handle(struct disc_zk *z, struct zk_msg *m)
 {
 	if (m->gen != z->gen)
 		return; /* from a session that is gone */
+	if ((m->kind == ZK_DATA || m->kind == ZK_NONODE || m->kind == ZK_CHILDREN ||
+	     m->kind == ZK_ERROR) && z->reads)
+		z->reads--; /* a get() answered */
 	const char *rel = relative(z, m->path);
 	switch (m->kind) {
 	case ZK_SESSION:
@@ -408,7 +423,9 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 		handle(z, m);
 		msg_free(m);
 	}
-	if (z->dirty) {
+	/* the first view is whole: every key and member read (a partial one
+	 * would, at a reload, make the members not read yet look gone) */
+	if (z->dirty && (z->have_view || z->reads == 0)) {
 		z->dirty = false;
 		publish_view(z);
 	}
@@ -417,6 +434,23 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 		z->stale = false;
 		disc_cluster_set_stale(z->cluster, false);
 	}
+}
+
+/* The ZooKeeper client keeps trying hosts that do not answer without telling
+ * its watcher: a source with no view after session_timeout counts an error,
+ * and a view it took over at a reload goes stale. */
+static void first_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disc_zk *z = arg;
+	if (z->have_view)
+		return;
+	disc_count_error();
+	disc_log(DISC_LOG_WARNING, "zookeeper: no answer from %s within %u ms; still trying",
+		 z->hosts, z->cfg.session_timeout_ms);
+	disc_cluster_no_view(z->cluster);
+	struct timeval tv = { z->cfg.session_timeout_ms / 1000,
+			      (z->cfg.session_timeout_ms % 1000) * 1000 };
+	event_add(z->first, &tv);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -431,9 +465,11 @@ static void open_session(struct disc_zk *z)
 		z->zh = NULL;
 	}
 	z->gen++;
+	z->reads = 0;
 	z->zh = zookeeper_init(z->hosts, watcher, (int)z->cfg.session_timeout_ms, NULL,
 			       (void *)(uintptr_t)z->gen, 0);
 	if (!z->zh) {
+		disc_count_error();
 		disc_log(DISC_LOG_WARNING, "zookeeper: cannot start a session with %s; retrying",
 			 z->hosts);
 		struct timeval tv = { 1, 0 };
@@ -467,17 +503,22 @@ struct disc_zk *disc_zk_start(struct event_base *base, const struct disc_zk_conf
 	z->wake = event_new(base, -1, 0, wake_cb, z);
 	z->retry = evtimer_new(base, retry_cb, z);
 	z->hold = evtimer_new(base, hold_cb, z);
+	z->first = evtimer_new(base, first_cb, z);
 	z->cluster = disc_cluster_new(base, "zookeeper", pc, false);
-	if (!z->wake || !z->retry || !z->hold || !z->cluster) {
+	if (!z->wake || !z->retry || !z->hold || !z->first || !z->cluster) {
 		snprintf(err, errlen, "out of memory");
 		disc_zk_stop(z);
 		return NULL;
 	}
 	the_zk = z;
-	zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
+	/* its own log goes to stderr every 50 ms while a host refuses: pgrouter
+	 * says what matters itself */
+	zoo_set_debug_level((ZooLogLevel)0);
 	disc_cluster_set(z->cluster, NULL, 0); /* nothing routable until ZooKeeper answers */
 	disc_log(DISC_LOG_INFO, "zookeeper: watching %s on %s", z->base_path, z->hosts);
 	open_session(z);
+	struct timeval tv = { cfg->session_timeout_ms / 1000, (cfg->session_timeout_ms % 1000) * 1000 };
+	event_add(z->first, &tv);
 	return z;
 }
 
@@ -496,6 +537,8 @@ void disc_zk_stop(struct disc_zk *z)
 		event_free(z->wake);
 	if (z->retry)
 		event_free(z->retry);
+	if (z->first)
+		event_free(z->first);
 	if (z->hold)
 		event_free(z->hold);
 	disc_cluster_free(z->cluster);

@@ -147,14 +147,8 @@ static json_t *status_json(void)
 	json_t *ls = json_array();
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		const struct listener_config *l = &c->listeners[i];
-		int64_t clients = 0, queued = 0;
-		for (unsigned w = 0; w < router.nworkers; w++) {
-			struct worker_stats *st = router.workers[w].stats;
-			if (st) {
-				clients += atomic_load_explicit(&st->l[i].clients, memory_order_relaxed);
-				queued += atomic_load_explicit(&st->l[i].queued, memory_order_relaxed);
-			}
-		}
+		int64_t clients = stats_sum_i(STATS_OFF(l[l->slot].clients));
+		int64_t queued = stats_sum_i(STATS_OFF(l[l->slot].queued));
 		json_t *o = json_object();
 		json_object_set_new(o, "name", json_string(l->name));
 		json_object_set_new(o, "listen", json_sprintf("%s:%s", l->host, l->port));
@@ -164,6 +158,7 @@ static json_t *status_json(void)
 		json_object_set_new(o, "pool_mode", json_string(pool_mode_name(l->pool_mode)));
 		json_object_set_new(o, "clients", json_integer(clients));
 		json_object_set_new(o, "queued", json_integer(queued));
+		json_object_set_new(o, "paused", json_boolean(listener_paused(l)));
 		json_array_append_new(ls, o);
 	}
 	json_object_set_new(root, "listeners", ls);

@@ -417,6 +417,7 @@ static void show_stats(struct evbuffer *out)
 	stat_row(out, &rows, "bytes_from_servers", (double)recv);
 	stat_row(out, &rows, "topology_publishes", (double)ts.publishes);
 	stat_row(out, &rows, "primary_changes", (double)ts.primary_changes);
+	stat_row(out, &rows, "discovery_errors", (double)ts.errors);
 	stat_row(out, &rows, "reloads_ok", (double)atomic_load(&router.reloads_ok));
 	stat_row(out, &rows, "reloads_failed", (double)atomic_load(&router.reloads_failed));
 	put_rows_done(out, "SHOW", rows);

@@ -157,6 +157,10 @@ static void render_listeners(struct evbuffer *out)
 	for (unsigned i = 0; i < c->nlisteners; i++)
 		evbuffer_add_printf(out, "pgrouter_queued_sessions{listener=\"%s\"} %lld\n",
 				    c->listeners[i].name, (long long)sum_i(OFF(l[c->listeners[i].slot].queued)));
+	help(out, "listener_paused", "gauge", "1 while the listener is paused (PAUSE).");
+	for (unsigned i = 0; i < c->nlisteners; i++)
+		evbuffer_add_printf(out, "pgrouter_listener_paused{listener=\"%s\"} %d\n",
+				    c->listeners[i].name, listener_paused(&c->listeners[i]));
 	help(out, "queue_wait_seconds", "histogram",
 	     "Time sessions waited for an eligible server (those that waited).");
 	for (unsigned i = 0; i < c->nlisteners; i++) {
@@ -187,6 +191,14 @@ static void render_servers(struct evbuffer *out, const struct topology *t)
 			evbuffer_add_printf(out, "pgrouter_server_status{server=\"%s:%s\",state=\"%s\"} %d\n",
 					    t->e[k].srv->host, t->e[k].srv->port, states[j],
 					    strcmp(state_of(&t->e[k]), states[j]) == 0);
+	help(out, "server_admin_state", "gauge",
+	     "1 for the operator's word on the server (SET SERVER: ready, drain, maint).");
+	for (unsigned k = 0; t && k < t->n; k++)
+		for (int a = DISC_ADMIN_READY; a <= DISC_ADMIN_MAINT; a++)
+			evbuffer_add_printf(out,
+					    "pgrouter_server_admin_state{server=\"%s:%s\",state=\"%s\"} %d\n",
+					    t->e[k].srv->host, t->e[k].srv->port,
+					    disc_admin_name((enum disc_admin)a), (int)t->e[k].admin == a);
 	help(out, "server_lag_bytes", "gauge", "Replication lag behind the primary (-1: unknown).");
 	for (unsigned k = 0; t && k < t->n; k++)
 		evbuffer_add_printf(out, "pgrouter_server_lag_bytes{server=\"%s:%s\"} %lld\n",
@@ -296,7 +308,11 @@ void metrics_render(struct evbuffer *out)
 	help(out, "discovery_snapshots_total", "counter", "Cluster views published that changed routing.");
 	evbuffer_add_printf(out, "pgrouter_discovery_snapshots_total{source=\"%s\"} %llu\n", src,
 			    (unsigned long long)ts.publishes);
-	help(out, "reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
+	help(out, "discovery_errors_total", "counter",
+	     "Failed reads of the cluster state (requests, sessions, keys).");
+	evbuffer_add_printf(out, "pgrouter_discovery_errors_total{source=\"%s\"} %llu\n", src,
+			    (unsigned long long)ts.errors);
+	help(out, "reloads_total", "counter", "Configuration reloads (SIGHUP or RELOAD), by result.");
 	evbuffer_add_printf(out, "pgrouter_reloads_total{result=\"ok\"} %llu\n"
 			    "pgrouter_reloads_total{result=\"failed\"} %llu\n",
 			    (unsigned long long)atomic_load(&router.reloads_ok),

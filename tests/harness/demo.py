@@ -7,7 +7,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Router  # noqa: E402
+from cluster import Router, free_port  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 
 
@@ -15,13 +15,16 @@ def main():
     print("starting etcd and 3 Patroni nodes (PostgreSQL 15) on 127.0.0.1 ...", flush=True)
     pc = PatroniCluster(3, scope="demo").start()
     router = None
+    console_port, http_port = free_port(), free_port()
     try:
         router = Router(None, {"rw": {"target_session_attrs": "read-write"},
                                "ro": {"target_session_attrs": "prefer-standby",
                                       "load_balance": "least-connections"}},
                         pc.dir, cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url,
                                          "scope": pc.scope},
-                        probe_interval="1s", queue_timeout="30s").start()
+                        probe_interval="1s", queue_timeout="30s",
+                        admin_listen="%s:%d" % (pc.dir, console_port),
+                        http_listen="127.0.0.1:%d" % http_port).start()
         leader = pc.leader()
         print()
         print("etcd:     %s   (Patroni keys under /service/%s/)" % (pc.etcd.url, pc.scope))
@@ -33,6 +36,10 @@ def main():
         print()
         print("read-write DSN:  postgresql://postgres@127.0.0.1:%d/postgres" % router.port("rw"))
         print("read-only DSN:   postgresql://postgres@127.0.0.1:%d/postgres" % router.port("ro"))
+        print()
+        print("admin console:   psql -h %s -p %d -d pgrouter -c 'SHOW SERVERS'"
+              % (pc.dir, console_port))
+        print("metrics, status: http://127.0.0.1:%d/metrics  /status  /readyz" % http_port)
         print()
         print("try:  psql 'postgresql://postgres@127.0.0.1:%d/postgres' -c "
               "'select inet_server_port(), pg_is_in_recovery()'" % router.port("rw"))

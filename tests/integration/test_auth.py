@@ -147,14 +147,15 @@ class AuthTest(unittest.TestCase):
         self.write_userlist(["filed", "md5user", "other"])
         mark = len(self.frouter.log_text())
         os.kill(self.frouter.proc.pid, signal.SIGHUP)
-        wait_for(lambda: "auth_file" in self.frouter.log_text()[mark:], 5, "reload")
+        wait_for(lambda: "applied (generation" in self.frouter.log_text()[mark:], 5, "reload")
         self.assertEqual(one(dsn, "select current_user"), "other")
         # a file that does not load keeps the users in use
         with open(self.userlist, "a") as f:
             f.write('"plain" "a-plaintext-password"\n')
         mark = len(self.frouter.log_text())
         os.kill(self.frouter.proc.pid, signal.SIGHUP)
-        wait_for(lambda: "not reloaded" in self.frouter.log_text()[mark:], 5, "refused reload")
+        wait_for(lambda: "reload failed, the running configuration stays" in
+                 self.frouter.log_text()[mark:], 5, "refused reload")
         self.assertEqual(one(dsn, "select current_user"), "other")
         self.assertNotIn("a-plaintext-password", self.frouter.log_text())
         self.write_userlist(["filed", "md5user"])

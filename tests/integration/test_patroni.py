@@ -2,6 +2,7 @@
 its DCS. One suite, parameterised by the source: SOURCE = "etcd" here; the
 ZooKeeper and REST sources reuse it with their own cluster factory."""
 import calendar
+import json
 import os
 import re
 import signal
@@ -428,6 +429,65 @@ class PatroniSuite:
             c.close()
             return port == a.pg_port
         wait_for(caught_up, 60, "%s to catch up" % a.name, interval=0.2)
+
+    def test_s_reload_restarts_source(self):
+        """A reload that changes the discovery settings restarts the source: the
+        view it had stays published until the new source has its own (no session
+        is shed, writes route at once), and a source that cannot read the DCS
+        marks that view stale."""
+        http = free_port()
+        r2 = Router(None, {"rw": {"target_session_attrs": "read-write"}}, self.pc.dir,
+                    cluster=self.cluster_conf(), probe_interval=self.PROBE,
+                    queue_timeout="40s", http_listen="127.0.0.1:%d" % http).start()
+        try:
+            leader = self.pc.leader()
+            wait_for(lambda: try_port(r2.dsn("rw", connect_timeout=5)) == leader.pg_port, 30,
+                     "the second router routing writes")
+            c = psycopg2.connect(r2.dsn("rw"))
+            c.autocommit = True
+            cur = c.cursor()
+            cur.execute("select pg_backend_pid()")
+            pid = cur.fetchone()[0]
+
+            def reload(gen):
+                r2.write_conf()
+                os.kill(r2.proc.pid, signal.SIGHUP)
+                wait_for(lambda: "applied (generation %d)" % gen in r2.log_text(), 10,
+                         "reload %d" % gen)
+
+            def stale():
+                st = json.loads(urllib.request.urlopen(
+                    "http://127.0.0.1:%d/status" % http, timeout=5).read())
+                return st["discovery"]["stale"]
+            r2.settings["probe_interval"] = "300ms"
+            reload(2)
+            self.assertIn("restarting source %s" % self.SOURCE, r2.log_text())
+            self.assertIn("keeping the last view", r2.log_text())
+            t0 = time.monotonic()
+            self.assertEqual(try_port(r2.dsn("rw", connect_timeout=5)), leader.pg_port)
+            self.assertLess(time.monotonic() - t0, 2)
+            # a DCS address where nothing answers: the kept view goes stale
+            good = dict(r2.cluster)
+            dead = "127.0.0.1:%d" % free_port()
+            key = {"etcd": "etcd_endpoints", "zookeeper": "zookeeper_hosts",
+                   "patroni": "patroni_urls"}[self.SOURCE]
+            r2.cluster[key] = dead if self.SOURCE == "zookeeper" else "http://" + dead
+            reload(3)
+            try:
+                wait_for(stale, 30, "the kept view marked stale")
+            except TimeoutError:
+                raise AssertionError("not stale:\n" + "\n".join(
+                    l for l in r2.log_text().splitlines() if "ZOO_" not in l)[-3000:])
+            self.assertEqual(try_port(r2.dsn("rw", connect_timeout=5)), leader.pg_port)
+            r2.cluster = good
+            reload(4)
+            wait_for(lambda: not stale(), 30, "a current view again")
+            cur.execute("select pg_backend_pid()")
+            self.assertEqual(cur.fetchone()[0], pid)
+            c.close()
+            self.assertNotIn("shed", r2.log_text())
+        finally:
+            r2.stop_clean()
 
     def test_a_routing_follows_cluster_on_start(self):
         self.assert_placement()

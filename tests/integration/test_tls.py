@@ -483,12 +483,13 @@ class TlsTest(unittest.TestCase):
         shutil.copyfile(self.router2_crt, crt)
         shutil.copyfile(self.router2_key, key)
         r.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "TLS certificates and keys reloaded" in r.log_text(), 5, "reload")
+        wait_for(lambda: "applied (generation 2)" in r.log_text(), 5, "reload")
         self.assertEqual(served_cn(), "pgrouter second")
         with open(crt, "w") as f:
             f.write("garbage\n")
         r.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "TLS files not reloaded" in r.log_text(), 5, "failed reload logged")
+        wait_for(lambda: "reload failed, the running configuration stays" in r.log_text(), 5,
+                 "failed reload logged")
         self.assertEqual(served_cn(), "pgrouter second")  # the last good one stays
         cur = held.cursor()
         cur.execute("select 4")
