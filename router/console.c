@@ -927,18 +927,7 @@ static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sock
 			snprintf(k->peer, sizeof(k->peer), "unix:?");
 		}
 	} else {
-		char host[INET6_ADDRSTRLEN] = "?";
-		unsigned port = 0;
-		if (sa->sa_family == AF_INET) {
-			struct sockaddr_in *in = (struct sockaddr_in *)sa;
-			evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-			port = ntohs(in->sin_port);
-		} else if (sa->sa_family == AF_INET6) {
-			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-			evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-			port = ntohs(in6->sin6_port);
-		}
-		snprintf(k->peer, sizeof(k->peer), "%s:%u", host, port);
+		sockaddr_describe(sa, k->peer, sizeof(k->peer));
 	}
 	bufferevent_setcb(bev, read_cb, write_cb, event_cb, k);
 	bufferevent_enable(bev, EV_READ);

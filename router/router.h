@@ -507,6 +507,9 @@ unsigned workers_call(wcall_fn fn, struct wcall_arg *a, struct evbuffer *out, un
 
 /* Bind c's listeners (those that old, when not NULL, does not have) into
  * r->listen_fds; on error none of them stays bound. */
+/* "host:port" ("[v6]:port") of a peer's address, for logs and SHOW SESSIONS. */
+struct sockaddr;
+void sockaddr_describe(const struct sockaddr *sa, char *buf, size_t len);
 int listeners_bind(struct router *r, const struct config *c, const struct config *old, char *err,
 		   size_t errlen);
 void listeners_unbind_unclaimed(struct router *r);

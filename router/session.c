@@ -2038,19 +2038,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	char host[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-	if (sa->sa_family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)sa;
-		evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		port = ntohs(in->sin_port);
-	} else if (sa->sa_family == AF_INET6) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-		evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		port = ntohs(in6->sin6_port);
-	}
-	snprintf(s->peer, sizeof(s->peer), sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
-		 port);
+	sockaddr_describe(sa, s->peer, sizeof(s->peer));
 	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
 	evtimer_assign(&s->timer, w->base, timer_cb, s);
 	TAILQ_INSERT_TAIL(&w->sessions, s, link);
