@@ -176,6 +176,9 @@ struct disc_etcd_config {
 	const char *namespace_, *scope;
 	const char *user, *password, *cacert;
 	unsigned timeout_ms;
+	/* Stolon instead of Patroni: the key <stolon_prefix>/<stolon_cluster>/clusterdata
+	 * (etcd keys as Stolon writes them: no leading slash); NULL for Patroni */
+	const char *stolon_prefix, *stolon_cluster;
 };
 struct disc_etcd;
 struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etcd_config *cfg,

@@ -158,6 +158,15 @@ static char *json_body(json_t *j)
 
 static void publish_view(struct disc_etcd *e)
 {
+	if (e->cfg.stolon_cluster) {
+		const char *v = patroni_keys_get(&e->keys, "clusterdata");
+		size_t len = 0;
+		for (unsigned i = 0; v && i < e->keys.n; i++)
+			if (e->keys.kv[i].value == v)
+				len = e->keys.kv[i].len;
+		stolon_publish(e->cluster, v, len, e->leader);
+		return;
+	}
 	char note[48];
 	snprintf(note, sizeof(note), " (revision %lld)", (long long)e->revision);
 	patroni_publish_keys(e->cluster, &e->keys, e->probes_on, "etcd", e->leader, note);
@@ -455,18 +464,25 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 	e->base = base;
 	e->cfg = *cfg;
 	patroni_keys_init(&e->keys);
-	/* "/service/demo" + "/": the keys' prefix */
-	patroni_base_path(e->prefix, sizeof(e->prefix) - 1, cfg->namespace_, cfg->scope);
-	strcat(e->prefix, "/");
-	size_t pl = strlen(e->prefix);
-	char end[sizeof(e->prefix)];
-	memcpy(end, e->prefix, pl);
-	end[pl - 1]++; /* range_end: the prefix with its last byte + 1 */
-	e->key_b64 = b64_encode((const uint8_t *)e->prefix, pl);
+	/* the keys' prefix: "/service/demo/" (Patroni) or "stolon/cluster/demo/"
+	 * (Stolon, whose one key of interest is "clusterdata" under it) */
+	if (cfg->stolon_cluster)
+		snprintf(e->prefix, sizeof(e->prefix), "%s/%s/", cfg->stolon_prefix,
+			 cfg->stolon_cluster);
+	else
+		patroni_base_path(e->prefix, sizeof(e->prefix) - 1, cfg->namespace_, cfg->scope);
+	if (!cfg->stolon_cluster)
+		strcat(e->prefix, "/");
+	char from[sizeof(e->prefix) + 16], end[sizeof(from)];
+	snprintf(from, sizeof(from), "%s%s", e->prefix, cfg->stolon_cluster ? "clusterdata" : "");
+	size_t pl = strlen(from);
+	memcpy(end, from, pl);
+	end[pl - 1]++; /* range_end: the range's start with its last byte + 1 */
+	e->key_b64 = b64_encode((const uint8_t *)from, pl);
 	e->end_b64 = b64_encode((const uint8_t *)end, pl);
 	e->http = http_new(base, done, activity, e);
 	e->backoff = evtimer_new(base, backoff_cb, e);
-	e->cluster = disc_cluster_new(base, "etcd", pc, false);
+	e->cluster = disc_cluster_new(base, cfg->stolon_cluster ? "stolon" : "etcd", pc, false);
 	e->probes_on = pc->interval_ms > 0;
 	if (!e->key_b64 || !e->end_b64 || !e->http || !e->backoff || !e->cluster) {
 		snprintf(err, errlen, "out of memory");

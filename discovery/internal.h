@@ -53,6 +53,32 @@ void disc_cluster_set_stale(struct disc_cluster *c, bool stale);
 void disc_cluster_no_view(struct disc_cluster *c);
 void disc_cluster_free(struct disc_cluster *c);
 
+/* ---- stolon.c: Stolon's clusterdata ---- */
+
+#define STOLON_MAX_DBS 64
+struct stolon_db {
+	char uid[64];
+	char host[256], port[8]; /* status.listenAddress, status.port; empty: not known yet */
+	char follows[64];        /* spec.followConfig.dbuid (internal) */
+	bool standby;            /* spec.role = standby */
+	bool healthy;            /* status.healthy (missing: false) */
+	int64_t xlog, timeline;  /* status.xLogPos, status.timelineID; -1 unknown */
+};
+struct stolon_cd {
+	int primary;          /* 1 + index of the db proxy.spec.masterDbUid names; 0: none */
+	char no_primary[128]; /* why there is none */
+	int64_t generation;   /* proxy.generation; -1 unknown */
+	unsigned n, skipped;
+	struct stolon_db db[STOLON_MAX_DBS];
+};
+/* Parse a clusterdata value. 0, or -1 when it is not a JSON object (no primary then). */
+int stolon_parse(const char *json, size_t len, struct stolon_cd *cd);
+/* Dbs → view entries (servers from the registry). Returns the count. */
+unsigned stolon_view(const struct stolon_cd *cd, struct disc_view_entry *v);
+/* Parse the clusterdata value (NULL: the key is absent) and set c's view; master
+ * holds the master db's uid last seen (128 bytes), for "master changed" lines. */
+void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master);
+
 /* ---- patroni.c: Patroni's keys ---- */
 
 struct patroni_kv {

@@ -476,9 +476,10 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 	struct config *c = p->c;
 	if (strcmp(k, "source") == 0) {
 		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0 && strcmp(v, "patroni") != 0 &&
-		    strcmp(v, "zookeeper") != 0)
+		    strcmp(v, "zookeeper") != 0 && strcmp(v, "stolon") != 0)
 			return fail(p, p->line, k,
-				    "unknown source \"%s\" (supported: static, etcd, zookeeper, patroni)",
+				    "unknown source \"%s\" (supported: static, etcd, zookeeper, patroni, "
+				    "stolon)",
 				    v);
 		p->source_line = p->line;
 		return set_string(p, k, v, c->source, sizeof(c->source));
@@ -527,6 +528,21 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		if (!*v || strchr(v, '/'))
 			return fail(p, p->line, k, "must be a Patroni scope name without '/'");
 		return set_string(p, k, v, c->scope, sizeof(c->scope));
+	}
+	if (strcmp(k, "stolon_cluster") == 0) {
+		if (!*v || strchr(v, '/'))
+			return fail(p, p->line, k, "must be a Stolon cluster name without '/'");
+		return set_string(p, k, v, c->stolon_cluster, sizeof(c->stolon_cluster));
+	}
+	if (strcmp(k, "stolon_prefix") == 0) {
+		size_t n = strlen(v);
+		while (n && v[n - 1] == '/')
+			n--;
+		if (n == 0 || n >= sizeof(c->stolon_prefix))
+			return fail(p, p->line, k, "must be Stolon's store prefix (default stolon/cluster)");
+		memcpy(c->stolon_prefix, v, n);
+		c->stolon_prefix[n] = 0;
+		return 1;
 	}
 	if (strcmp(k, "etcd_user") == 0)
 		return set_string(p, k, v, c->etcd_user, sizeof(c->etcd_user));
@@ -715,6 +731,7 @@ static void defaults(struct config *c)
 	strcpy(c->probe_user, "postgres");
 	strcpy(c->probe_dbname, "postgres");
 	strcpy(c->namespace_, "/service/");
+	strcpy(c->stolon_prefix, "stolon/cluster");
 	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
 	c->netcd = 1;
 	c->poll_interval_ms = 1000;
@@ -818,6 +835,11 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 	if ((strcmp(c->source, "etcd") == 0 || strcmp(c->source, "zookeeper") == 0) && !c->scope[0]) {
 		snprintf(err, errlen, "%s:%d: scope: source = %s needs the Patroni scope (cluster name)",
 			 path, p.source_line, c->source);
+		return -1;
+	}
+	if (strcmp(c->source, "stolon") == 0 && !c->stolon_cluster[0]) {
+		snprintf(err, errlen, "%s:%d: stolon_cluster: source = stolon needs the Stolon cluster "
+			 "name (stolonctl's --cluster-name)", path, p.source_line);
 		return -1;
 	}
 	if (strcmp(c->source, "zookeeper") == 0 && c->nzk == 0) {

@@ -112,6 +112,10 @@ static int config_derive(struct config *c, char *err, size_t errlen)
 					   .timeout_ms = c->connect_timeout_ms };
 	for (unsigned i = 0; i < c->netcd; i++)
 		c->ec.endpoints[i] = c->etcd_endpoints[i];
+	if (strcmp(c->source, "stolon") == 0) {
+		c->ec.stolon_prefix = c->stolon_prefix;
+		c->ec.stolon_cluster = c->stolon_cluster;
+	}
 	c->zc = (struct disc_zk_config){ .nhosts = c->nzk,
 					 .namespace_ = c->namespace_,
 					 .scope = c->scope,
@@ -138,7 +142,7 @@ static struct {
 
 static int discovery_start(struct config *c, char *err, size_t errlen)
 {
-	if (strcmp(c->source, "etcd") == 0)
+	if (strcmp(c->source, "etcd") == 0 || strcmp(c->source, "stolon") == 0)
 		D.etcd = disc_etcd_start(D.base, &c->ec, &c->pc, err, errlen);
 	else if (strcmp(c->source, "zookeeper") == 0)
 		D.zk = disc_zk_start(D.base, &c->zc, &c->pc, err, errlen);
@@ -175,7 +179,8 @@ static bool discovery_same(const struct config *a, const struct config *b)
 	    !SAME_STR(server_tls_cert) || !SAME_STR(server_tls_key) || !SAME(connect_timeout_ms) ||
 	    !SAME(netcd) || !SAME_STR(namespace_) || !SAME_STR(scope) || !SAME_STR(etcd_user) ||
 	    !SAME_STR(etcd_password) || !SAME_STR(etcd_cacert) || !SAME(nzk) ||
-	    !SAME(zk_session_timeout_ms) || !SAME(npatroni) || !SAME(poll_interval_ms))
+	    !SAME(zk_session_timeout_ms) || !SAME(npatroni) || !SAME(poll_interval_ms) ||
+	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix))
 		return false;
 	for (unsigned i = 0; i < a->nservers; i++)
 		if (a->srv[i] != b->srv[i])

@@ -179,6 +179,10 @@ struct config {
 	char etcd_password[256];
 	char etcd_cacert[512];
 
+	/* source = stolon (its etcd: the etcd_* keys) */
+	char stolon_cluster[128];
+	char stolon_prefix[256];
+
 	/* source = zookeeper */
 	unsigned nzk;
 	char zk_hosts[16][256];
