@@ -179,6 +179,7 @@ struct disc_etcd_config {
 	/* Stolon instead of Patroni: the key <stolon_prefix>/<stolon_cluster>/clusterdata
 	 * (etcd keys as Stolon writes them: no leading slash); NULL for Patroni */
 	const char *stolon_prefix, *stolon_cluster;
+	bool stolon_register; /* keep proxies/info/<uid> as stolon-proxy does */
 };
 struct disc_etcd;
 struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etcd_config *cfg,

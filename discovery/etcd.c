@@ -52,6 +52,18 @@ struct disc_etcd {
 	bool stale;
 	char leader[128];  /* for "leader changed" log lines */
 	struct patroni_keys keys;
+
+	/* stolon_register: <prefix>proxies/info/<uid>, put with a lease of
+	 * 2 x proxyTimeout every proxyCheckInterval and at once when the
+	 * applied generation changes (a second request beside the watch) */
+	char uid[17];
+	CURL *reg_easy;
+	struct curl_slist *reg_headers;
+	char *reg_post;
+	struct http_buf reg_body;
+	enum { R_IDLE, R_GRANT, R_PUT } reg_step;
+	struct event *reg_timer;
+	int64_t reg_generation, reg_timeout_ms; /* what the next put says */
 };
 
 /* ---- small helpers ---- */
@@ -156,6 +168,8 @@ static char *json_body(json_t *j)
 
 /* ---- turning keys into a view ---- */
 
+static void reg_round(struct disc_etcd *e);
+
 static void publish_view(struct disc_etcd *e)
 {
 	if (e->cfg.stolon_cluster) {
@@ -164,7 +178,16 @@ static void publish_view(struct disc_etcd *e)
 		for (unsigned i = 0; v && i < e->keys.n; i++)
 			if (e->keys.kv[i].value == v)
 				len = e->keys.kv[i].len;
-		stolon_publish(e->cluster, v, len, e->leader);
+		int64_t gen = -1, timeout_ms = 15000;
+		stolon_publish(e->cluster, v, len, e->leader, e->cfg.stolon_register ? e->uid : NULL,
+			       &gen, &timeout_ms);
+		if (e->cfg.stolon_register &&
+		    (gen != e->reg_generation || timeout_ms != e->reg_timeout_ms)) {
+			/* published: the workers shed what no longer fits at once; say so */
+			e->reg_generation = gen;
+			e->reg_timeout_ms = timeout_ms;
+			reg_round(e);
+		}
 		return;
 	}
 	char note[48];
@@ -371,10 +394,112 @@ static void parse_stream(struct disc_etcd *e)
 		fail(e, "watch stream: unparseable data");
 }
 
+/* ---- stolon_register ---- */
+
+static void reg_end(struct disc_etcd *e)
+{
+	http_cancel(e->http, e->reg_easy);
+	e->reg_easy = NULL;
+	curl_slist_free_all(e->reg_headers);
+	e->reg_headers = NULL;
+	free(e->reg_post);
+	e->reg_post = NULL;
+	e->reg_body.len = 0;
+	e->reg_step = R_IDLE;
+}
+
+static void reg_request(struct disc_etcd *e, int step, const char *what, char *post)
+{
+	char url[1024];
+	snprintf(url, sizeof(url), "%s%s/%s", endpoint(e), e->api, what);
+	e->reg_post = post;
+	e->reg_step = step;
+	e->reg_headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (e->token[0]) {
+		char h[600];
+		snprintf(h, sizeof(h), "Authorization: %s", e->token);
+		e->reg_headers = curl_slist_append(e->reg_headers, h);
+	}
+	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
+			       .headers = e->reg_headers, .post = post };
+	e->reg_easy = post ? http_start(e->http, url, &o, &e->reg_body) : NULL;
+	if (!e->reg_easy)
+		reg_end(e);
+}
+
+/* Grant a lease of 2 x proxyTimeout; the put follows its answer. */
+static void reg_round(struct disc_etcd *e)
+{
+	if (e->reg_step != R_IDLE || !e->api[0] || e->reg_generation < 0)
+		return; /* one at a time; etcd not reached yet; nothing applied yet */
+	long long ttl = (2 * e->reg_timeout_ms + 999) / 1000;
+	json_t *j = json_pack("{s:I}", "TTL", (json_int_t)(ttl > 0 ? ttl : 1));
+	reg_request(e, R_GRANT, "lease/grant", json_body(j));
+}
+
+static void reg_answer(struct disc_etcd *e, CURLcode rc)
+{
+	long status = 0;
+	curl_easy_getinfo(e->reg_easy, CURLINFO_RESPONSE_CODE, &status);
+	json_error_t jerr;
+	json_t *j = rc == CURLE_OK ? json_loadb(e->reg_body.p ? e->reg_body.p : "",
+						e->reg_body.len, 0, &jerr)
+				   : NULL;
+	int step = e->reg_step;
+	const char *lease = json_string_value(json_object_get(j, "ID"));
+	char *post = NULL;
+	if (step == R_GRANT && status < 400 && lease) {
+		/* Stolon's ProxyInfo: Go field names, ProxyTimeout in nanoseconds */
+		uint8_t r[8];
+		char info_uid[17], key[700];
+		for (unsigned i = 0; i < sizeof(r); i++)
+			r[i] = (uint8_t)random();
+		for (unsigned i = 0; i < sizeof(r); i++)
+			snprintf(info_uid + 2 * i, 3, "%02x", r[i]);
+		json_t *v = json_pack("{s:s, s:s, s:I, s:I}", "infoUID", info_uid, "UID", e->uid,
+				      "Generation", (json_int_t)e->reg_generation, "ProxyTimeout",
+				      (json_int_t)e->reg_timeout_ms * 1000000);
+		char *value = json_dumps(v, JSON_COMPACT);
+		json_decref(v);
+		snprintf(key, sizeof(key), "%sproxies/info/%s", e->prefix, e->uid);
+		char *k64 = b64_encode((const uint8_t *)key, strlen(key));
+		char *v64 = value ? b64_encode((const uint8_t *)value, strlen(value)) : NULL;
+		if (k64 && v64)
+			post = json_body(json_pack("{s:s, s:s, s:s}", "key", k64, "value", v64, "lease",
+						   lease));
+		free(k64);
+		free(v64);
+		free(value);
+	}
+	bool ok = step == R_PUT && rc == CURLE_OK && status < 400 && j;
+	if ((step == R_GRANT && !post) || (step == R_PUT && !ok)) {
+		disc_count_error();
+		disc_log(DISC_LOG_WARNING, "stolon: cannot register as a proxy on %s: %s%.200s",
+			 endpoint(e), rc != CURLE_OK ? curl_easy_strerror(rc) : "",
+			 rc == CURLE_OK && e->reg_body.p ? e->reg_body.p : "");
+	} else if (ok) {
+		disc_log(DISC_LOG_DEBUG, "stolon: proxy %s registered at generation %lld", e->uid,
+			 (long long)e->reg_generation);
+	}
+	json_decref(j);
+	reg_end(e);
+	if (post)
+		reg_request(e, R_PUT, "kv/put", post);
+}
+
+static void reg_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	reg_round(arg);
+}
+
 /* A request finished (or a stream ended). */
 static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_etcd *e = arg;
+	if (easy && easy == e->reg_easy) {
+		reg_answer(e, rc);
+		return;
+	}
 	if (easy != e->easy)
 		return;
 	long status = 0;
@@ -483,6 +608,24 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 	e->http = http_new(base, done, activity, e);
 	e->backoff = evtimer_new(base, backoff_cb, e);
 	e->cluster = disc_cluster_new(base, cfg->stolon_cluster ? "stolon" : "etcd", pc, false);
+	e->reg_generation = -1;
+	e->reg_timeout_ms = 15000;
+	if (cfg->stolon_cluster)
+		strcpy(e->leader, "(none yet)"); /* the first view says who is master, or why none */
+	if (cfg->stolon_register) {
+		uint8_t r[8];
+		for (unsigned i = 0; i < sizeof(r); i++)
+			r[i] = (uint8_t)random();
+		for (unsigned i = 0; i < sizeof(r); i++)
+			snprintf(e->uid + 2 * i, 3, "%02x", r[i]);
+		/* stolon-proxy's proxyCheckInterval */
+		e->reg_timer = event_new(base, -1, EV_PERSIST, reg_timer_cb, e);
+		struct timeval tv = { 5, 0 };
+		if (e->reg_timer)
+			event_add(e->reg_timer, &tv);
+		disc_log(DISC_LOG_INFO, "stolon: registering as proxy %s under %sproxies/info/",
+			 e->uid, e->prefix);
+	}
 	e->probes_on = pc->interval_ms > 0;
 	if (!e->key_b64 || !e->end_b64 || !e->http || !e->backoff || !e->cluster) {
 		snprintf(err, errlen, "out of memory");
@@ -501,8 +644,13 @@ void disc_etcd_stop(struct disc_etcd *e)
 {
 	if (!e)
 		return;
-	if (e->http)
+	if (e->http) {
 		end_request(e);
+		reg_end(e);
+	}
+	if (e->reg_timer)
+		event_free(e->reg_timer);
+	free(e->reg_body.p);
 	http_free(e->http);
 	if (e->backoff)
 		event_free(e->backoff);

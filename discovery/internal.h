@@ -68,6 +68,8 @@ struct stolon_cd {
 	int primary;          /* 1 + index of the db proxy.spec.masterDbUid names; 0: none */
 	char no_primary[128]; /* why there is none */
 	int64_t generation;   /* proxy.generation; -1 unknown */
+	int64_t proxy_timeout_ms; /* cluster.spec.proxyTimeout (default 15 s) */
+	char enabled[1024];   /* proxy.spec.enabledProxies, comma-separated */
 	unsigned n, skipped;
 	struct stolon_db db[STOLON_MAX_DBS];
 };
@@ -76,8 +78,14 @@ int stolon_parse(const char *json, size_t len, struct stolon_cd *cd);
 /* Dbs → view entries (servers from the registry). Returns the count. */
 unsigned stolon_view(const struct stolon_cd *cd, struct disc_view_entry *v);
 /* Parse the clusterdata value (NULL: the key is absent) and set c's view; master
- * holds the master db's uid last seen (128 bytes), for "master changed" lines. */
-void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master);
+ * holds the master db's uid last seen (128 bytes), for "master changed" lines.
+ * uid: pgrouter's proxy uid when it registers (no master unless enabledProxies
+ * lists it, as for stolon-proxy), else NULL. Gives proxy.generation and the
+ * proxyTimeout in effect. */
+void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master,
+		    const char *uid, int64_t *generation, int64_t *proxy_timeout_ms);
+/* A Go duration ("15s", "1m30s", "500ms") in ms; -1 if malformed. */
+int64_t stolon_duration_ms(const char *s);
 
 /* ---- patroni.c: Patroni's keys ---- */
 

@@ -41,10 +41,38 @@ static int64_t num(json_t *j)
 	return -1;
 }
 
+int64_t stolon_duration_ms(const char *s)
+{
+	if (!s || !*s)
+		return -1;
+	double ms = 0;
+	while (*s) {
+		char *end;
+		double v = strtod(s, &end);
+		if (end == s || v < 0)
+			return -1;
+		s = end;
+		double unit;
+		if (strncmp(s, "ms", 2) == 0)
+			unit = 1, s += 2;
+		else if (*s == 'h')
+			unit = 3600000, s++;
+		else if (*s == 'm')
+			unit = 60000, s++;
+		else if (*s == 's')
+			unit = 1000, s++;
+		else
+			return -1;
+		ms += v * unit;
+	}
+	return (int64_t)ms;
+}
+
 int stolon_parse(const char *json, size_t len, struct stolon_cd *cd)
 {
 	memset(cd, 0, sizeof(*cd));
 	cd->generation = -1;
+	cd->proxy_timeout_ms = 15000; /* Stolon's DefaultProxyTimeout */
 	json_error_t jerr;
 	json_t *j = json_loadb(json, len, 0, &jerr);
 	if (!json_is_object(j)) {
@@ -58,6 +86,19 @@ int stolon_parse(const char *json, size_t len, struct stolon_cd *cd)
 		json_object_get(json_object_get(proxy, "spec"), "masterDbUid"));
 	if (json_is_object(proxy))
 		cd->generation = num(json_object_get(proxy, "generation"));
+	int64_t pt = stolon_duration_ms(json_string_value(json_object_get(
+		json_object_get(json_object_get(j, "cluster"), "spec"), "proxyTimeout")));
+	if (pt > 0)
+		cd->proxy_timeout_ms = pt;
+	size_t k;
+	json_t *en;
+	json_array_foreach(json_object_get(json_object_get(proxy, "spec"), "enabledProxies"), k, en)
+	{
+		size_t l = strlen(cd->enabled);
+		if (json_is_string(en))
+			snprintf(cd->enabled + l, sizeof(cd->enabled) - l, "%s%s", l ? "," : "",
+				 json_string_value(en));
+	}
 	json_t *dbs = json_object_get(j, "dbs");
 	const char *uid;
 	json_t *db;
@@ -148,7 +189,21 @@ unsigned stolon_view(const struct stolon_cd *cd, struct disc_view_entry *v)
 	return n;
 }
 
-void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master)
+static bool listed(const char *list, const char *uid)
+{
+	size_t n = strlen(uid);
+	for (const char *p = list; *p;) {
+		const char *e = strchr(p, ',');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+		if (l == n && memcmp(p, uid, n) == 0)
+			return true;
+		p += l + (e ? 1 : 0);
+	}
+	return false;
+}
+
+void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master,
+		    const char *uid, int64_t *generation, int64_t *proxy_timeout_ms)
 {
 	static struct stolon_cd cd; /* main thread only; large */
 	if (!value) {
@@ -157,6 +212,15 @@ void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char 
 	} else {
 		stolon_parse(value, len, &cd);
 	}
+	if (uid && cd.primary && !listed(cd.enabled, uid)) {
+		/* stolon-proxy's rule: the sentinel has not seen this proxy yet, so it
+		 * would not wait for it when electing another master */
+		cd.primary = 0;
+		snprintf(cd.no_primary, sizeof(cd.no_primary),
+			 "proxy %s not in proxy.spec.enabledProxies yet", uid);
+	}
+	*generation = cd.generation;
+	*proxy_timeout_ms = cd.proxy_timeout_ms;
 	const char *now = cd.primary ? cd.db[cd.primary - 1].uid : "";
 	if (strcmp(now, master) != 0) {
 		if (*now)

@@ -534,6 +534,12 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be a Stolon cluster name without '/'");
 		return set_string(p, k, v, c->stolon_cluster, sizeof(c->stolon_cluster));
 	}
+	if (strcmp(k, "stolon_register") == 0) {
+		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+			return fail(p, p->line, k, "must be on or off");
+		c->stolon_register = strcmp(v, "on") == 0;
+		return 1;
+	}
 	if (strcmp(k, "stolon_prefix") == 0) {
 		size_t n = strlen(v);
 		while (n && v[n - 1] == '/')

@@ -115,6 +115,7 @@ static int config_derive(struct config *c, char *err, size_t errlen)
 	if (strcmp(c->source, "stolon") == 0) {
 		c->ec.stolon_prefix = c->stolon_prefix;
 		c->ec.stolon_cluster = c->stolon_cluster;
+		c->ec.stolon_register = c->stolon_register;
 	}
 	c->zc = (struct disc_zk_config){ .nhosts = c->nzk,
 					 .namespace_ = c->namespace_,
@@ -180,7 +181,7 @@ static bool discovery_same(const struct config *a, const struct config *b)
 	    !SAME(netcd) || !SAME_STR(namespace_) || !SAME_STR(scope) || !SAME_STR(etcd_user) ||
 	    !SAME_STR(etcd_password) || !SAME_STR(etcd_cacert) || !SAME(nzk) ||
 	    !SAME(zk_session_timeout_ms) || !SAME(npatroni) || !SAME(poll_interval_ms) ||
-	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix))
+	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix) || !SAME(stolon_register))
 		return false;
 	for (unsigned i = 0; i < a->nservers; i++)
 		if (a->srv[i] != b->srv[i])

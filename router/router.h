@@ -182,6 +182,7 @@ struct config {
 	/* source = stolon (its etcd: the etcd_* keys) */
 	char stolon_cluster[128];
 	char stolon_prefix[256];
+	bool stolon_register;
 
 	/* source = zookeeper */
 	unsigned nzk;

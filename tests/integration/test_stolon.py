@@ -23,14 +23,15 @@ CLUSTER = "pgr-test"
 KEY = "stolon/cluster/%s/clusterdata" % CLUSTER
 
 
-def clusterdata(master, dbs, generation):
+def clusterdata(master, dbs, generation, enabled=()):
     """dbs: uid -> (server, role, follows, healthy, xlogpos)."""
     out = {"formatVersion": 1, "changeTime": "2026-11-23T20:00:00Z",
            "cluster": {"uid": "c0ffee", "generation": 1, "spec": {"initMode": "new"},
                        "status": {"currentGeneration": 1, "phase": "normal", "master": master}},
            "keepers": {}, "dbs": {},
            "proxy": {"uid": "p%d" % generation, "generation": generation,
-                     "spec": {"masterDbUid": master, "enabledProxies": []}, "status": {}}}
+                     "spec": {"masterDbUid": master, "enabledProxies": list(enabled)},
+                     "status": {}}}
     for uid, (server, role, follows, healthy, xlog) in dbs.items():
         spec = {"keeperUID": "keeper-" + uid, "role": role, "followers": []}
         if follows:
@@ -71,8 +72,8 @@ class StolonTest(unittest.TestCase):
         cls.router.stop_clean()
 
     @classmethod
-    def write(cls, master):
-        r = cls.etcd.etcdctl("put", KEY, clusterdata(master, cls.dbs, cls.generation))
+    def write(cls, master, enabled=()):
+        r = cls.etcd.etcdctl("put", KEY, clusterdata(master, cls.dbs, cls.generation, enabled))
         assert r.returncode == 0, r.stderr
 
     def test_a_routing(self):
@@ -91,6 +92,43 @@ class StolonTest(unittest.TestCase):
         self.write("db0")
         wait_for(lambda: len({port_of(self.router.dsn("ro")) for _ in range(6)}) == 2, 10,
                  "db2 back")
+
+    def test_b_registered_as_proxy(self):
+        """stolon_register = on: pgrouter keeps proxies/info/<uid> (a lease of
+        2 x proxyTimeout) with the generation it applied, and, like stolon-proxy,
+        routes writes only once the sentinel lists it in enabledProxies."""
+        r2 = Router(None, {"rw": {"target_session_attrs": "read-write"}}, self.cluster.dir,
+                    cluster={"source": "stolon", "etcd_endpoints": self.etcd.url,
+                             "stolon_cluster": CLUSTER, "stolon_register": "on"},
+                    probe_interval="250ms", queue_timeout="1s").start()
+        try:
+            prefix = "stolon/cluster/%s/proxies/info/" % CLUSTER
+
+            def info():
+                kv = self.etcd.get_prefix(prefix)
+                return json.loads(list(kv.values())[0]) if len(kv) == 1 else None
+            wait_for(lambda: info() is not None, 15, "the proxy info key")
+            pi = info()
+            self.assertEqual(pi["Generation"], StolonTest.generation)
+            self.assertEqual(pi["ProxyTimeout"], 15 * 10**9)
+            uid = pi["UID"]
+            self.assertEqual(list(self.etcd.get_prefix(prefix)), [prefix + uid])
+            lease = json.loads(self.etcd.etcdctl("get", prefix + uid, "-w", "json").stdout)
+            self.assertNotEqual(lease["kvs"][0].get("lease", 0), 0)
+            # not in enabledProxies: no master for it (the sentinel would not wait for it)
+            with self.assertRaises(psycopg2.OperationalError):
+                psycopg2.connect(r2.dsn("rw"))
+            self.assertIn("not in proxy.spec.enabledProxies", r2.log_text())
+            # the sentinel enables it and bumps the generation: writes go, the info follows
+            StolonTest.generation += 1
+            self.write("db0", enabled=[uid])
+            wait_for(lambda: info()["Generation"] == StolonTest.generation, 10,
+                     "the applied generation reported")
+            wait_for(lambda: port_of(r2.dsn("rw")) == self.cluster.primary.port, 10,
+                     "writes through the registered pgrouter")
+        finally:
+            r2.stop_clean()
+        # its info goes with its lease, or is left to expire (2 x proxyTimeout)
 
     def test_z_sentinel_failover(self):
         p, r1, r2 = self.cluster.primary, self.cluster.replicas[0], self.cluster.replicas[1]

@@ -49,6 +49,8 @@ static void master_and_standbys(void **state)
 	assert_int_not_equal(cd.primary, 0);
 	assert_string_equal(cd.db[cd.primary - 1].uid, "aa11");
 	assert_int_equal(cd.generation, 7);
+	assert_string_equal(cd.enabled, "proxy1");
+	assert_int_equal(cd.proxy_timeout_ms, 15000); /* Stolon's default */
 	unsigned n = stolon_view(&cd, v);
 	assert_int_equal(n, 4);
 	const struct disc_view_entry *m = entry(n, "5433"), *s = entry(n, "5434");
@@ -127,12 +129,30 @@ static void promoted_standby_and_odd_fields(void **state)
 	assert_int_equal(stolon_view(&cd, v), 3);
 }
 
+static void go_durations(void **state)
+{
+	assert_int_equal(stolon_duration_ms("15s"), 15000);
+	assert_int_equal(stolon_duration_ms("1m30s"), 90000);
+	assert_int_equal(stolon_duration_ms("500ms"), 500);
+	assert_int_equal(stolon_duration_ms("1h"), 3600000);
+	assert_int_equal(stolon_duration_ms("1.5s"), 1500);
+	assert_int_equal(stolon_duration_ms("15"), -1);
+	assert_int_equal(stolon_duration_ms(""), -1);
+	assert_int_equal(stolon_duration_ms("s"), -1);
+	static char buf[sizeof(healthy) + 64];
+	const char *j = variant(buf, sizeof(buf), "\"spec\":{\"initMode\":\"new\"}",
+				"\"spec\":{\"initMode\":\"new\",\"proxyTimeout\":\"20s\"}");
+	assert_int_equal(stolon_parse(j, strlen(j), &cd), 0);
+	assert_int_equal(cd.proxy_timeout_ms, 20000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(master_and_standbys),
 		cmocka_unit_test(no_primary_cases),
 		cmocka_unit_test(promoted_standby_and_odd_fields),
+		cmocka_unit_test(go_durations),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
