@@ -202,6 +202,21 @@ struct disc_rest *disc_rest_start(struct event_base *base, const struct disc_res
 void disc_rest_stop(struct disc_rest *r);
 
 /*
+ * Kubernetes source: pods in namespace_ matching selector, their role from
+ * the label role_label (a value in primary_values or replica_values,
+ * comma-separated), their address the pod IP and port. api: "https://host:port".
+ */
+struct disc_k8s_config {
+	const char *api, *token_file, *cacert, *namespace_, *selector;
+	const char *role_label, *primary_values, *replica_values, *port;
+	unsigned timeout_ms;
+};
+struct disc_k8s;
+struct disc_k8s *disc_k8s_start(struct event_base *base, const struct disc_k8s_config *cfg,
+				const struct disc_probe_config *pc, char *err, size_t errlen);
+void disc_k8s_stop(struct disc_k8s *k);
+
+/*
  * ZooKeeper source for a Patroni cluster (libzookeeper-mt; its callbacks are
  * handed to base's thread). hosts: "host:port", the last may end in /chroot.
  */

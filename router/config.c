@@ -476,10 +476,11 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 	struct config *c = p->c;
 	if (strcmp(k, "source") == 0) {
 		if (strcmp(v, "static") != 0 && strcmp(v, "etcd") != 0 && strcmp(v, "patroni") != 0 &&
-		    strcmp(v, "zookeeper") != 0 && strcmp(v, "stolon") != 0)
+		    strcmp(v, "zookeeper") != 0 && strcmp(v, "stolon") != 0 &&
+		    strcmp(v, "kubernetes") != 0)
 			return fail(p, p->line, k,
 				    "unknown source \"%s\" (supported: static, etcd, zookeeper, patroni, "
-				    "stolon)",
+				    "stolon, kubernetes)",
 				    v);
 		p->source_line = p->line;
 		return set_string(p, k, v, c->source, sizeof(c->source));
@@ -533,6 +534,39 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		if (!*v || strchr(v, '/'))
 			return fail(p, p->line, k, "must be a Stolon cluster name without '/'");
 		return set_string(p, k, v, c->stolon_cluster, sizeof(c->stolon_cluster));
+	}
+	if (strcmp(k, "kubernetes_api") == 0) {
+		if (strncmp(v, "https://", 8) != 0 && strncmp(v, "http://", 7) != 0)
+			return fail(p, p->line, k, "must be an https:// URL");
+		size_t n = strlen(v);
+		while (n && v[n - 1] == '/')
+			n--;
+		if (n >= sizeof(c->k8s_api))
+			return fail(p, p->line, k, "too long");
+		memcpy(c->k8s_api, v, n);
+		c->k8s_api[n] = 0;
+		return 1;
+	}
+	if (strcmp(k, "kubernetes_token_file") == 0)
+		return readable_file(p, k, v, c->k8s_token_file, sizeof(c->k8s_token_file));
+	if (strcmp(k, "kubernetes_cacert") == 0)
+		return readable_file(p, k, v, c->k8s_cacert, sizeof(c->k8s_cacert));
+	if (strcmp(k, "kubernetes_namespace") == 0)
+		return set_string(p, k, v, c->k8s_namespace, sizeof(c->k8s_namespace));
+	if (strcmp(k, "kubernetes_selector") == 0)
+		return set_string(p, k, v, c->k8s_selector, sizeof(c->k8s_selector));
+	if (strcmp(k, "kubernetes_role_label") == 0)
+		return set_string(p, k, v, c->k8s_role_label, sizeof(c->k8s_role_label));
+	if (strcmp(k, "kubernetes_primary_values") == 0)
+		return set_string(p, k, v, c->k8s_primary_values, sizeof(c->k8s_primary_values));
+	if (strcmp(k, "kubernetes_replica_values") == 0)
+		return set_string(p, k, v, c->k8s_replica_values, sizeof(c->k8s_replica_values));
+	if (strcmp(k, "kubernetes_port") == 0) {
+		unsigned port;
+		if (parse_uint(v, 1, 65535, &port) != 0)
+			return fail(p, p->line, k, "must be 1..65535");
+		snprintf(c->k8s_port, sizeof(c->k8s_port), "%u", port);
+		return 1;
 	}
 	if (strcmp(k, "stolon_register") == 0) {
 		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
@@ -738,6 +772,10 @@ static void defaults(struct config *c)
 	strcpy(c->probe_dbname, "postgres");
 	strcpy(c->namespace_, "/service/");
 	strcpy(c->stolon_prefix, "stolon/cluster");
+	strcpy(c->k8s_role_label, "role");
+	strcpy(c->k8s_primary_values, "primary, master");
+	strcpy(c->k8s_replica_values, "replica, secondary");
+	strcpy(c->k8s_port, "5432");
 	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
 	c->netcd = 1;
 	c->poll_interval_ms = 1000;
@@ -799,6 +837,45 @@ static int tls_checks(struct config *c, char *err, size_t errlen)
 	return 0;
 }
 
+#define SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount/"
+
+/* Inside a pod: the API from the environment, the service account's token,
+ * CA and namespace from their files — for what the file does not set. */
+static int in_cluster_defaults(struct config *c, int line, char *err, size_t errlen)
+{
+	const char *host = getenv("KUBERNETES_SERVICE_HOST"), *port = getenv("KUBERNETES_SERVICE_PORT");
+	if (!c->k8s_api[0] && host && port)
+		snprintf(c->k8s_api, sizeof(c->k8s_api), strchr(host, ':') ? "https://[%s]:%s"
+									   : "https://%s:%s",
+			 host, port);
+	if (!c->k8s_token_file[0] && access(SA_DIR "token", R_OK) == 0)
+		strcpy(c->k8s_token_file, SA_DIR "token");
+	if (!c->k8s_cacert[0] && access(SA_DIR "ca.crt", R_OK) == 0)
+		strcpy(c->k8s_cacert, SA_DIR "ca.crt");
+	if (!c->k8s_namespace[0]) {
+		FILE *f = fopen(SA_DIR "namespace", "r");
+		if (f) {
+			if (fgets(c->k8s_namespace, sizeof(c->k8s_namespace), f))
+				c->k8s_namespace[strcspn(c->k8s_namespace, "\r\n")] = 0;
+			fclose(f);
+		}
+		if (!c->k8s_namespace[0])
+			strcpy(c->k8s_namespace, "default");
+	}
+	if (!c->k8s_api[0]) {
+		snprintf(err, errlen, "%s:%d: kubernetes_api: source = kubernetes needs the API's "
+			 "URL (or KUBERNETES_SERVICE_HOST/PORT in the environment, as in a pod)",
+			 c->path, line);
+		return -1;
+	}
+	if (!c->k8s_selector[0]) {
+		snprintf(err, errlen, "%s:%d: kubernetes_selector: source = kubernetes needs a label "
+			 "selector for the cluster's pods (e.g. cnpg.io/cluster=pg1)", c->path, line);
+		return -1;
+	}
+	return 0;
+}
+
 int config_load(const char *path, struct config *c, char *err, size_t errlen)
 {
 	defaults(c);
@@ -848,6 +925,9 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 			 "name (stolonctl's --cluster-name)", path, p.source_line);
 		return -1;
 	}
+	if (strcmp(c->source, "kubernetes") == 0 && in_cluster_defaults(c, p.source_line, err,
+									errlen) != 0)
+		return -1;
 	if (strcmp(c->source, "zookeeper") == 0 && c->nzk == 0) {
 		snprintf(err, errlen, "%s:%d: zookeeper_hosts: source = zookeeper needs host:port list",
 			 path, p.source_line);

@@ -123,6 +123,16 @@ static int config_derive(struct config *c, char *err, size_t errlen)
 					 .session_timeout_ms = c->zk_session_timeout_ms };
 	for (unsigned i = 0; i < c->nzk; i++)
 		c->zc.hosts[i] = c->zk_hosts[i];
+	c->kc = (struct disc_k8s_config){ .api = c->k8s_api,
+					  .token_file = c->k8s_token_file,
+					  .cacert = c->k8s_cacert,
+					  .namespace_ = c->k8s_namespace,
+					  .selector = c->k8s_selector,
+					  .role_label = c->k8s_role_label,
+					  .primary_values = c->k8s_primary_values,
+					  .replica_values = c->k8s_replica_values,
+					  .port = c->k8s_port,
+					  .timeout_ms = c->connect_timeout_ms };
 	c->rc = (struct disc_rest_config){ .nurls = c->npatroni,
 					   .poll_ms = c->poll_interval_ms,
 					   .timeout_ms = c->connect_timeout_ms };
@@ -138,6 +148,7 @@ static struct {
 	struct disc_etcd *etcd;
 	struct disc_rest *rest;
 	struct disc_zk *zk;
+	struct disc_k8s *k8s;
 	struct config *gen;
 } D;
 
@@ -149,9 +160,11 @@ static int discovery_start(struct config *c, char *err, size_t errlen)
 		D.zk = disc_zk_start(D.base, &c->zc, &c->pc, err, errlen);
 	else if (strcmp(c->source, "patroni") == 0)
 		D.rest = disc_rest_start(D.base, &c->rc, &c->pc, err, errlen);
+	else if (strcmp(c->source, "kubernetes") == 0)
+		D.k8s = disc_k8s_start(D.base, &c->kc, &c->pc, err, errlen);
 	else
 		D.st = disc_static_start(D.base, c->srv, c->nservers, &c->pc, err, errlen);
-	if (!D.st && !D.etcd && !D.rest && !D.zk)
+	if (!D.st && !D.etcd && !D.rest && !D.zk && !D.k8s)
 		return -1;
 	D.gen = config_ref(c);
 	return 0;
@@ -163,7 +176,8 @@ static void discovery_stop(void)
 	disc_etcd_stop(D.etcd);
 	disc_rest_stop(D.rest);
 	disc_zk_stop(D.zk);
-	D.st = NULL, D.etcd = NULL, D.rest = NULL, D.zk = NULL;
+	disc_k8s_stop(D.k8s);
+	D.st = NULL, D.etcd = NULL, D.rest = NULL, D.zk = NULL, D.k8s = NULL;
 	config_unref(D.gen);
 	D.gen = NULL;
 }
@@ -181,7 +195,10 @@ static bool discovery_same(const struct config *a, const struct config *b)
 	    !SAME(netcd) || !SAME_STR(namespace_) || !SAME_STR(scope) || !SAME_STR(etcd_user) ||
 	    !SAME_STR(etcd_password) || !SAME_STR(etcd_cacert) || !SAME(nzk) ||
 	    !SAME(zk_session_timeout_ms) || !SAME(npatroni) || !SAME(poll_interval_ms) ||
-	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix) || !SAME(stolon_register))
+	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix) || !SAME(stolon_register) ||
+	    !SAME_STR(k8s_api) || !SAME_STR(k8s_token_file) || !SAME_STR(k8s_cacert) ||
+	    !SAME_STR(k8s_namespace) || !SAME_STR(k8s_selector) || !SAME_STR(k8s_role_label) ||
+	    !SAME_STR(k8s_primary_values) || !SAME_STR(k8s_replica_values) || !SAME_STR(k8s_port))
 		return false;
 	for (unsigned i = 0; i < a->nservers; i++)
 		if (a->srv[i] != b->srv[i])

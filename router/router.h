@@ -184,6 +184,11 @@ struct config {
 	char stolon_prefix[256];
 	bool stolon_register;
 
+	/* source = kubernetes */
+	char k8s_api[256], k8s_token_file[512], k8s_cacert[512], k8s_namespace[254];
+	char k8s_selector[512], k8s_role_label[254], k8s_primary_values[256];
+	char k8s_replica_values[256], k8s_port[8];
+
 	/* source = zookeeper */
 	unsigned nzk;
 	char zk_hosts[16][256];
@@ -228,6 +233,7 @@ struct config {
 	struct disc_etcd_config ec;
 	struct disc_zk_config zc;
 	struct disc_rest_config rc;
+	struct disc_k8s_config kc;
 };
 
 /*
