@@ -35,16 +35,13 @@ struct disc_etcd {
 	struct disc_cluster *cluster;
 	struct http *http;
 	struct event *backoff; /* next attempt */
-	CURL *easy;            /* the one request under way */
-	struct curl_slist *headers;
+	struct http_req req;   /* the one request under way (version, auth, range, watch) */
 	enum etcd_step step;
 	unsigned endpoint; /* index into cfg.endpoints */
 	char api[16];      /* "/v3" */
 	char token[512];
 	char prefix[512];  /* "/service/demo/" */
 	char *key_b64, *end_b64;
-	struct http_buf body; /* response, or the watch stream's unparsed tail */
-	char *post;        /* request body */
 	int64_t revision;
 	unsigned delay_ms;
 	bool have_view;    /* a range succeeded at least once */
@@ -57,10 +54,7 @@ struct disc_etcd {
 	 * 2 x proxyTimeout every proxyCheckInterval and at once when the
 	 * applied generation changes (a second request beside the watch) */
 	char uid[17];
-	CURL *reg_easy;
-	struct curl_slist *reg_headers;
-	char *reg_post;
-	struct http_buf reg_body;
+	struct http_req reg;
 	enum { R_IDLE, R_GRANT, R_PUT } reg_step;
 	struct event *reg_timer;
 	int64_t reg_generation, reg_timeout_ms; /* what the next put says */
@@ -129,34 +123,19 @@ static const char *endpoint(const struct disc_etcd *e)
 
 static void end_request(struct disc_etcd *e)
 {
-	http_cancel(e->http, e->easy);
-	e->easy = NULL;
-	curl_slist_free_all(e->headers);
-	e->headers = NULL;
-	free(e->post);
-	e->post = NULL;
-	e->body.len = 0;
+	http_req_end(e->http, &e->req);
 }
 
 /* Start one request: path under the endpoint, POST body (NULL: GET). */
 static int request(struct disc_etcd *e, enum etcd_step step, const char *path, char *post,
 		   bool stream)
 {
-	end_request(e);
 	e->step = step;
-	e->post = post;
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s", endpoint(e), path);
-	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
-	if (e->token[0]) {
-		char h[600];
-		snprintf(h, sizeof(h), "Authorization: %s", e->token);
-		e->headers = curl_slist_append(e->headers, h);
-	}
 	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .stream = stream,
-			       .cacert = e->cfg.cacert, .headers = e->headers, .post = post };
-	e->easy = http_start(e->http, url, &o, &e->body);
-	return e->easy ? 0 : -1;
+			       .cacert = e->cfg.cacert };
+	return http_req_start(e->http, &e->req, url, e->token, post, &o);
 }
 
 static char *json_body(json_t *j)
@@ -371,14 +350,14 @@ static bool got_watch_object(struct disc_etcd *e, json_t *j)
 static void parse_stream(struct disc_etcd *e)
 {
 	size_t off = 0;
-	while (off < e->body.len) {
-		while (off < e->body.len && (e->body.p[off] == '\n' || e->body.p[off] == '\r' ||
-					     e->body.p[off] == ' '))
+	while (off < e->req.body.len) {
+		while (off < e->req.body.len && (e->req.body.p[off] == '\n' || e->req.body.p[off] == '\r' ||
+					     e->req.body.p[off] == ' '))
 			off++;
-		if (off == e->body.len)
+		if (off == e->req.body.len)
 			break;
 		json_error_t jerr;
-		json_t *j = json_loadb(e->body.p + off, e->body.len - off, JSON_DISABLE_EOF_CHECK,
+		json_t *j = json_loadb(e->req.body.p + off, e->req.body.len - off, JSON_DISABLE_EOF_CHECK,
 				       &jerr);
 		if (!j)
 			break; /* incomplete: wait for more (a real error ends the stream) */
@@ -388,9 +367,9 @@ static void parse_stream(struct disc_etcd *e)
 		if (!go_on)
 			return; /* the request was replaced; its buffer is gone */
 	}
-	memmove(e->body.p, e->body.p + off, e->body.len - off);
-	e->body.len -= off;
-	if (e->body.len > (8u << 20))
+	memmove(e->req.body.p, e->req.body.p + off, e->req.body.len - off);
+	e->req.body.len -= off;
+	if (e->req.body.len > (8u << 20))
 		fail(e, "watch stream: unparseable data");
 }
 
@@ -398,13 +377,7 @@ static void parse_stream(struct disc_etcd *e)
 
 static void reg_end(struct disc_etcd *e)
 {
-	http_cancel(e->http, e->reg_easy);
-	e->reg_easy = NULL;
-	curl_slist_free_all(e->reg_headers);
-	e->reg_headers = NULL;
-	free(e->reg_post);
-	e->reg_post = NULL;
-	e->reg_body.len = 0;
+	http_req_end(e->http, &e->reg);
 	e->reg_step = R_IDLE;
 }
 
@@ -412,18 +385,9 @@ static void reg_request(struct disc_etcd *e, int step, const char *what, char *p
 {
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s/%s", endpoint(e), e->api, what);
-	e->reg_post = post;
 	e->reg_step = step;
-	e->reg_headers = curl_slist_append(NULL, "Content-Type: application/json");
-	if (e->token[0]) {
-		char h[600];
-		snprintf(h, sizeof(h), "Authorization: %s", e->token);
-		e->reg_headers = curl_slist_append(e->reg_headers, h);
-	}
-	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
-			       .headers = e->reg_headers, .post = post };
-	e->reg_easy = post ? http_start(e->http, url, &o, &e->reg_body) : NULL;
-	if (!e->reg_easy)
+	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert };
+	if (!post || http_req_start(e->http, &e->reg, url, e->token, post, &o) != 0)
 		reg_end(e);
 }
 
@@ -440,10 +404,10 @@ static void reg_round(struct disc_etcd *e)
 static void reg_answer(struct disc_etcd *e, CURLcode rc)
 {
 	long status = 0;
-	curl_easy_getinfo(e->reg_easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(e->reg.easy, CURLINFO_RESPONSE_CODE, &status);
 	json_error_t jerr;
-	json_t *j = rc == CURLE_OK ? json_loadb(e->reg_body.p ? e->reg_body.p : "",
-						e->reg_body.len, 0, &jerr)
+	json_t *j = rc == CURLE_OK ? json_loadb(e->reg.body.p ? e->reg.body.p : "",
+						e->reg.body.len, 0, &jerr)
 				   : NULL;
 	int step = e->reg_step;
 	const char *lease = json_string_value(json_object_get(j, "ID"));
@@ -476,7 +440,7 @@ static void reg_answer(struct disc_etcd *e, CURLcode rc)
 		disc_count_error();
 		disc_log(DISC_LOG_WARNING, "stolon: cannot register as a proxy on %s: %s%.200s",
 			 endpoint(e), rc != CURLE_OK ? curl_easy_strerror(rc) : "",
-			 rc == CURLE_OK && e->reg_body.p ? e->reg_body.p : "");
+			 rc == CURLE_OK && e->reg.body.p ? e->reg.body.p : "");
 	} else if (ok) {
 		disc_log(DISC_LOG_DEBUG, "stolon: proxy %s registered at generation %lld", e->uid,
 			 (long long)e->reg_generation);
@@ -496,14 +460,14 @@ static void reg_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_etcd *e = arg;
-	if (easy && easy == e->reg_easy) {
+	if (easy && easy == e->reg.easy) {
 		reg_answer(e, rc);
 		return;
 	}
-	if (easy != e->easy)
+	if (easy != e->req.easy)
 		return;
 	long status = 0;
-	curl_easy_getinfo(e->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(e->req.easy, CURLINFO_RESPONSE_CODE, &status);
 	if (e->step == E_WATCH) {
 		fail(e, "watch stream ended: %s", rc == CURLE_OK ? "closed by etcd" :
 			curl_easy_strerror(rc));
@@ -514,9 +478,9 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 		return;
 	}
 	json_error_t jerr;
-	json_t *j = json_loadb(e->body.p ? e->body.p : "", e->body.len, 0, &jerr);
+	json_t *j = json_loadb(e->req.body.p ? e->req.body.p : "", e->req.body.len, 0, &jerr);
 	if (!j || status >= 400) {
-		fail(e, "HTTP %ld: %.200s", status, e->body.p ? e->body.p : "");
+		fail(e, "HTTP %ld: %.200s", status, e->req.body.p ? e->req.body.p : "");
 		json_decref(j);
 		return;
 	}
@@ -569,7 +533,7 @@ static void start(struct disc_etcd *e)
 static void activity(void *arg)
 {
 	struct disc_etcd *e = arg;
-	if (e->step == E_WATCH && e->body.len)
+	if (e->step == E_WATCH && e->req.body.len)
 		parse_stream(e);
 }
 
@@ -644,13 +608,10 @@ void disc_etcd_stop(struct disc_etcd *e)
 {
 	if (!e)
 		return;
-	if (e->http) {
-		end_request(e);
-		reg_end(e);
-	}
 	if (e->reg_timer)
 		event_free(e->reg_timer);
-	free(e->reg_body.p);
+	http_req_free(e->http, &e->req);
+	http_req_free(e->http, &e->reg);
 	http_free(e->http);
 	if (e->backoff)
 		event_free(e->backoff);
@@ -658,6 +619,5 @@ void disc_etcd_stop(struct disc_etcd *e)
 	patroni_keys_clear(&e->keys);
 	free(e->key_b64);
 	free(e->end_b64);
-	free(e->body.p);
 	free(e);
 }

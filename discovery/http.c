@@ -9,6 +9,7 @@
  * transfers.
  */
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,4 +177,50 @@ void http_cancel(struct http *h, CURL *c)
 		return;
 	curl_multi_remove_handle(h->multi, c);
 	curl_easy_cleanup(c);
+}
+
+void http_req_end(struct http *h, struct http_req *r)
+{
+	http_cancel(h, r->easy);
+	r->easy = NULL;
+	curl_slist_free_all(r->headers);
+	r->headers = NULL;
+	free(r->post);
+	r->post = NULL;
+	r->body.len = 0;
+}
+
+void http_req_free(struct http *h, struct http_req *r)
+{
+	if (h)
+		http_req_end(h, r);
+	free(r->body.p);
+	r->body = (struct http_buf){ 0 };
+}
+
+int http_req_start(struct http *h, struct http_req *r, const char *url, const char *auth,
+		   char *post, const struct http_opts *o)
+{
+	http_req_end(h, r);
+	r->post = post;
+	r->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	r->headers = curl_slist_append(r->headers, "Accept: application/json");
+	if (auth && *auth) {
+		size_t n = strlen(auth) + 32;
+		char *line = malloc(n);
+		if (line) {
+			snprintf(line, n, "Authorization: %s", auth);
+			r->headers = curl_slist_append(r->headers, line);
+			free(line);
+		}
+	}
+	struct http_opts opts = *o;
+	opts.headers = r->headers;
+	opts.post = post;
+	r->easy = http_start(h, url, &opts, &r->body);
+	if (!r->easy) {
+		http_req_end(h, r);
+		return -1;
+	}
+	return 0;
 }

@@ -183,6 +183,20 @@ void http_free(struct http *h);
 CURL *http_start(struct http *h, const char *url, const struct http_opts *o, struct http_buf *into);
 /* Stop and free a transfer (also after done()). */
 void http_cancel(struct http *h, CURL *c);
+/* One request a source keeps going: its transfer, headers, body and answer. */
+struct http_req {
+	CURL *easy;
+	struct curl_slist *headers;
+	char *post;           /* owned */
+	struct http_buf body; /* the answer; its buffer is kept across requests */
+};
+/* End r's transfer, then start url: JSON headers, "Authorization: auth" when
+ * auth is set, post (taken over; NULL: GET). 0, or -1 (nothing under way). */
+int http_req_start(struct http *h, struct http_req *r, const char *url, const char *auth,
+		   char *post, const struct http_opts *o);
+/* End r's transfer (its answer's length back to 0); _free also drops the buffer. */
+void http_req_end(struct http *h, struct http_req *r);
+void http_req_free(struct http *h, struct http_req *r);
 
 /* Log hook for discovery messages (set by the daemon); printf-style. */
 extern void (*disc_log)(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -53,12 +53,10 @@ struct disc_k8s {
 	struct disc_cluster *cluster;
 	struct http *http;
 	struct event *backoff;
-	CURL *easy;
-	struct curl_slist *headers;
-	struct http_buf body;
+	struct http_req req; /* the list or the watch under way */
 	enum k8s_step step;
 	char rv[64];          /* resourceVersion to watch from */
-	char token[8192];
+	char token[8192];    /* "Bearer <the token file's content>" */
 	char selector_q[1024]; /* the label selector, URL-encoded */
 	unsigned delay_ms;
 	unsigned gone_streak; /* 410s with no event between them */
@@ -104,20 +102,17 @@ static void read_token(struct disc_k8s *k)
 			 k->cfg.token_file, strerror(errno));
 		return;
 	}
-	size_t n = fread(k->token, 1, sizeof(k->token) - 1, f);
+	memcpy(k->token, "Bearer ", 7);
+	size_t n = 7 + fread(k->token + 7, 1, sizeof(k->token) - 8, f);
 	fclose(f);
-	while (n && (k->token[n - 1] == '\n' || k->token[n - 1] == '\r' || k->token[n - 1] == ' '))
+	while (n > 7 && (k->token[n - 1] == '\n' || k->token[n - 1] == '\r' || k->token[n - 1] == ' '))
 		n--;
-	k->token[n] = 0;
+	k->token[n > 7 ? n : 0] = 0;
 }
 
 static void end_request(struct disc_k8s *k)
 {
-	http_cancel(k->http, k->easy);
-	k->easy = NULL;
-	curl_slist_free_all(k->headers);
-	k->headers = NULL;
-	k->body.len = 0;
+	http_req_end(k->http, &k->req);
 	k->step = K_IDLE;
 }
 
@@ -131,17 +126,10 @@ static int request(struct disc_k8s *k, enum k8s_step step, bool watch)
 	if (watch)
 		snprintf(url + n, sizeof(url) - (size_t)n,
 			 "&watch=1&resourceVersion=%s&allowWatchBookmarks=true", k->rv);
-	k->headers = curl_slist_append(NULL, "Accept: application/json");
-	if (k->token[0]) {
-		char h[8300];
-		snprintf(h, sizeof(h), "Authorization: Bearer %s", k->token);
-		k->headers = curl_slist_append(k->headers, h);
-	}
 	struct http_opts o = { .timeout_ms = k->cfg.timeout_ms, .stream = watch,
-			       .cacert = k->cfg.cacert, .headers = k->headers };
+			       .cacert = k->cfg.cacert };
 	k->step = step;
-	k->easy = http_start(k->http, url, &o, &k->body);
-	return k->easy ? 0 : -1;
+	return http_req_start(k->http, &k->req, url, k->token, NULL, &o);
 }
 
 /* ---- pods into a view ---- */
@@ -338,13 +326,13 @@ static bool got_event(struct disc_k8s *k, json_t *j)
 static void parse_stream(struct disc_k8s *k)
 {
 	size_t off = 0;
-	while (off < k->body.len) {
-		char *nl = memchr(k->body.p + off, '\n', k->body.len - off);
+	while (off < k->req.body.len) {
+		char *nl = memchr(k->req.body.p + off, '\n', k->req.body.len - off);
 		if (!nl)
 			break; /* an event arrives whole, newline-terminated */
-		size_t len = (size_t)(nl - (k->body.p + off));
+		size_t len = (size_t)(nl - (k->req.body.p + off));
 		json_error_t jerr;
-		json_t *j = len ? json_loadb(k->body.p + off, len, 0, &jerr) : NULL;
+		json_t *j = len ? json_loadb(k->req.body.p + off, len, 0, &jerr) : NULL;
 		off += len + 1;
 		if (!len)
 			continue;
@@ -357,30 +345,30 @@ static void parse_stream(struct disc_k8s *k)
 		if (!go_on)
 			return; /* the request was replaced; its buffer is gone */
 	}
-	memmove(k->body.p, k->body.p + off, k->body.len - off);
-	k->body.len -= off;
-	if (k->body.len > (8u << 20))
+	memmove(k->req.body.p, k->req.body.p + off, k->req.body.len - off);
+	k->req.body.len -= off;
+	if (k->req.body.len > (8u << 20))
 		fail(k, "watch stream: an event over 8 MB");
 }
 
 static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_k8s *k = arg;
-	if (easy != k->easy)
+	if (easy != k->req.easy)
 		return;
 	long status = 0;
-	curl_easy_getinfo(k->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(k->req.easy, CURLINFO_RESPONSE_CODE, &status);
 	if (k->step == K_WATCH) {
 		if (status == 410) {
 			relist(k, "HTTP 410");
 			return;
 		}
-		if (k->body.len)
+		if (k->req.body.len)
 			parse_stream(k); /* the last events before the end */
-		if (easy != k->easy)
+		if (easy != k->req.easy)
 			return;
 		if (status >= 400)
-			fail(k, "watch: HTTP %ld: %.200s", status, k->body.p ? k->body.p : "");
+			fail(k, "watch: HTTP %ld: %.200s", status, k->req.body.p ? k->req.body.p : "");
 		else if (rc != CURLE_OK)
 			fail(k, "watch stream ended: %s", curl_easy_strerror(rc));
 		else if (request(k, K_WATCH, true) != 0) /* the server ends watches now
@@ -393,9 +381,9 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 		return;
 	}
 	json_error_t jerr;
-	json_t *j = json_loadb(k->body.p ? k->body.p : "", k->body.len, 0, &jerr);
+	json_t *j = json_loadb(k->req.body.p ? k->req.body.p : "", k->req.body.len, 0, &jerr);
 	if (!j || status >= 400) {
-		fail(k, "HTTP %ld: %.200s", status, k->body.p ? k->body.p : "");
+		fail(k, "HTTP %ld: %.200s", status, k->req.body.p ? k->req.body.p : "");
 		json_decref(j);
 		return;
 	}
@@ -424,8 +412,8 @@ static void activity(void *arg)
 {
 	struct disc_k8s *k = arg;
 	long status = 0;
-	if (k->step == K_WATCH && k->body.len) {
-		curl_easy_getinfo(k->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (k->step == K_WATCH && k->req.body.len) {
+		curl_easy_getinfo(k->req.easy, CURLINFO_RESPONSE_CODE, &status);
 		if (status < 400)
 			parse_stream(k);
 	}
@@ -495,12 +483,10 @@ void disc_k8s_stop(struct disc_k8s *k)
 {
 	if (!k)
 		return;
-	if (k->http)
-		end_request(k);
+	http_req_free(k->http, &k->req);
 	http_free(k->http);
 	if (k->backoff)
 		event_free(k->backoff);
 	disc_cluster_free(k->cluster);
-	free(k->body.p);
 	free(k);
 }

@@ -120,6 +120,26 @@ def port_of(dsn):
     return query_one(dsn, "select inet_server_port()")
 
 
+def connect_in_background(dsn):
+    """Open a session on dsn on a thread of its own (a client that waits for a
+    primary): returns (thread, got); got fills in with "port" (the server it
+    reached) or "error", and "waited" (seconds), once it is done."""
+    import threading
+    got = {}
+
+    def connect():
+        import psycopg2
+        t0 = time.time()
+        try:
+            got["port"] = port_of(dsn)
+        except psycopg2.Error as e:
+            got["error"] = str(e)
+        got["waited"] = time.time() - t0
+    th = threading.Thread(target=connect, daemon=True)
+    th.start()
+    return th, got
+
+
 def pgbench_select1(test, port, user, password, mode, clients=4, txns=50):
     """pgbench -C (a connection per transaction) with `select 1` in protocol
     mode (simple, extended, prepared) through port; asserts it ran clean."""

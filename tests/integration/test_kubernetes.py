@@ -7,15 +7,13 @@ CloudNativePG, Zalando's Spilo and Patroni."""
 import os
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 
-import psycopg2  # noqa: E402
-
-from cluster import PGROUTER, ROOT, PgCluster, Router, port_of, wait_for  # noqa: E402
+from cluster import PGROUTER, ROOT, PgCluster, Router, connect_in_background  # noqa: E402
+from cluster import port_of, wait_for  # noqa: E402
 from kubeapi import KubeAPI  # noqa: E402
 from tlsca import TestCA  # noqa: E402
 from wire import Wire, error_fields  # noqa: E402
@@ -149,17 +147,7 @@ class KubernetesTest(unittest.TestCase):
             f = error_fields(body)
             self.assertEqual((t, f["C"]), (b"E", "57P01"), f)
             w.close()
-            got = {}
-
-            def connect():
-                t0 = time.time()
-                try:
-                    got["port"] = port_of(router.dsn("rw"))
-                except psycopg2.Error as e:
-                    got["error"] = str(e)
-                got["waited"] = time.time() - t0
-            th = threading.Thread(target=connect)
-            th.start()
+            th, got = connect_in_background(router.dsn("rw"))
             time.sleep(1.5)
             self.assertEqual(got, {})
             r.promote()

@@ -7,7 +7,6 @@ masterDbUid set to it and the generation bumped again."""
 import json
 import os
 import sys
-import threading
 import time
 import unittest
 
@@ -15,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import PgCluster, Router, port_of, wait_for  # noqa: E402
+from cluster import PgCluster, Router, connect_in_background, port_of, wait_for  # noqa: E402
 from patroni import Etcd  # noqa: E402
 from wire import Wire, error_fields  # noqa: E402
 
@@ -145,17 +144,7 @@ class StolonTest(unittest.TestCase):
         wait_for(lambda: "no master: proxy.spec.masterDbUid is empty" in self.router.log_text(),
                  10, "no master logged")
         # ... and a new write session waits for the new master instead of failing
-        got = {}
-
-        def connect():
-            t0 = time.time()
-            try:
-                got["port"] = port_of(self.router.dsn("rw"))
-            except psycopg2.Error as e:
-                got["error"] = str(e)
-            got["waited"] = time.time() - t0
-        th = threading.Thread(target=connect)
-        th.start()
+        th, got = connect_in_background(self.router.dsn("rw"))
         time.sleep(1.5)
         self.assertEqual(got, {})
         # reads go on on the healthy standbys meanwhile
