@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 
-from cluster import PG_BIN, PGROUTER, ROOT, PgCluster, Router, chown_postgres  # noqa: E402
+from cluster import PGROUTER, ROOT, PgCluster, Router, chown_postgres  # noqa: E402
 from cluster import query_one as one  # noqa: E402
 from cluster import pgbench_select1, wait_for  # noqa: E402
 from tlsca import TestCA  # noqa: E402

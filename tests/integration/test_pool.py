@@ -15,8 +15,7 @@ import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 
 from cluster import PgCluster, Router, pgbench_select1, wait_for  # noqa: E402
-from cluster import query_one as one  # noqa: E402
-from wire import Wire, error_fields, startup_packet  # noqa: E402
+from wire import Wire, error_fields  # noqa: E402
 
 HBA = ["host all md5user 127.0.0.1/32 md5",
        "host all postgres 127.0.0.1/32 trust",
@@ -69,7 +68,7 @@ class PoolTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         for r in (cls.router, cls.router2):
-            log = r.stop_clean()
+            r.stop_clean()
 
     def test_pool_size_across_workers(self):
         # 30 clients one after the other, on whichever worker the kernel picks:

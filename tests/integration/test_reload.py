@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 
 from cluster import PgCluster, Router, free_port, wait_for  # noqa: E402
-from wire import Wire, cstr, error_fields, msg  # noqa: E402
+from wire import Wire, error_fields  # noqa: E402
 
 
 class ReloadTest(unittest.TestCase):
