@@ -19,7 +19,9 @@
  * token rotates). A pod is routable when it runs, is not being deleted, has an IP and is
  * Ready; its role label's value decides primary or standby; its address is the
  * pod IP and the container port named postgresql (or postgres), else
- * kubernetes_port. libcurl's multi-socket API on the main thread's base, as
+ * kubernetes_port — or, for Patroni on Kubernetes, what its member JSON in
+ * the pod's "status" annotation says (conn_url, and its state must be
+ * running/streaming; xlog_location gives the lag). libcurl's multi-socket API on the main thread's base, as
  * for etcd; while the API cannot be read, the last view stays, marked stale,
  * and the probes keep guarding writes.
  */
@@ -41,8 +43,9 @@ struct pod {
 	char ip[64];
 	char port[8];   /* the container port named postgresql/postgres, else kubernetes_port */
 	char role[64];
-	bool usable;    /* Running, Ready, not being deleted */
+	bool usable;    /* Running, Ready, not being deleted (and Patroni says running) */
 	char why[96];   /* why not usable */
+	int64_t xlog;   /* Patroni's status annotation: xlog_location; -1 unknown */
 };
 
 enum k8s_step { K_IDLE, K_LIST, K_WATCH };
@@ -155,6 +158,27 @@ static void pod_from_json(struct disc_k8s *k, json_t *o, struct pod *p)
 			    port > 0 && port < 65536)
 				snprintf(p->port, sizeof(p->port), "%d", (int)port);
 		}
+	/* Patroni on Kubernetes: its member JSON in the "status" annotation —
+	 * the address it advertises (conn_url) and its state */
+	p->xlog = -1;
+	const char *patroni = json_string_value(
+		json_object_get(json_object_get(meta, "annotations"), "status"));
+	json_t *pj = NULL;
+	const char *pstate = NULL;
+	if (patroni) {
+		json_error_t jerr;
+		pj = json_loads(patroni, 0, &jerr);
+		const char *url = json_string_value(json_object_get(pj, "conn_url"));
+		char host[64], port[8];
+		if (url && patroni_parse_conn_url(url, host, sizeof(host), port, sizeof(port)) == 0) {
+			snprintf(p->ip, sizeof(p->ip), "%s", host);
+			snprintf(p->port, sizeof(p->port), "%s", port);
+		}
+		pstate = json_string_value(json_object_get(pj, "state"));
+		json_t *x = json_object_get(pj, "xlog_location");
+		if (json_is_integer(x))
+			p->xlog = (int64_t)json_integer_value(x);
+	}
 	const char *phase = json_string_value(json_object_get(st, "phase"));
 	bool ready = false;
 	size_t i;
@@ -175,8 +199,11 @@ static void pod_from_json(struct disc_k8s *k, json_t *o, struct pod *p)
 		snprintf(p->why, sizeof(p->why), "pod without an IP");
 	else if (!ready)
 		snprintf(p->why, sizeof(p->why), "pod not Ready");
+	else if (pstate && strcmp(pstate, "running") != 0 && strcmp(pstate, "streaming") != 0)
+		snprintf(p->why, sizeof(p->why), "Patroni says %.60s", pstate);
 	else
 		p->usable = true;
+	json_decref(pj);
 }
 
 static struct pod *find(struct disc_k8s *k, const char *name)
@@ -215,6 +242,10 @@ static void publish_view(struct disc_k8s *k)
 	struct disc_view_entry v[K8S_MAX_PODS];
 	unsigned n = 0;
 	const char *primary = "";
+	int64_t primary_xlog = -1; /* lag from Patroni's xlog_location, when it says */
+	for (unsigned i = 0; i < k->n; i++)
+		if (k->pods[i].usable && listed(k->cfg.primary_values, k->pods[i].role))
+			primary_xlog = k->pods[i].xlog;
 	for (unsigned i = 0; i < k->n; i++) {
 		const struct pod *p = &k->pods[i];
 		if (!p->ip[0])
@@ -242,6 +273,8 @@ static void publish_view(struct disc_k8s *k)
 				 p->name, k->cfg.role_label, p->role);
 		if (is_primary && p->usable)
 			primary = p->name;
+		if (e->routable && is_replica && primary_xlog >= 0 && p->xlog >= 0)
+			e->lag_bytes = primary_xlog > p->xlog ? primary_xlog - p->xlog : 0;
 	}
 	if (strcmp(primary, k->primary) != 0) {
 		disc_log(*primary ? DISC_LOG_INFO : DISC_LOG_WARNING, "kubernetes: primary pod %s%s",

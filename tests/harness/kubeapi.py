@@ -50,10 +50,12 @@ class KubeAPI:
         self.history.append((self.rv, ns, kind, copy.deepcopy(pod)))
         self.lock.notify_all()
 
-    def add_pod(self, ns, name, ip, labels, port=5432, ready=True, phase="Running"):
+    def add_pod(self, ns, name, ip, labels, port=5432, ready=True, phase="Running",
+                annotations=None):
         with self.lock:
             pod = {"kind": "Pod", "apiVersion": "v1",
-                   "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
+                   "metadata": {"name": name, "namespace": ns, "labels": dict(labels),
+                                "annotations": dict(annotations or {})},
                    "spec": {"containers": [{"name": "postgres", "ports": [
                        {"name": "postgresql", "containerPort": port, "protocol": "TCP"}]}]},
                    "status": {"phase": phase, "podIP": ip,
@@ -66,6 +68,12 @@ class KubeAPI:
         with self.lock:
             pod = self.pods[(ns, name)]
             pod["metadata"]["labels"][key] = value
+            self._event(ns, "MODIFIED", pod)
+
+    def set_annotation(self, ns, name, key, value):
+        with self.lock:
+            pod = self.pods[(ns, name)]
+            pod["metadata"]["annotations"][key] = value
             self._event(ns, "MODIFIED", pod)
 
     def set_ready(self, ns, name, ready):

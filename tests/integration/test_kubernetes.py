@@ -4,6 +4,7 @@ suite's own small API server (tests/harness/kubeapi.py: list, chunked watch,
 over HTTPS with a test CA; no API server is packaged here) — whose pods point
 at real PostgreSQL 15 servers on loopback, with the label sets of KubeBlocks,
 CloudNativePG, Zalando's Spilo and Patroni."""
+import json
 import os
 import subprocess
 import sys
@@ -43,12 +44,29 @@ class KubernetesTest(unittest.TestCase):
             f.write("test-token\n")
         p, r = cls.cluster.primary, cls.cluster.replicas[0]
         for op, (ns, sel, label, prim, repl) in OPERATORS.items():
-            cls.api.add_pod(ns, op + "-0", "127.0.0.1", dict(sel, **{label: prim}), port=p.port)
-            cls.api.add_pod(ns, op + "-1", "127.0.0.1", dict(sel, **{label: repl}), port=r.port)
+            ann = ({}, {})
+            ports = (p.port, r.port)
+            if op == "patroni":
+                # Patroni's member JSON in the "status" annotation: its conn_url wins
+                # over the container port (made wrong here on purpose)
+                ann = ({"status": cls.patroni_status(p.port, "running", 50000000)},
+                       {"status": cls.patroni_status(r.port, "streaming", 49995904)})
+                ports = (1, 1)
+            cls.api.add_pod(ns, op + "-0", "127.0.0.1", dict(sel, **{label: prim}),
+                            port=ports[0], annotations=ann[0])
+            cls.api.add_pod(ns, op + "-1", "127.0.0.1", dict(sel, **{label: repl}),
+                            port=ports[1], annotations=ann[1])
         # a pod of another cluster in the same namespace: not selected
         cls.api.add_pod("cnpg", "other-0", "127.0.0.1",
                         {"cnpg.io/cluster": "other", "cnpg.io/instanceRole": "primary"},
                         port=r.port)
+
+    @staticmethod
+    def patroni_status(port, state, xlog):
+        return json.dumps({"conn_url": "postgres://127.0.0.1:%d/postgres" % port,
+                           "api_url": "http://127.0.0.1:8008/patroni", "state": state,
+                           "role": "replica", "version": "3.0.2", "xlog_location": xlog,
+                           "timeline": 1})
 
     def router(self, op, **kw):
         ns, sel, label, prim, repl = OPERATORS[op]
@@ -74,6 +92,9 @@ class KubernetesTest(unittest.TestCase):
                     wait_for(lambda: port_of(router.dsn("rw")) == p.port, 10, "writes")
                     self.assertEqual({port_of(router.dsn("ro")) for _ in range(4)}, {r.port})
                     self.assertIn("primary pod now %s-0" % op, router.log_text())
+                    if op == "patroni":  # lag from the annotations' xlog_location
+                        self.assertIn("127.0.0.1:%d standby lag=4096" % r.port,
+                                      router.log_text())
                 finally:
                     router.stop_clean()
         ok = [a for _, a in self.api.requests]
@@ -116,6 +137,22 @@ class KubernetesTest(unittest.TestCase):
             self.api.token = "test-token"
             with open(self.token, "w") as f:
                 f.write("test-token\n")
+            router.stop_clean()
+
+    def test_d_patroni_state(self):
+        """Patroni's own state in its annotation: a member not running is not routable."""
+        r = self.cluster.replicas[0]
+        router = self.router("patroni", queue_timeout="2s")
+        try:
+            wait_for(lambda: port_of(router.dsn("ro")) == r.port, 10, "reads")
+            self.api.set_annotation("patroni", "patroni-1", "status",
+                                    self.patroni_status(r.port, "starting", 49995904))
+            wait_for(lambda: "patroni-1: Patroni says starting" in router.log_text(), 10,
+                     "starting member out")
+            self.api.set_annotation("patroni", "patroni-1", "status",
+                                    self.patroni_status(r.port, "streaming", 49995904))
+            wait_for(lambda: port_of(router.dsn("ro")) == r.port, 10, "reads again")
+        finally:
             router.stop_clean()
 
     def test_c_example_config_and_in_cluster_defaults(self):
