@@ -20,6 +20,12 @@ struct event_base;
 
 /* Milliseconds on the monotonic clock (topology.c); the router uses it too. */
 uint64_t now_ms(void);
+/* Is item in list (names separated by commas and/or white space)? An empty
+ * item never is. Configuration lists (users, role values) and Stolon's
+ * enabledProxies. */
+bool disc_list_has(const char *list, const char *item);
+/* The next retry delay after prev ms: 100 ms, doubling to 2 s. */
+unsigned disc_backoff_ms(unsigned prev);
 
 /* ---- servers: long-lived, one per address, never freed while running ---- */
 

@@ -518,7 +518,7 @@ static void fail(struct disc_etcd *e, const char *fmt, ...)
 	}
 	e->endpoint = (e->endpoint + 1) % e->cfg.nendpoints;
 	/* the first retry is quick (a stream that simply ended); then back off */
-	e->delay_ms = e->delay_ms ? (e->delay_ms * 2 > 2000 ? 2000 : e->delay_ms * 2) : 100;
+	e->delay_ms = disc_backoff_ms(e->delay_ms);
 	struct timeval tv = { e->delay_ms / 1000, (e->delay_ms % 1000) * 1000 };
 	event_add(e->backoff, &tv);
 }

@@ -78,22 +78,6 @@ static const char *or_(const char *s, const char *otherwise)
 	return s ? s : otherwise;
 }
 
-static bool listed(const char *list, const char *v)
-{
-	size_t n = strlen(v);
-	for (const char *p = list; p && *p;) {
-		while (*p == ',' || *p == ' ')
-			p++;
-		const char *e = p;
-		while (*e && *e != ',' && *e != ' ')
-			e++;
-		if (n && (size_t)(e - p) == n && strncmp(p, v, n) == 0)
-			return true;
-		p = e;
-	}
-	return false;
-}
-
 /* The token file, read again (it rotates). */
 static void read_token(struct disc_k8s *k)
 {
@@ -244,7 +228,7 @@ static void publish_view(struct disc_k8s *k)
 	const char *primary = "";
 	int64_t primary_xlog = -1; /* lag from Patroni's xlog_location, when it says */
 	for (unsigned i = 0; i < k->n; i++)
-		if (k->pods[i].usable && listed(k->cfg.primary_values, k->pods[i].role))
+		if (k->pods[i].usable && disc_list_has(k->cfg.primary_values, k->pods[i].role))
 			primary_xlog = k->pods[i].xlog;
 	for (unsigned i = 0; i < k->n; i++) {
 		const struct pod *p = &k->pods[i];
@@ -260,8 +244,8 @@ static void publish_view(struct disc_k8s *k)
 		memset(e, 0, sizeof(*e));
 		e->srv = srv;
 		e->lag_bytes = -1;
-		bool is_primary = listed(k->cfg.primary_values, p->role);
-		bool is_replica = listed(k->cfg.replica_values, p->role);
+		bool is_primary = disc_list_has(k->cfg.primary_values, p->role);
+		bool is_replica = disc_list_has(k->cfg.replica_values, p->role);
 		e->role = is_primary ? DISC_ROLE_PRIMARY
 			  : is_replica ? DISC_ROLE_STANDBY
 				       : DISC_ROLE_UNKNOWN;
@@ -473,7 +457,7 @@ static void fail(struct disc_k8s *k, const char *fmt, ...)
 		if (!k->have_view)
 			disc_cluster_no_view(k->cluster);
 	}
-	k->delay_ms = k->delay_ms ? (k->delay_ms * 2 > 2000 ? 2000 : k->delay_ms * 2) : 100;
+	k->delay_ms = disc_backoff_ms(k->delay_ms);
 	struct timeval tv = { k->delay_ms / 1000, (k->delay_ms % 1000) * 1000 };
 	event_add(k->backoff, &tv);
 }

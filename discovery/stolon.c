@@ -189,19 +189,6 @@ unsigned stolon_view(const struct stolon_cd *cd, struct disc_view_entry *v)
 	return n;
 }
 
-static bool listed(const char *list, const char *uid)
-{
-	size_t n = strlen(uid);
-	for (const char *p = list; *p;) {
-		const char *e = strchr(p, ',');
-		size_t l = e ? (size_t)(e - p) : strlen(p);
-		if (l == n && memcmp(p, uid, n) == 0)
-			return true;
-		p += l + (e ? 1 : 0);
-	}
-	return false;
-}
-
 void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char *master,
 		    const char *uid, int64_t *generation, int64_t *proxy_timeout_ms)
 {
@@ -212,7 +199,7 @@ void stolon_publish(struct disc_cluster *c, const char *value, size_t len, char 
 	} else {
 		stolon_parse(value, len, &cd);
 	}
-	if (uid && cd.primary && !listed(cd.enabled, uid)) {
+	if (uid && cd.primary && !disc_list_has(cd.enabled, uid)) {
 		/* stolon-proxy's rule: the sentinel has not seen this proxy yet, so it
 		 * would not wait for it when electing another master */
 		cd.primary = 0;

@@ -5,6 +5,7 @@
  * reference or to swap; workers keep their own reference and re-acquire when a
  * subscriber callback tells them a new one exists, so the hot path never locks.
  */
+#include <ctype.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -296,6 +297,27 @@ void topo_reset(void)
 	nsubs = 0;
 	pthread_mutex_unlock(&topo_lock);
 	topo_release(old);
+}
+
+bool disc_list_has(const char *list, const char *item)
+{
+	size_t n = strlen(item);
+	for (const char *p = list; n && p && *p;) {
+		while (*p == ',' || isspace((unsigned char)*p))
+			p++;
+		const char *e = p;
+		while (*e && *e != ',' && !isspace((unsigned char)*e))
+			e++;
+		if ((size_t)(e - p) == n && memcmp(p, item, n) == 0)
+			return true;
+		p = e;
+	}
+	return false;
+}
+
+unsigned disc_backoff_ms(unsigned prev)
+{
+	return prev ? (prev * 2 > 2000 ? 2000 : prev * 2) : 100;
 }
 
 uint64_t now_ms(void)

@@ -186,22 +186,6 @@ int auth_file_load(const struct config *c, char *err, size_t errlen)
 
 /* ---- verifiers into credentials --------------------------------------- */
 
-static bool listed(const char *list, const char *user)
-{
-	size_t ul = strlen(user);
-	for (const char *p = list; *p;) {
-		while (*p == ',' || isspace((unsigned char)*p))
-			p++;
-		const char *e = p;
-		while (*e && *e != ',' && !isspace((unsigned char)*e))
-			e++;
-		if ((size_t)(e - p) == ul && memcmp(p, user, ul) == 0)
-			return true;
-		p = e;
-	}
-	return false;
-}
-
 static bool cred_from(const char *verifier, struct cred *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -238,7 +222,7 @@ bool auth_admin_verifier(const char *admin_users, const char *user,
 {
 	struct cred c;
 	bool ok = false;
-	if (listed(admin_users, user) && strlen(user) < USER_MAX) {
+	if (disc_list_has(admin_users, user) && strlen(user) < USER_MAX) {
 		pthread_mutex_lock(&A.lock);
 		for (unsigned i = 0; i < A.nfile && !ok; i++)
 			if (strcmp(A.file[i].user, user) == 0)
@@ -272,7 +256,7 @@ static void wake_waiters(struct entry *e)
 int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why, size_t whylen)
 {
 	const struct config *c = cur_cfg; /* the worker's generation (A.cfg is the main thread's) */
-	if (listed(c->auth_trust_users, user)) {
+	if (disc_list_has(c->auth_trust_users, user)) {
 		memset(out, 0, sizeof(*out));
 		out->kind = CRED_TRUST;
 		return AUTH_FOUND;

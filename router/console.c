@@ -639,18 +639,7 @@ static bool os_user_may(uid_t uid, const char *admin_users)
 	struct passwd pw, *r = NULL;
 	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &r) != 0 || !r)
 		return false;
-	size_t n = strlen(r->pw_name);
-	for (const char *p = admin_users; *p;) {
-		while (*p == ',' || *p == ' ' || *p == '\t')
-			p++;
-		const char *e = p;
-		while (*e && *e != ',' && *e != ' ' && *e != '\t')
-			e++;
-		if ((size_t)(e - p) == n && memcmp(p, r->pw_name, n) == 0)
-			return true;
-		p = e;
-	}
-	return false;
+	return disc_list_has(admin_users, r->pw_name);
 }
 
 static void logged_in(struct conn *k)
