@@ -1697,7 +1697,13 @@ static void relay_failed(struct session *s, int r, bool from_client)
 			slog(LOG_DEBUG, s, "client read: %s", strerror(errno));
 		session_close(s, true);
 	} else {
-		if (errno)
+		if (s->move_wanted)
+			/* what it forwarded (PostgreSQL's FATAL, as a rule) is the client's
+			 * answer: a statement cut short cannot be replayed safely */
+			slog(LOG_INFO, s, "server %s ended the session during a statement, before "
+			     "its transaction boundary: the session could not move (%s)", s->srv->name,
+			     errno ? strerror(errno) : "connection closed");
+		else if (errno)
 			slog(LOG_INFO, s, "server connection lost: %s", strerror(errno));
 		else
 			slog(LOG_DEBUG, s, "server closed the connection");
