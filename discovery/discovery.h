@@ -215,6 +215,10 @@ void disc_rest_stop(struct disc_rest *r);
 struct disc_k8s_config {
 	const char *api, *token_file, *cacert, *namespace_, *selector;
 	const char *role_label, *primary_values, *replica_values, *port;
+	/* Patroni on Kubernetes: its scope ("": the cluster-name label of pods
+	 * carrying its status annotation) and where its leader lock is kept
+	 * ("configmap": <scope>-leader, "endpoints": <scope>, "off") */
+	const char *patroni_scope, *patroni_leader;
 	unsigned timeout_ms;
 };
 struct disc_k8s;

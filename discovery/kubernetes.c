@@ -21,7 +21,12 @@
  * pod IP and the container port named postgresql (or postgres), else
  * kubernetes_port — or, for Patroni on Kubernetes, what its member JSON in
  * the pod's "status" annotation says (conn_url, and its state must be
- * running/streaming; xlog_location gives the lag). libcurl's multi-socket API on the main thread's base, as
+ * running/streaming; xlog_location gives the lag). With Patroni's
+ * annotations, Patroni's leader lock is listed and watched the same way (the
+ * ConfigMap <scope>-leader or the Endpoints <scope>, by field selector): a pod
+ * labelled primary is the primary only while the lock names it. Each
+ * collection is a stream of its own (list, watch, 410, backoff).
+ * libcurl's multi-socket API on the main thread's base, as
  * for etcd; while the API cannot be read, the last view stays, marked stale,
  * and the probes keep guarding writes.
  */
@@ -46,32 +51,47 @@ struct pod {
 	bool usable;    /* Running, Ready, not being deleted (and Patroni says running) */
 	char why[96];   /* why not usable */
 	int64_t xlog;   /* Patroni's status annotation: xlog_location; -1 unknown */
+	bool patroni;   /* it carries Patroni's status annotation */
+	char scope[64]; /* its cluster-name label (Patroni's scope_label default) */
 };
 
 enum k8s_step { K_IDLE, K_LIST, K_WATCH };
+
+/* One collection listed and watched: the pods, or the one object that holds
+ * Patroni's leader lock (a field selector on its name). */
+struct k8s_stream {
+	struct disc_k8s *k;
+	const char *what;     /* for log lines */
+	char path[1024];      /* the collection and its selector, no watch parameters */
+	struct http_req req;  /* the list or the watch under way */
+	enum k8s_step step;
+	char rv[64];          /* resourceVersion to watch from */
+	unsigned delay_ms;
+	unsigned gone_streak; /* 410s with no event between them */
+	struct event *backoff;
+	bool on, listed, failing;
+};
 
 struct disc_k8s {
 	struct event_base *base;
 	struct disc_k8s_config cfg; /* strings owned by the caller */
 	struct disc_cluster *cluster;
 	struct http *http;
-	struct event *backoff;
-	struct http_req req; /* the list or the watch under way */
-	enum k8s_step step;
-	char rv[64];          /* resourceVersion to watch from */
+	struct k8s_stream pods_s, leader_s;
 	char token[8192];    /* "Bearer <the token file's content>" */
-	char selector_q[1024]; /* the label selector, URL-encoded */
-	unsigned delay_ms;
-	unsigned gone_streak; /* 410s with no event between them */
 	bool have_view, stale, probes_on;
+	bool scope_warned;
+	char scope[254];      /* Patroni's scope, once known */
+	char leader[254];     /* who holds Patroni's leader lock ("": nobody) */
 	char primary[254];    /* for "primary changed" log lines */
 	unsigned n;
 	struct pod pods[K8S_MAX_PODS];
 };
 
-static void fail(struct disc_k8s *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void do_list(struct disc_k8s *k);
-static void relist(struct disc_k8s *k, const char *how);
+static void fail(struct k8s_stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void do_list(struct k8s_stream *s);
+static void relist(struct k8s_stream *s, const char *how);
+static void publish_view(struct disc_k8s *k);
 
 static const char *or_(const char *s, const char *otherwise)
 {
@@ -97,26 +117,59 @@ static void read_token(struct disc_k8s *k)
 	k->token[n > 7 ? n : 0] = 0;
 }
 
-static void end_request(struct disc_k8s *k)
+static void end_request(struct k8s_stream *s)
 {
-	http_req_end(k->http, &k->req);
-	k->step = K_IDLE;
+	http_req_end(s->k->http, &s->req);
+	s->step = K_IDLE;
 }
 
-static int request(struct disc_k8s *k, enum k8s_step step, bool watch)
+static int request(struct k8s_stream *s, enum k8s_step step, bool watch)
 {
-	end_request(k);
+	struct disc_k8s *k = s->k;
+	end_request(s);
 	read_token(k); /* every request: the file is rewritten when the token rotates */
 	char url[2048];
-	int n = snprintf(url, sizeof(url), "%s/api/v1/namespaces/%s/pods?labelSelector=%s",
-			 k->cfg.api, k->cfg.namespace_, k->selector_q);
+	int n = snprintf(url, sizeof(url), "%s%s", k->cfg.api, s->path);
 	if (watch)
 		snprintf(url + n, sizeof(url) - (size_t)n,
-			 "&watch=1&resourceVersion=%s&allowWatchBookmarks=true", k->rv);
+			 "&watch=1&resourceVersion=%s&allowWatchBookmarks=true", s->rv);
 	struct http_opts o = { .timeout_ms = k->cfg.timeout_ms, .stream = watch,
 			       .cacert = k->cfg.cacert };
-	k->step = step;
-	return http_req_start(k->http, &k->req, url, k->token, NULL, &o);
+	s->step = step;
+	return http_req_start(k->http, &s->req, url, k->token, NULL, &o);
+}
+
+/* ---- Patroni's leader lock ---- */
+
+static void leader_from(struct disc_k8s *k, json_t *o)
+{
+	const char *l = json_string_value(json_object_get(
+		json_object_get(json_object_get(o, "metadata"), "annotations"), "leader"));
+	snprintf(k->leader, sizeof(k->leader), "%s", or_(l, ""));
+}
+
+/* Pods carry Patroni's status annotation: watch its leader lock, in the
+ * ConfigMap <scope>-leader (Patroni's default) or the Endpoints <scope>
+ * (use_endpoints). The scope is configured or read from the pods' label. */
+static void leader_watch(struct disc_k8s *k, const char *scope)
+{
+	struct k8s_stream *s = &k->leader_s;
+	if (s->on || !scope || !*scope)
+		return;
+	bool ep = strcmp(k->cfg.patroni_leader, "endpoints") == 0;
+	char name[300];
+	snprintf(name, sizeof(name), ep ? "%s" : "%s-leader", scope);
+	char *q = curl_easy_escape(NULL, name, 0);
+	snprintf(s->path, sizeof(s->path),
+		 "/api/v1/namespaces/%s/%s?fieldSelector=metadata.name%%3D%s", k->cfg.namespace_,
+		 ep ? "endpoints" : "configmaps", q ? q : "");
+	curl_free(q);
+	snprintf(k->scope, sizeof(k->scope), "%s", scope);
+	s->on = true;
+	disc_log(DISC_LOG_INFO, "kubernetes: Patroni scope %s: its leader lock in %s %s decides "
+		 "which pod labelled primary is writable", scope, ep ? "Endpoints" : "ConfigMap",
+		 name);
+	do_list(s);
 }
 
 /* ---- pods into a view ---- */
@@ -145,10 +198,14 @@ static void pod_from_json(struct disc_k8s *k, json_t *o, struct pod *p)
 	/* Patroni on Kubernetes: its member JSON in the "status" annotation —
 	 * the address it advertises (conn_url) and its state */
 	p->xlog = -1;
+	snprintf(p->scope, sizeof(p->scope), "%s",
+		 or_(json_string_value(json_object_get(json_object_get(meta, "labels"),
+						   "cluster-name")), ""));
 	const char *patroni = json_string_value(
 		json_object_get(json_object_get(meta, "annotations"), "status"));
 	json_t *pj = NULL;
 	const char *pstate = NULL;
+	p->patroni = patroni != NULL;
 	if (patroni) {
 		json_error_t jerr;
 		pj = json_loads(patroni, 0, &jerr);
@@ -205,6 +262,16 @@ static void upsert(struct disc_k8s *k, json_t *o)
 	if (!p.name[0])
 		return;
 	struct pod *have = find(k, p.name);
+	if (p.patroni && !k->leader_s.on && strcmp(k->cfg.patroni_leader, "off") != 0) {
+		if (p.scope[0])
+			leader_watch(k, p.scope);
+		else if (!k->scope_warned) {
+			k->scope_warned = true;
+			disc_log(DISC_LOG_WARNING, "kubernetes: pod %s carries Patroni's status annotation "
+				 "but no cluster-name label: set kubernetes_patroni_scope, or the leader "
+				 "lock is not checked (the role label alone decides)", p.name);
+		}
+	}
 	if (!have && k->n == K8S_MAX_PODS) {
 		disc_log(DISC_LOG_WARNING, "kubernetes: more than %d pods; %s left out", K8S_MAX_PODS,
 			 p.name);
@@ -221,14 +288,24 @@ static void removed(struct disc_k8s *k, json_t *o)
 		*p = k->pods[--k->n];
 }
 
+/* A pod labelled primary is the primary only if, where Patroni's leader lock
+ * is watched, it holds the lock. */
+static bool holds_lock(const struct disc_k8s *k, const struct pod *p)
+{
+	return !k->leader_s.on || (k->leader_s.listed && strcmp(k->leader, p->name) == 0);
+}
+
 static void publish_view(struct disc_k8s *k)
 {
+	if (!k->pods_s.listed || (k->leader_s.on && !k->leader_s.listed && !k->have_view))
+		return; /* the first view is whole: pods and, if watched, the lock */
 	struct disc_view_entry v[K8S_MAX_PODS];
 	unsigned n = 0;
 	const char *primary = "";
 	int64_t primary_xlog = -1; /* lag from Patroni's xlog_location, when it says */
 	for (unsigned i = 0; i < k->n; i++)
-		if (k->pods[i].usable && disc_list_has(k->cfg.primary_values, k->pods[i].role))
+		if (k->pods[i].usable && disc_list_has(k->cfg.primary_values, k->pods[i].role) &&
+		    holds_lock(k, &k->pods[i]))
 			primary_xlog = k->pods[i].xlog;
 	for (unsigned i = 0; i < k->n; i++) {
 		const struct pod *p = &k->pods[i];
@@ -244,7 +321,8 @@ static void publish_view(struct disc_k8s *k)
 		memset(e, 0, sizeof(*e));
 		e->srv = srv;
 		e->lag_bytes = -1;
-		bool is_primary = disc_list_has(k->cfg.primary_values, p->role);
+		bool labelled_primary = disc_list_has(k->cfg.primary_values, p->role);
+		bool is_primary = labelled_primary && holds_lock(k, p);
 		bool is_replica = disc_list_has(k->cfg.replica_values, p->role);
 		e->role = is_primary ? DISC_ROLE_PRIMARY
 			  : is_replica ? DISC_ROLE_STANDBY
@@ -252,6 +330,11 @@ static void publish_view(struct disc_k8s *k)
 		e->routable = p->usable && (is_primary || is_replica);
 		if (!p->usable)
 			snprintf(e->why, sizeof(e->why), "%.120s: %.95s", p->name, p->why);
+		else if (labelled_primary && !is_primary)
+			snprintf(e->why, sizeof(e->why),
+				 "%.120s: labelled primary without Patroni's leader lock (%s%.100s)",
+				 p->name, !k->leader_s.listed ? "not read yet" : k->leader[0] ? "held by " : "free",
+				 k->leader_s.listed ? k->leader : "");
 		else if (!e->routable)
 			snprintf(e->why, sizeof(e->why), "%.120s: label %.100s=\"%.60s\" is no known role",
 				 p->name, k->cfg.role_label, p->role);
@@ -265,60 +348,78 @@ static void publish_view(struct disc_k8s *k)
 			 *primary ? "now " : "", *primary ? primary : "none (no usable pod labelled so)");
 		snprintf(k->primary, sizeof(k->primary), "%s", primary);
 	}
+	k->have_view = true;
 	disc_cluster_set(k->cluster, v, n);
 }
 
-/* ---- steps ---- */
+/* ---- steps (each stream on its own) ---- */
 
-static void do_list(struct disc_k8s *k)
+static void do_list(struct k8s_stream *s)
 {
-	if (request(k, K_LIST, false) != 0)
-		fail(k, "cannot start a list request");
+	if (request(s, K_LIST, false) != 0)
+		fail(s, "cannot start a list request");
 }
 
-static void got_list(struct disc_k8s *k, json_t *j)
+static bool any_failing(const struct disc_k8s *k)
 {
+	return k->pods_s.failing || (k->leader_s.on && k->leader_s.failing);
+}
+
+static void got_list(struct k8s_stream *s, json_t *j)
+{
+	struct disc_k8s *k = s->k;
 	const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"),
 							   "resourceVersion"));
 	json_t *items = json_object_get(j, "items");
 	if (!rv || !json_is_array(items)) {
-		fail(k, "the pod list has no items or resourceVersion");
+		fail(s, "the %s list has no items or resourceVersion", s->what);
 		return;
 	}
-	snprintf(k->rv, sizeof(k->rv), "%s", rv);
-	k->n = 0;
+	snprintf(s->rv, sizeof(s->rv), "%s", rv);
 	size_t i;
 	json_t *o;
-	json_array_foreach(items, i, o)
-		upsert(k, o);
-	k->delay_ms = 0;
-	if (k->stale || !k->have_view)
-		disc_log(DISC_LOG_INFO, "kubernetes: %u pod(s) in %s match %s (resourceVersion %s)",
-			 k->n, k->cfg.namespace_, k->cfg.selector, rv);
-	k->have_view = true;
-	if (k->stale) {
+	if (s == &k->pods_s) {
+		k->n = 0;
+		json_array_foreach(items, i, o)
+			upsert(k, o);
+		if (k->stale || !k->have_view)
+			disc_log(DISC_LOG_INFO, "kubernetes: %u pod(s) in %s match %s (resourceVersion %s)",
+				 k->n, k->cfg.namespace_, k->cfg.selector, rv);
+	} else {
+		k->leader[0] = 0;
+		json_array_foreach(items, i, o)
+			leader_from(k, o);
+		if (!s->listed)
+			disc_log(DISC_LOG_INFO, "kubernetes: Patroni's leader lock %s%s",
+				 k->leader[0] ? "held by " : "free", k->leader);
+	}
+	s->delay_ms = 0;
+	s->listed = true;
+	s->failing = false;
+	if (k->stale && !any_failing(k)) {
 		k->stale = false;
 		disc_cluster_set_stale(k->cluster, false);
 	}
 	publish_view(k);
-	if (request(k, K_WATCH, true) != 0)
-		fail(k, "cannot start a watch");
+	if (request(s, K_WATCH, true) != 0)
+		fail(s, "cannot start a watch");
 }
 
 /* One watch event. false: the watch ended (a new list or a failure). */
-static bool got_event(struct disc_k8s *k, json_t *j)
+static bool got_event(struct k8s_stream *s, json_t *j)
 {
+	struct disc_k8s *k = s->k;
 	const char *type = json_string_value(json_object_get(j, "type"));
 	json_t *o = json_object_get(j, "object");
 	if (!type || !json_is_object(o)) {
-		fail(k, "watch: an event without type or object");
+		fail(s, "watch: an event without type or object");
 		return false;
 	}
 	if (strcmp(type, "ERROR") == 0) {
 		if (json_integer_value(json_object_get(o, "code")) == 410) {
-			relist(k, "410");
+			relist(s, "410");
 		} else {
-			fail(k, "watch error: %s",
+			fail(s, "watch error: %s",
 			     or_(json_string_value(json_object_get(o, "message")), "no message"));
 		}
 		return false;
@@ -326,145 +427,173 @@ static bool got_event(struct disc_k8s *k, json_t *j)
 	const char *rv = json_string_value(json_object_get(json_object_get(o, "metadata"),
 							   "resourceVersion"));
 	if (rv)
-		snprintf(k->rv, sizeof(k->rv), "%s", rv);
-	k->gone_streak = 0;
-	if (strcmp(type, "BOOKMARK") == 0)
-		return true;
-	if (strcmp(type, "DELETED") == 0)
-		removed(k, o);
-	else if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0)
-		upsert(k, o);
-	else
-		return true;
+		snprintf(s->rv, sizeof(s->rv), "%s", rv);
+	s->gone_streak = 0;
+	bool gone = strcmp(type, "DELETED") == 0;
+	if (!gone && strcmp(type, "ADDED") != 0 && strcmp(type, "MODIFIED") != 0)
+		return true; /* BOOKMARK: only its version counts */
+	if (s == &k->pods_s) {
+		if (gone)
+			removed(k, o);
+		else
+			upsert(k, o);
+	} else {
+		char was[sizeof(k->leader)];
+		snprintf(was, sizeof(was), "%s", k->leader);
+		if (gone)
+			k->leader[0] = 0;
+		else
+			leader_from(k, o);
+		if (strcmp(was, k->leader) != 0)
+			disc_log(DISC_LOG_INFO, "kubernetes: Patroni's leader lock %s%s",
+				 k->leader[0] ? "now held by " : "released", k->leader);
+	}
 	publish_view(k);
 	return true;
 }
 
-static void parse_stream(struct disc_k8s *k)
+static void parse_stream(struct k8s_stream *s)
 {
 	size_t off = 0;
-	while (off < k->req.body.len) {
-		char *nl = memchr(k->req.body.p + off, '\n', k->req.body.len - off);
+	while (off < s->req.body.len) {
+		char *nl = memchr(s->req.body.p + off, '\n', s->req.body.len - off);
 		if (!nl)
 			break; /* an event arrives whole, newline-terminated */
-		size_t len = (size_t)(nl - (k->req.body.p + off));
+		size_t len = (size_t)(nl - (s->req.body.p + off));
 		json_error_t jerr;
-		json_t *j = len ? json_loadb(k->req.body.p + off, len, 0, &jerr) : NULL;
+		json_t *j = len ? json_loadb(s->req.body.p + off, len, 0, &jerr) : NULL;
 		off += len + 1;
 		if (!len)
 			continue;
 		if (!j) {
-			fail(k, "watch: unparseable event: %s", jerr.text);
+			fail(s, "watch: unparseable event: %s", jerr.text);
 			return;
 		}
-		bool go_on = got_event(k, j);
+		bool go_on = got_event(s, j);
 		json_decref(j);
 		if (!go_on)
 			return; /* the request was replaced; its buffer is gone */
 	}
-	memmove(k->req.body.p, k->req.body.p + off, k->req.body.len - off);
-	k->req.body.len -= off;
-	if (k->req.body.len > (8u << 20))
-		fail(k, "watch stream: an event over 8 MB");
+	memmove(s->req.body.p, s->req.body.p + off, s->req.body.len - off);
+	s->req.body.len -= off;
+	if (s->req.body.len > (8u << 20))
+		fail(s, "watch stream: an event over 8 MB");
 }
 
 static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_k8s *k = arg;
-	if (easy != k->req.easy)
+	struct k8s_stream *s = easy == k->pods_s.req.easy	? &k->pods_s
+			       : easy == k->leader_s.req.easy ? &k->leader_s
+							      : NULL;
+	if (!s)
 		return;
 	long status = 0;
-	curl_easy_getinfo(k->req.easy, CURLINFO_RESPONSE_CODE, &status);
-	if (k->step == K_WATCH) {
+	curl_easy_getinfo(s->req.easy, CURLINFO_RESPONSE_CODE, &status);
+	if (s->step == K_WATCH) {
 		if (status == 410) {
-			relist(k, "HTTP 410");
+			relist(s, "HTTP 410");
 			return;
 		}
-		if (k->req.body.len)
-			parse_stream(k); /* the last events before the end */
-		if (easy != k->req.easy)
+		if (s->req.body.len)
+			parse_stream(s); /* the last events before the end */
+		if (easy != s->req.easy)
 			return;
 		if (status >= 400)
-			fail(k, "watch: HTTP %ld: %.200s", status, k->req.body.p ? k->req.body.p : "");
+			fail(s, "watch: HTTP %ld: %.200s", status, s->req.body.p ? s->req.body.p : "");
 		else if (rc != CURLE_OK)
-			fail(k, "watch stream ended: %s", curl_easy_strerror(rc));
-		else if (request(k, K_WATCH, true) != 0) /* the server ends watches now
+			fail(s, "watch stream ended: %s", curl_easy_strerror(rc));
+		else if (request(s, K_WATCH, true) != 0) /* the server ends watches now
 							    and then: go on from rv */
-			fail(k, "cannot start a watch");
+			fail(s, "cannot start a watch");
 		return;
 	}
 	if (rc != CURLE_OK) {
-		fail(k, "%s", curl_easy_strerror(rc));
+		fail(s, "%s", curl_easy_strerror(rc));
 		return;
 	}
 	json_error_t jerr;
-	json_t *j = json_loadb(k->req.body.p ? k->req.body.p : "", k->req.body.len, 0, &jerr);
+	json_t *j = json_loadb(s->req.body.p ? s->req.body.p : "", s->req.body.len, 0, &jerr);
 	if (!j || status >= 400) {
-		fail(k, "HTTP %ld: %.200s", status, k->req.body.p ? k->req.body.p : "");
+		fail(s, "HTTP %ld: %.200s", status, s->req.body.p ? s->req.body.p : "");
 		json_decref(j);
 		return;
 	}
-	got_list(k, j);
+	got_list(s, j);
 	json_decref(j);
 }
 
 /* The version watched from is gone: list again — at once the first time,
  * then backing off while the answer stays 410 (never a tight loop against
  * the API server). */
-static void relist(struct disc_k8s *k, const char *how)
+static void relist(struct k8s_stream *s, const char *how)
 {
-	disc_log(DISC_LOG_INFO, "kubernetes: resourceVersion %s is gone (%s); listing again", k->rv,
-		 how);
-	if (k->gone_streak++ == 0) {
-		do_list(k);
+	disc_log(DISC_LOG_INFO, "kubernetes: %s resourceVersion %s is gone (%s); listing again",
+		 s->what, s->rv, how);
+	if (s->gone_streak++ == 0) {
+		do_list(s);
 		return;
 	}
-	end_request(k);
-	unsigned ms = 100u << (k->gone_streak < 6 ? k->gone_streak - 1 : 5);
+	end_request(s);
+	unsigned ms = 100u << (s->gone_streak < 6 ? s->gone_streak - 1 : 5);
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	event_add(k->backoff, &tv);
+	event_add(s->backoff, &tv);
 }
 
 static void activity(void *arg)
 {
 	struct disc_k8s *k = arg;
-	long status = 0;
-	if (k->step == K_WATCH && k->req.body.len) {
-		curl_easy_getinfo(k->req.easy, CURLINFO_RESPONSE_CODE, &status);
-		if (status < 400)
-			parse_stream(k);
+	struct k8s_stream *all[] = { &k->pods_s, &k->leader_s };
+	for (unsigned i = 0; i < 2; i++) {
+		struct k8s_stream *s = all[i];
+		long status = 0;
+		if (s->step == K_WATCH && s->req.body.len) {
+			curl_easy_getinfo(s->req.easy, CURLINFO_RESPONSE_CODE, &status);
+			if (status < 400)
+				parse_stream(s);
+		}
 	}
 }
 
-static void fail(struct disc_k8s *k, const char *fmt, ...)
+static void fail(struct k8s_stream *s, const char *fmt, ...)
 {
+	struct disc_k8s *k = s->k;
 	char why[400];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	end_request(k);
+	end_request(s);
 	disc_count_error();
+	s->failing = true;
 	if (k->have_view && !k->stale) {
 		k->stale = true;
 		disc_log(DISC_LOG_WARNING,
-			 "kubernetes: %s: %s; keeping the last cluster state (stale) and retrying",
-			 k->cfg.api, why);
+			 "kubernetes: %s (%s): %s; keeping the last cluster state (stale) and retrying",
+			 k->cfg.api, s->what, why);
 		disc_cluster_set_stale(k->cluster, true);
 	} else {
-		disc_log(k->delay_ms >= 1000 ? DISC_LOG_INFO : DISC_LOG_WARNING, "kubernetes: %s: %s",
-			 k->cfg.api, why);
+		disc_log(s->delay_ms >= 1000 ? DISC_LOG_INFO : DISC_LOG_WARNING,
+			 "kubernetes: %s (%s): %s", k->cfg.api, s->what, why);
 		if (!k->have_view)
 			disc_cluster_no_view(k->cluster);
 	}
-	k->delay_ms = disc_backoff_ms(k->delay_ms);
-	struct timeval tv = { k->delay_ms / 1000, (k->delay_ms % 1000) * 1000 };
-	event_add(k->backoff, &tv);
+	s->delay_ms = disc_backoff_ms(s->delay_ms);
+	struct timeval tv = { s->delay_ms / 1000, (s->delay_ms % 1000) * 1000 };
+	event_add(s->backoff, &tv);
 }
 
 static void backoff_cb(evutil_socket_t fd, short what, void *arg)
 {
 	do_list(arg);
+}
+
+static bool stream_init(struct disc_k8s *k, struct k8s_stream *s, const char *what)
+{
+	s->k = k;
+	s->what = what;
+	s->backoff = evtimer_new(k->base, backoff_cb, s);
+	return s->backoff != NULL;
 }
 
 struct disc_k8s *disc_k8s_start(struct event_base *base, const struct disc_k8s_config *cfg,
@@ -477,22 +606,28 @@ struct disc_k8s *disc_k8s_start(struct event_base *base, const struct disc_k8s_c
 	}
 	k->base = base;
 	k->cfg = *cfg;
+	if (!k->cfg.patroni_leader)
+		k->cfg.patroni_leader = "configmap";
 	k->probes_on = pc->interval_ms > 0;
 	char *q = curl_easy_escape(NULL, cfg->selector, 0);
-	snprintf(k->selector_q, sizeof(k->selector_q), "%s", q ? q : "");
+	snprintf(k->pods_s.path, sizeof(k->pods_s.path), "/api/v1/namespaces/%s/pods?labelSelector=%s",
+		 cfg->namespace_, q ? q : "");
 	curl_free(q);
 	k->http = http_new(base, done, activity, k);
-	k->backoff = evtimer_new(base, backoff_cb, k);
 	k->cluster = disc_cluster_new(base, "kubernetes", pc, false);
-	if (!k->http || !k->backoff || !k->cluster) {
+	if (!k->http || !k->cluster || !stream_init(k, &k->pods_s, "pods") ||
+	    !stream_init(k, &k->leader_s, "leader lock")) {
 		snprintf(err, errlen, "out of memory");
 		disc_k8s_stop(k);
 		return NULL;
 	}
+	k->pods_s.on = true;
 	disc_cluster_set(k->cluster, NULL, 0); /* nothing routable until the API answers */
 	disc_log(DISC_LOG_INFO, "kubernetes: watching pods in %s matching %s on %s (role label %s)",
 		 cfg->namespace_, cfg->selector, cfg->api, cfg->role_label);
-	do_list(k);
+	if (strcmp(k->cfg.patroni_leader, "off") != 0)
+		leader_watch(k, cfg->patroni_scope);
+	do_list(&k->pods_s);
 	return k;
 }
 
@@ -500,10 +635,14 @@ void disc_k8s_stop(struct disc_k8s *k)
 {
 	if (!k)
 		return;
-	http_req_free(k->http, &k->req);
+	struct k8s_stream *all[] = { &k->pods_s, &k->leader_s };
+	for (unsigned i = 0; i < 2; i++) {
+		if (k->http)
+			http_req_free(k->http, &all[i]->req);
+		if (all[i]->backoff)
+			event_free(all[i]->backoff);
+	}
 	http_free(k->http);
-	if (k->backoff)
-		event_free(k->backoff);
 	disc_cluster_free(k->cluster);
 	free(k);
 }

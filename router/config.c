@@ -568,6 +568,16 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 		snprintf(c->k8s_port, sizeof(c->k8s_port), "%u", port);
 		return 1;
 	}
+	if (strcmp(k, "kubernetes_patroni_scope") == 0) {
+		if (strchr(v, '/'))
+			return fail(p, p->line, k, "must be a Patroni scope name without '/'");
+		return set_string(p, k, v, c->k8s_patroni_scope, sizeof(c->k8s_patroni_scope));
+	}
+	if (strcmp(k, "kubernetes_patroni_leader") == 0) {
+		if (strcmp(v, "configmap") != 0 && strcmp(v, "endpoints") != 0 && strcmp(v, "off") != 0)
+			return fail(p, p->line, k, "must be configmap, endpoints or off");
+		return set_string(p, k, v, c->k8s_patroni_leader, sizeof(c->k8s_patroni_leader));
+	}
 	if (strcmp(k, "stolon_register") == 0) {
 		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
 			return fail(p, p->line, k, "must be on or off");
@@ -776,6 +786,7 @@ static void defaults(struct config *c)
 	strcpy(c->k8s_primary_values, "primary, master");
 	strcpy(c->k8s_replica_values, "replica, secondary");
 	strcpy(c->k8s_port, "5432");
+	strcpy(c->k8s_patroni_leader, "configmap");
 	strcpy(c->etcd_endpoints[0], "http://127.0.0.1:2379");
 	c->netcd = 1;
 	c->poll_interval_ms = 1000;

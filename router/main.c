@@ -132,6 +132,8 @@ static int config_derive(struct config *c, char *err, size_t errlen)
 					  .primary_values = c->k8s_primary_values,
 					  .replica_values = c->k8s_replica_values,
 					  .port = c->k8s_port,
+					  .patroni_scope = c->k8s_patroni_scope,
+					  .patroni_leader = c->k8s_patroni_leader,
 					  .timeout_ms = c->connect_timeout_ms };
 	c->rc = (struct disc_rest_config){ .nurls = c->npatroni,
 					   .poll_ms = c->poll_interval_ms,
@@ -198,7 +200,8 @@ static bool discovery_same(const struct config *a, const struct config *b)
 	    !SAME_STR(stolon_cluster) || !SAME_STR(stolon_prefix) || !SAME(stolon_register) ||
 	    !SAME_STR(k8s_api) || !SAME_STR(k8s_token_file) || !SAME_STR(k8s_cacert) ||
 	    !SAME_STR(k8s_namespace) || !SAME_STR(k8s_selector) || !SAME_STR(k8s_role_label) ||
-	    !SAME_STR(k8s_primary_values) || !SAME_STR(k8s_replica_values) || !SAME_STR(k8s_port))
+	    !SAME_STR(k8s_primary_values) || !SAME_STR(k8s_replica_values) || !SAME_STR(k8s_port) ||
+	    !SAME_STR(k8s_patroni_scope) || !SAME_STR(k8s_patroni_leader))
 		return false;
 	for (unsigned i = 0; i < a->nservers; i++)
 		if (a->srv[i] != b->srv[i])

@@ -188,6 +188,7 @@ struct config {
 	char k8s_api[256], k8s_token_file[512], k8s_cacert[512], k8s_namespace[254];
 	char k8s_selector[512], k8s_role_label[254], k8s_primary_values[256];
 	char k8s_replica_values[256], k8s_port[8];
+	char k8s_patroni_scope[254], k8s_patroni_leader[16]; /* configmap | endpoints | off */
 
 	/* source = zookeeper */
 	unsigned nzk;

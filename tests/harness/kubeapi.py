@@ -1,14 +1,18 @@
-"""A small Kubernetes API server for tests: pods only, over HTTPS with a test
-CA, bearer-token checked — what pgrouter's kubernetes source reads:
+"""A small Kubernetes API server for tests: pods, ConfigMaps and Endpoints,
+over HTTPS with a test CA, bearer-token checked — what pgrouter's kubernetes
+source reads:
 
   GET /api/v1/namespaces/NS/pods?labelSelector=S            a PodList
+  GET /api/v1/namespaces/NS/configmaps?fieldSelector=metadata.name=N
+                                                            (endpoints alike)
   GET ...&watch=1&resourceVersion=N[&allowWatchBookmarks=true]
       a chunked stream of newline-delimited events from N on (ADDED,
       MODIFIED, DELETED, BOOKMARK); a version older than the history kept is
       answered 410 (HTTP) or, with gone_in_stream, by an ERROR event whose
       Status has code 410 — as a real API server does one way or the other.
 
-Not a Kubernetes: equality selectors only ("k=v,k2=v2"), one resource kind.
+Not a Kubernetes: equality selectors only ("k=v,k2=v2"; metadata.name as the
+only field), one resourceVersion sequence for all kinds.
 """
 import copy
 import json
@@ -25,8 +29,8 @@ class KubeAPI:
         self.token = token
         self.lock = threading.Condition()
         self.rv = 100
-        self.pods = {}      # (ns, name) -> pod object
-        self.history = []   # (rv, ns, type, pod)
+        self.objects = {}   # (resource, ns, name) -> object
+        self.history = []   # (rv, resource, ns, type, object)
         self.oldest = 0     # versions below this are gone
         self.epoch = 0      # compactions: a watch open across one ends
         self.gone_in_stream = False
@@ -44,11 +48,15 @@ class KubeAPI:
 
     # -- state changes, as an operator's controller would make them --------
 
-    def _event(self, ns, kind, pod):
+    def _event(self, ns, kind, obj, resource="pods"):
         self.rv += 1
-        pod["metadata"]["resourceVersion"] = str(self.rv)
-        self.history.append((self.rv, ns, kind, copy.deepcopy(pod)))
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.history.append((self.rv, resource, ns, kind, copy.deepcopy(obj)))
         self.lock.notify_all()
+
+    @property
+    def pods(self):
+        return {(ns, n): o for (r, ns, n), o in self.objects.items() if r == "pods"}
 
     def add_pod(self, ns, name, ip, labels, port=5432, ready=True, phase="Running",
                 annotations=None):
@@ -61,31 +69,48 @@ class KubeAPI:
                    "status": {"phase": phase, "podIP": ip,
                               "conditions": [{"type": "Ready",
                                               "status": "True" if ready else "False"}]}}
-            self.pods[(ns, name)] = pod
+            self.objects[("pods", ns, name)] = pod
             self._event(ns, "ADDED", pod)
 
     def set_label(self, ns, name, key, value):
         with self.lock:
-            pod = self.pods[(ns, name)]
+            pod = self.objects[("pods", ns, name)]
             pod["metadata"]["labels"][key] = value
             self._event(ns, "MODIFIED", pod)
 
     def set_annotation(self, ns, name, key, value):
         with self.lock:
-            pod = self.pods[(ns, name)]
+            pod = self.objects[("pods", ns, name)]
             pod["metadata"]["annotations"][key] = value
             self._event(ns, "MODIFIED", pod)
 
     def set_ready(self, ns, name, ready):
         with self.lock:
-            pod = self.pods[(ns, name)]
+            pod = self.objects[("pods", ns, name)]
             pod["status"]["conditions"][0]["status"] = "True" if ready else "False"
             self._event(ns, "MODIFIED", pod)
 
     def delete_pod(self, ns, name):
         with self.lock:
-            pod = self.pods.pop((ns, name))
+            pod = self.objects.pop(("pods", ns, name))
             self._event(ns, "DELETED", pod)
+
+    def set_object(self, resource, ns, name, annotations):
+        """Create or update a ConfigMap/Endpoints (Patroni's leader lock lives
+        in its annotations); annotations=None deletes it."""
+        kind = {"configmaps": "ConfigMap", "endpoints": "Endpoints"}[resource]
+        with self.lock:
+            key = (resource, ns, name)
+            if annotations is None:
+                self._event(ns, "DELETED", self.objects.pop(key), resource)
+                return
+            obj = self.objects.get(key)
+            new = obj is None
+            if new:
+                obj = self.objects[key] = {"kind": kind, "apiVersion": "v1", "metadata": {
+                    "name": name, "namespace": ns, "labels": {}, "annotations": {}}}
+            obj["metadata"]["annotations"] = dict(annotations)
+            self._event(ns, "ADDED" if new else "MODIFIED", obj, resource)
 
     def compact(self):
         """Forget the history: every version so far is gone (410)."""
@@ -130,20 +155,27 @@ class KubeAPI:
                                             "message": "Unauthorized"})
                 parts = u.path.strip("/").split("/")
                 if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or \
-                        parts[4] != "pods":
+                        parts[4] not in ("pods", "configmaps", "endpoints"):
                     return self.reply(404, {"kind": "Status", "code": 404})
-                ns = parts[3]
+                ns, resource = parts[3], parts[4]
                 sel = dict(kv.split("=", 1) for kv in
                            q.get("labelSelector", [""])[0].split(",") if "=" in kv)
+                fields = dict(kv.split("=", 1) for kv in
+                              q.get("fieldSelector", [""])[0].split(",") if "=" in kv)
+                if set(fields) - {"metadata.name"}:
+                    return self.reply(400, {"kind": "Status", "code": 400,
+                                            "message": "field label not supported"})
 
-                def match(pod):
-                    labels = pod["metadata"]["labels"]
-                    return all(labels.get(k) == v for k, v in sel.items())
+                def match(obj):
+                    labels = obj["metadata"]["labels"]
+                    return all(labels.get(k) == v for k, v in sel.items()) and \
+                        obj["metadata"]["name"] == fields.get("metadata.name",
+                                                              obj["metadata"]["name"])
                 if q.get("watch", ["0"])[0] not in ("1", "true"):
                     with api.lock:
-                        items = [copy.deepcopy(p) for (n, _), p in sorted(api.pods.items())
-                                 if n == ns and match(p)]
-                        return self.reply(200, {"kind": "PodList", "apiVersion": "v1",
+                        items = [copy.deepcopy(o) for (r, n, _), o in sorted(api.objects.items())
+                                 if r == resource and n == ns and match(o)]
+                        return self.reply(200, {"kind": "List", "apiVersion": "v1",
                                                 "metadata": {"resourceVersion": str(api.rv)},
                                                 "items": items})
                 since = int(q.get("resourceVersion", ["0"])[0])
@@ -182,12 +214,12 @@ class KubeAPI:
                             # version that is gone and gets HTTP 410
                             self.wfile.write(b"0\r\n\r\n")
                             return
-                        for rv, n, kind, pod in evs:
+                        for rv, r, n, kind, obj in evs:
                             sent = rv
-                            if n == ns and match(pod):
-                                self.chunk({"type": kind, "object": pod})
+                            if r == resource and n == ns and match(obj):
+                                self.chunk({"type": kind, "object": obj})
                         self.chunk({"type": "BOOKMARK", "object": {
-                            "kind": "Pod", "metadata": {"resourceVersion": str(sent)}}})
+                            "metadata": {"resourceVersion": str(sent)}}})
                 except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     return
 

@@ -3,7 +3,8 @@ suite's own small API server (tests/harness/kubeapi.py: list, chunked watch,
 410 on an expired resourceVersion over HTTP and in the stream, bearer token
 over HTTPS with a test CA; no API server is packaged here) — whose pods point
 at real PostgreSQL 15 servers on loopback, with the label sets of KubeBlocks,
-CloudNativePG, Zalando's Spilo and Patroni."""
+CloudNativePG, Zalando's Spilo and Patroni (with its status annotations and
+its leader lock in a ConfigMap or Endpoints)."""
 import json
 import os
 import subprocess
@@ -56,6 +57,8 @@ class KubernetesTest(unittest.TestCase):
                             port=ports[0], annotations=ann[0])
             cls.api.add_pod(ns, op + "-1", "127.0.0.1", dict(sel, **{label: repl}),
                             port=ports[1], annotations=ann[1])
+        # Patroni's leader lock (its Kubernetes DCS, use_endpoints off)
+        cls.api.set_object("configmaps", "patroni", "pgp-leader", {"leader": "patroni-0"})
         # a pod of another cluster in the same namespace: not selected
         cls.api.add_pod("cnpg", "other-0", "127.0.0.1",
                         {"cnpg.io/cluster": "other", "cnpg.io/instanceRole": "primary"},
@@ -154,6 +157,75 @@ class KubernetesTest(unittest.TestCase):
             wait_for(lambda: port_of(router.dsn("ro")) == r.port, 10, "reads again")
         finally:
             router.stop_clean()
+
+    def test_e_patroni_leader_lock(self):
+        """A pod labelled primary is writable only while it holds Patroni's
+        leader lock (ConfigMap <scope>-leader; scope from the cluster-name label)."""
+        p = self.cluster.primary
+        router = self.router("patroni", queue_timeout="30s")
+        try:
+            wait_for(lambda: port_of(router.dsn("rw")) == p.port, 10, "writes")
+            self.assertIn("Patroni scope pgp: its leader lock in ConfigMap pgp-leader",
+                          router.log_text())
+            w = Wire(router.port("rw"))
+            self.assertEqual(w.login()[-1][0], b"Z")
+            # another member took the lock; the label has not changed (yet)
+            self.api.set_object("configmaps", "patroni", "pgp-leader", {"leader": "patroni-1"})
+            t, body = w.read_msg()
+            f = error_fields(body)
+            self.assertEqual((t, f["C"]), (b"E", "57P01"), f)
+            w.close()
+            self.assertIn("patroni-0: labelled primary without Patroni's leader lock "
+                          "(held by patroni-1)", router.log_text())
+            th, got = connect_in_background(router.dsn("rw"))
+            time.sleep(1.5)
+            self.assertEqual(got, {})  # waits: no pod is both labelled and locked
+            self.api.set_object("configmaps", "patroni", "pgp-leader", {"leader": "patroni-0"})
+            th.join(30)
+            self.assertEqual(got.get("port"), p.port, got)
+            # the lock object gone: nobody holds it, no writes
+            self.api.set_object("configmaps", "patroni", "pgp-leader", None)
+            wait_for(lambda: "leader lock released" in router.log_text(), 10, "lock released")
+            th, got = connect_in_background(router.dsn("rw"))
+            time.sleep(1.5)
+            self.assertEqual(got, {})
+            self.api.set_object("configmaps", "patroni", "pgp-leader", {"leader": "patroni-0"})
+            th.join(30)
+            self.assertEqual(got.get("port"), p.port, got)
+        finally:
+            self.api.set_object("configmaps", "patroni", "pgp-leader", {"leader": "patroni-0"})
+            router.stop_clean()
+
+    def test_f_patroni_leader_in_endpoints(self):
+        """use_endpoints: the lock in the Endpoints <scope>, the scope configured."""
+        p = self.cluster.primary
+        self.api.set_object("endpoints", "patroni", "pgp", {"leader": "patroni-1"})
+        ns, sel, label, prim, repl = OPERATORS["patroni"]
+        mark = len(self.api.requests)
+        router = Router(None, {"rw": {"target_session_attrs": "read-write"}}, self.cluster.dir,
+                        cluster={"source": "kubernetes", "kubernetes_api": self.api.url,
+                                 "kubernetes_cacert": self.ca.cert,
+                                 "kubernetes_token_file": self.token,
+                                 "kubernetes_namespace": ns, "kubernetes_selector": "cluster-name=pgp",
+                                 "kubernetes_patroni_scope": "pgp",
+                                 "kubernetes_patroni_leader": "endpoints"},
+                        probe_interval="250ms", queue_timeout="30s").start()
+        try:
+            wait_for(lambda: "leader lock held by patroni-1" in router.log_text(), 10, "lock read")
+            th, got = connect_in_background(router.dsn("rw"))
+            time.sleep(1.5)
+            self.assertEqual(got, {})
+            self.api.set_object("endpoints", "patroni", "pgp", {"leader": "patroni-0"})
+            th.join(30)
+            self.assertEqual(got.get("port"), p.port, got)
+            self.assertIn("its leader lock in Endpoints pgp", router.log_text())
+            mine = [q for q, _ in self.api.requests[mark:]]
+            self.assertIn("/api/v1/namespaces/patroni/endpoints?fieldSelector=metadata.name%3Dpgp",
+                          mine)
+            self.assertFalse([q for q in mine if "/configmaps" in q], mine)
+        finally:
+            router.stop_clean()
+            self.api.set_object("endpoints", "patroni", "pgp", None)
 
     def test_c_example_config_and_in_cluster_defaults(self):
         """conf/kubernetes.ini: valid inside a pod (the API from the environment),
