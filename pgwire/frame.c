@@ -8,6 +8,10 @@ const char *pgw_result_name(int r)
 	case PGW_BAD_LENGTH: return "invalid length";
 	case PGW_BAD_VERSION: return "unsupported protocol version";
 	case PGW_MALFORMED: return "malformed packet";
+	case PGW_NO_USER: return "no user name";
+	case PGW_BAD_REPLICATION: return "invalid replication value";
+	case PGW_TOO_MANY_PARAMS: return "too many parameters";
+	case PGW_BAD_CANCEL: return "invalid cancel request length";
 	default: return r > 0 ? "ok" : "unknown";
 	}
 }

@@ -48,6 +48,11 @@ enum pgw_result {
 	PGW_BAD_LENGTH = -1,
 	PGW_BAD_VERSION = -2,
 	PGW_MALFORMED = -3,
+	/* first packets only: what PostgreSQL's ProcessStartupPacket tells apart */
+	PGW_NO_USER = -4,         /* 28000 "no PostgreSQL user name specified" */
+	PGW_BAD_REPLICATION = -5, /* 08P01 invalid value for "replication" (bad_value) */
+	PGW_TOO_MANY_PARAMS = -6, /* more than PGW_MAX_PARAMS (pgrouter's own limit) */
+	PGW_BAD_CANCEL = -7,      /* a CancelRequest of the wrong length */
 };
 const char *pgw_result_name(int r);
 
@@ -157,7 +162,8 @@ struct pgw_first {
 	const char *user;
 	const char *database; /* defaults to user, as PostgreSQL does */
 	const char *application_name;
-	bool replication;
+	bool replication;      /* "replication" true (physical) or database (logical) */
+	const char *bad_value; /* PGW_BAD_REPLICATION: the value given */
 	unsigned nparams;
 	struct pgw_param params[PGW_MAX_PARAMS];
 	/* CancelRequest */
@@ -175,7 +181,9 @@ int pgw_first_len(const uint8_t *p, size_t n);
 /*
  * Parse a complete first packet p[0..n) (n must be pgw_first_len()). Fills *out
  * with pointers into p, which must stay alive and unmodified while they are used.
- * Returns n, PGW_BAD_VERSION (unsupported protocol) or PGW_MALFORMED.
+ * Returns n, PGW_BAD_VERSION (unsupported protocol), PGW_NO_USER,
+ * PGW_BAD_REPLICATION, PGW_TOO_MANY_PARAMS, PGW_BAD_CANCEL or PGW_MALFORMED
+ * (the layout: no terminator as the last byte).
  */
 int pgw_first_parse(const uint8_t *p, size_t n, struct pgw_first *out);
 

@@ -381,6 +381,23 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be an integer 1..1000000");
 		return 1;
 	}
+	if (strcmp(k, "tcp_keepalive") == 0) {
+		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+			return fail(p, p->line, k, "must be on or off");
+		c->tcp_keepalive = strcmp(v, "on") == 0;
+		return 1;
+	}
+	if (strcmp(k, "tcp_keepidle") == 0)
+		return set_duration(p, k, v, &c->tcp_keepidle_ms, true);
+	if (strcmp(k, "tcp_keepintvl") == 0)
+		return set_duration(p, k, v, &c->tcp_keepintvl_ms, true);
+	if (strcmp(k, "tcp_keepcnt") == 0) {
+		if (parse_uint(v, 0, 127, &c->tcp_keepcnt) != 0)
+			return fail(p, p->line, k, "must be an integer 0..127 (0: the kernel's)");
+		return 1;
+	}
+	if (strcmp(k, "tcp_user_timeout") == 0)
+		return set_duration(p, k, v, &c->tcp_user_timeout_ms, true);
 	if (strcmp(k, "auth") == 0)
 		return auth_mode_key(p, k, v, &c->auth, &c->auth_line);
 	if (strcmp(k, "auth_query") == 0) {
@@ -776,6 +793,14 @@ static void defaults(struct config *c)
 	c->inspect_idle_ms = 1000;
 	c->ready_max_stale_ms = 30000;
 	c->max_client_conn = 10000;
+	/* a silent peer is found within 50 s: idle or waiting on a long query
+	 * (probes at 20, 30, 40 s; the user timeout ends it at 50), or with
+	 * bytes unacknowledged (the user timeout) */
+	c->tcp_keepalive = true;
+	c->tcp_keepidle_ms = 20000;
+	c->tcp_keepintvl_ms = 10000;
+	c->tcp_keepcnt = 3;
+	c->tcp_user_timeout_ms = 50000;
 	strcpy(c->source, "static");
 	c->probe_interval_ms = 1000;
 	strcpy(c->probe_user, "postgres");

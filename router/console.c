@@ -978,8 +978,12 @@ int console_start(struct event_base *base, const struct config *c, char *err, si
 void console_stop(void)
 {
 	struct conn *k;
-	while ((k = TAILQ_FIRST(&conns)) != NULL)
+	/* what is answered is sent: SHUTDOWN's own reply is still queued when
+	 * the drain it started ends this thread (best effort, never blocks) */
+	while ((k = TAILQ_FIRST(&conns)) != NULL) {
+		evbuffer_write(bufferevent_get_output(k->bev), bufferevent_getfd(k->bev));
 		conn_free(k);
+	}
 	for (unsigned i = 0; i < nlisteners; i++) {
 		evconnlistener_free(listeners[i]);
 		if (unix_paths[i][0])

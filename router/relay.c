@@ -211,7 +211,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR)
-				return -1;
+				return RELAY_TO_FAILED;
 			w = 0;
 		}
 		if (w == n)
@@ -254,7 +254,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		if (from->scan.last_type == PGW_MSG_TERMINATE && s->sc && from == &s->c)
 			s->quit_passed = true; /* queued behind a backlog: the server gets it */
 		if (to->fd >= 0 && end_flush(to) < 0)
-			return -1;
+			return RELAY_TO_FAILED;
 	}
 	if (to->out && evbuffer_get_length(to->out) > RELAY_HIGH_WATERMARK) {
 		from->paused = true;

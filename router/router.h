@@ -136,6 +136,10 @@ struct config {
 	unsigned inspect_idle_ms;       /* moving: read the state of sessions idle this long */
 	char move_custom_settings[1024]; /* custom settings ("app.x") a move carries */
 	unsigned max_client_conn;
+	/* TCP on client and server sockets (PgBouncer's keys): find a peer that
+	 * went away without a word. 0 ms / 0 probes: the kernel's setting. */
+	bool tcp_keepalive;
+	unsigned tcp_keepidle_ms, tcp_keepintvl_ms, tcp_keepcnt, tcp_user_timeout_ms;
 	struct tls_config client_tls;
 	enum server_tls server_tls;
 	char server_tls_ca[512], server_tls_cert[512], server_tls_key[512];
@@ -272,13 +276,23 @@ int parse_size(const char *s, int64_t *out);
 /* Does entry e fit policy t? standby_pass: prefer-standby's first pass. */
 bool select_eligible(enum tsa t, const struct topo_entry *e, int64_t max_lag);
 
+/* Servers a session tried in the current view (by server id: ids only grow,
+ * every address a DCS ever names takes one, so no bitmask). */
+#define TRIED_MAX 8
+struct tried {
+	uint32_t id[TRIED_MAX];
+	unsigned n;
+};
+bool tried_has(const struct tried *tr, uint32_t id);
+/* false when full: the session then waits and tries again from scratch */
+bool tried_add(struct tried *tr, uint32_t id);
+
 /*
- * Pick a server for policy t among topo's entries not in tried (bit i = server
- * id i, ids >= 64 are never marked). Returns the entry index or -1. rr is the
- * listener's round-robin cursor.
+ * Pick a server for policy t among topo's entries not in tried (NULL: none).
+ * Returns the entry index or -1. rr is the listener's round-robin cursor.
  */
 int select_server(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,
-		  atomic_uint *rr, uint64_t tried);
+		  atomic_uint *rr, const struct tried *tried);
 
 /* Does a session already on e still fit policy t? Role only: lag and
  * noloadbalance decide where new sessions go, they do not end sessions. */
@@ -592,11 +606,15 @@ struct session {
 	struct srv_conn *sc;  /* pool_mode = session: the pooled server connection held */
 	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
 	struct move *mv;      /* a move under way: its plan (move.c) */
-	uint64_t tried;       /* servers that refused this session (bit = server id) */
+	struct tried tried;   /* servers that refused this session in this view */
 	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
 	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
-	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered */
+	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered (saturates at 3) */
+	unsigned ssl_done : 1;         /* as PostgreSQL's ProcessStartupPacket: no SSLRequest */
+	unsigned gss_done : 1;         /* ... or GSSENCRequest may follow */
+	unsigned plain_after_tls : 1;  /* bytes came with the SSLRequest: FATAL once encrypted */
+	unsigned v2_errors : 1;        /* a protocol 2 client: errors in its format */
 	unsigned server_spoke : 1;     /* a byte from the server arrived */
 	unsigned client_saw : 1;       /* a server message was passed to the client */
 	unsigned draining : 1;         /* close at the next transaction boundary */
@@ -791,7 +809,9 @@ void tls_describe(const struct end *e, char *buf, size_t len);
  * presented on client end c. Returns its length, or -1. */
 int tls_cbind_data(const struct end *c, uint8_t *out, size_t cap);
 /* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
- * error (errno 0 for EOF), -2 on a framing error, else 0. */
+ * error (errno 0 for EOF), -2 on a framing error, RELAY_TO_FAILED when
+ * writing to `to` failed (errno says why), else 0. */
+#define RELAY_TO_FAILED (-3)
 int relay_move(struct session *s, struct end *from, struct end *to);
 /* After `to` drained: resume `from` if it was paused at the high watermark. */
 void relay_resume(struct end *from, struct end *to);

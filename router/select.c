@@ -88,18 +88,31 @@ bool tsa_writes(enum tsa t)
 	return t == TSA_READ_WRITE || t == TSA_PRIMARY;
 }
 
-static bool tried(uint64_t mask, const struct disc_server *s)
+bool tried_has(const struct tried *tr, uint32_t id)
 {
-	return s->id < 64 && (mask >> s->id & 1);
+	for (unsigned i = 0; tr && i < tr->n; i++)
+		if (tr->id[i] == id)
+			return true;
+	return false;
+}
+
+bool tried_add(struct tried *tr, uint32_t id)
+{
+	if (tried_has(tr, id))
+		return true;
+	if (tr->n == TRIED_MAX)
+		return false;
+	tr->id[tr->n++] = id;
+	return true;
 }
 
 static int pick(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,
-		atomic_uint *rr, uint64_t tried_mask)
+		atomic_uint *rr, const struct tried *tried)
 {
 	int cand[CONFIG_MAX_SERVERS * 4];
 	unsigned n = 0;
 	for (unsigned i = 0; i < topo->n && n < sizeof(cand) / sizeof(cand[0]); i++)
-		if (select_eligible(t, &topo->e[i], max_lag) && !tried(tried_mask, topo->e[i].srv))
+		if (select_eligible(t, &topo->e[i], max_lag) && !tried_has(tried, topo->e[i].srv->id))
 			cand[n++] = (int)i;
 	if (n == 0)
 		return -1;
@@ -129,13 +142,13 @@ static int pick(const struct topology *topo, enum tsa t, enum lb b, int64_t max_
 }
 
 int select_server(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,
-		  atomic_uint *rr, uint64_t tried_mask)
+		  atomic_uint *rr, const struct tried *tried)
 {
 	if (!topo)
 		return -1;
-	int i = pick(topo, t, b, max_lag, rr, tried_mask);
+	int i = pick(topo, t, b, max_lag, rr, tried);
 	if (i < 0 && t == TSA_PREFER_STANDBY)
-		i = pick(topo, TSA_ANY, b, max_lag, rr, tried_mask);
+		i = pick(topo, TSA_ANY, b, max_lag, rr, tried);
 	return i;
 }
 

@@ -38,6 +38,7 @@
 #include "router/router.h"
 
 #define LINGER_MS 2000
+#define RETRY_MS 250 /* a session refused by every server it tried tries again */
 #define TLS_HANDSHAKE_RECORD 0x16 /* first byte of a ClientHello: direct TLS */
 
 /* The server connection while CONNECTING (and CANCEL). */
@@ -266,9 +267,16 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 	slog(LOG_WARNING, s, "FATAL %s: %s", sqlstate, msg);
 	if (s->state == SS_CLOSING || s->dead)
 		return;
-	if (s->state != SS_CANCEL && client_stream_clean(s)) {
+	if (s->state != SS_CANCEL && client_stream_clean(s) &&
+	    !(s->c.ssl && !SSL_is_init_finished(s->c.ssl))) {
+		/* (a client halfway through its TLS handshake can read nothing: a
+		 * queued message would wait for a write that never completes) */
 		uint8_t buf[700];
-		size_t n = pgw_build_error(buf, sizeof(buf), "FATAL", sqlstate, msg, NULL, NULL);
+		size_t n;
+		if (s->v2_errors) /* as PostgreSQL: 'E', then the text a 2.0 client prints */
+			n = (size_t)snprintf((char *)buf, sizeof(buf), "EFATAL:  %s\n", msg) + 1;
+		else
+			n = pgw_build_error(buf, sizeof(buf), "FATAL", sqlstate, msg, NULL, NULL);
 		if (!end_queue(&s->c, buf, n)) {
 			s->dead = true;
 			return;
@@ -282,6 +290,33 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 static void server_failed(struct session *s, enum conn_err why, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* No Nagle, and the keepalive and user timeout that find a peer that went
+ * away without a word (a partition, a frozen host): the kernel then fails
+ * the socket with ETIMEDOUT. Best effort: a Unix socket takes none of it. */
+static void tcp_tune(int fd)
+{
+	const struct config *c = cur_cfg;
+	int one = 1, keep = c->tcp_keepalive;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keep, sizeof(keep));
+	if (keep) {
+		/* whole seconds, at least one, as the kernel counts them */
+		int idle = (int)((c->tcp_keepidle_ms + 999) / 1000);
+		int intvl = (int)((c->tcp_keepintvl_ms + 999) / 1000);
+		int cnt = (int)c->tcp_keepcnt;
+		if (idle)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		if (intvl)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		if (cnt)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	}
+	if (c->tcp_user_timeout_ms) {
+		unsigned ut = c->tcp_user_timeout_ms;
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+	}
+}
+
 static void connect_server(struct session *s, struct disc_server *srv)
 {
 	s->srv = srv;
@@ -294,9 +329,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 		server_failed(s, CONN_REFUSED, "socket: %s", strerror(errno));
 		return;
 	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	tcp_tune(fd);
 	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
 	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
@@ -388,7 +421,7 @@ static void route(struct session *s)
 	 * on a view older than the last publish — e.g. to a primary already
 	 * draining for a switchover. One uncontended lock per new session. */
 	struct topology *t = topo_acquire();
-	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
+	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, &s->tried);
 	if (i >= 0) {
 		s->srv_role = t->e[i].role;
 		int r = s->pooled ? pool_take(s, t->e[i].srv, t->e[i].role) : POOL_NEW;
@@ -423,7 +456,10 @@ static void route(struct session *s)
 		session_set_state(s, SS_QUEUED);
 	}
 	evtimer_del(&s->timer);
-	timer_set(s, s->deadline_ms - now);
+	/* servers refused it (57P03 while starting, a full backend, no descriptor
+	 * left): they are tried again in a moment, not in a loop, not never */
+	uint64_t wait = s->deadline_ms - now;
+	timer_set(s, s->tried.n && wait > RETRY_MS ? RETRY_MS : wait);
 }
 
 static void server_failed(struct session *s, enum conn_err reason, const char *fmt, ...)
@@ -436,11 +472,20 @@ static void server_failed(struct session *s, enum conn_err reason, const char *f
 	slog(LOG_WARNING, s, "server attempt failed: %s; trying another", why);
 	if (s->srv && s->state != SS_CANCEL)
 		stat_add(&srv_stats(s, s->srv)->connect_errors[reason], 1);
-	if (s->srv && s->srv->id < 64)
-		s->tried |= 1ull << s->srv->id;
+	bool room = !s->srv || tried_add(&s->tried, s->srv->id);
 	detach_server(s);
 	if (s->state == SS_CANCEL) {
 		session_close(s, false);
+		return;
+	}
+	if (!room) {
+		/* TRIED_MAX servers refused it in a row: wait and start over (the
+		 * bound also keeps connect → fail → route from recursing) */
+		evtimer_del(&s->timer);
+		if (s->state != SS_CONNECTING)
+			client_watch(s, EV_CLOSED);
+		session_set_state(s, SS_QUEUED);
+		timer_set(s, RETRY_MS);
 		return;
 	}
 	route(s);
@@ -544,6 +589,10 @@ static void client_handshake(struct session *s)
 		tls_describe(&s->c, d, sizeof(d));
 		slog(LOG_DEBUG, s, "TLS established (%s%s)", d, s->tls_direct ? ", direct" : "");
 	}
+	if (s->plain_after_tls) {
+		session_fail(s, "08P01", "received unencrypted data after SSL request");
+		return;
+	}
 	startup_read(s); /* the startup packet may have come with the handshake's end */
 }
 
@@ -573,28 +622,43 @@ static bool direct_tls(struct session *s)
 	return true;
 }
 
-/* An SSLRequest: 'S' and TLS when the listener has it, else 'N'. */
-static void ssl_request(struct session *s, const struct pgw_first *f, int len)
+/* An SSLRequest or GSSENCRequest, as PostgreSQL's ProcessStartupPacket
+ * answers them: 'S' and TLS when the listener has it, else 'N' (GSSAPI
+ * encryption is never offered). After an SSLRequest, another one may not
+ * follow, nor a GSSENCRequest once TLS is on; after a GSSENCRequest, no
+ * other. Bytes that came along with the request were not encrypted (they
+ * could be a man in the middle's, CVE-2021-23214): FATAL, after the answer
+ * and — with 'S' — over TLS, as PostgreSQL sends it. */
+static void negotiate(struct session *s, const struct pgw_first *f, int len)
 {
 	evbuffer_drain(s->in, (size_t)len);
-	if (s->c.ssl) {
-		session_fail(s, "08P01", "SSLRequest over a connection that is already encrypted");
-		return;
+	bool ssl = f->kind == PGW_FIRST_SSL;
+	bool yes = ssl && s->l->tls.mode != CLIENT_TLS_DISABLE;
+	bool extra = evbuffer_get_length(s->in) > 0;
+	if (s->negotiations < 3)
+		s->negotiations++;
+	if (ssl) {
+		s->ssl_done = true;
+		s->gss_done = yes;
+	} else {
+		s->gss_done = true;
+		s->ssl_done = false;
 	}
-	if (f->kind == PGW_FIRST_GSSENC || s->l->tls.mode == CLIENT_TLS_DISABLE) {
-		/* 'N' lets libpq continue in plaintext unless it requires encryption */
-		if (!end_queue(&s->c, "N", 1) || end_flush(&s->c) < 0)
-			s->dead = true;
-		return;
-	}
-	if (evbuffer_get_length(s->in)) {
-		/* bytes sent before the handshake would pass as if encrypted (CVE-2021-23214) */
-		session_fail(s, "08P01", "received unencrypted data after SSL request");
-		return;
-	}
-	if (send(s->c.fd, "S", 1, MSG_NOSIGNAL) != 1) { /* one byte to an empty socket */
+	if (send(s->c.fd, yes ? "S" : "N", 1, MSG_NOSIGNAL) != 1) { /* one byte, empty socket */
+		slog(LOG_INFO, s, "failed to send SSL negotiation response: %s", strerror(errno));
 		s->dead = true;
 		return;
+	}
+	if (extra && !yes) {
+		session_fail(s, "08P01", "received unencrypted data after %s request",
+			     ssl ? "SSL" : "GSSAPI encryption");
+		return;
+	}
+	if (!yes)
+		return; /* 'N': libpq goes on in plaintext unless it requires encryption */
+	if (extra) {
+		evbuffer_drain(s->in, evbuffer_get_length(s->in));
+		s->plain_after_tls = true;
 	}
 	start_client_tls(s, false);
 }
@@ -615,9 +679,11 @@ static void startup_read(struct session *s)
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
-		/* as PostgreSQL: silence for a bare connect (port checks), a line for a
-		 * client that left halfway through its packet */
-		if (evbuffer_get_length(s->in))
+		/* as PostgreSQL: silence for a bare connect (port checks) and after an
+		 * encryption request, a line for a client that left halfway through its
+		 * packet */
+		size_t have = evbuffer_get_length(s->in);
+		if (have >= 4 || (have && !s->ssl_done && !s->gss_done))
 			slog(LOG_INFO, s, "incomplete startup packet");
 		s->dead = true;
 		return;
@@ -641,9 +707,11 @@ static void startup_read(struct session *s)
 		if (len == PGW_NEED_MORE)
 			return;
 		if (len < 0) {
+			/* PostgreSQL's COMMERROR: logged, closed, nothing sent (a client
+			 * library's Terminate before its StartupMessage lands here) */
 			stat_reject(s, REJ_PROTOCOL);
-			session_fail(s, "08P01", "invalid length of startup packet (%u bytes; at most %u)",
-				     pgw_get32(hdr), PGW_STARTUP_MAX);
+			slog(LOG_INFO, s, "invalid length of startup packet (%u bytes)", pgw_get32(hdr));
+			s->dead = true;
 			return;
 		}
 		if (have < (size_t)len)
@@ -651,27 +719,45 @@ static void startup_read(struct session *s)
 		const uint8_t *p = evbuffer_pullup(s->in, len);
 		struct pgw_first f;
 		int r = pgw_first_parse(p, (size_t)len, &f);
-		if (r == PGW_BAD_VERSION) {
+		uint32_t code = pgw_get32(p + 4);
+		if (r > 0 && ((f.kind == PGW_FIRST_SSL && s->ssl_done) ||
+			      (f.kind == PGW_FIRST_GSSENC && s->gss_done)))
+			r = PGW_BAD_VERSION; /* PostgreSQL: no special packet, so a version */
+		if (r < 0)
+			stat_reject(s, REJ_PROTOCOL);
+		switch (r) {
+		case PGW_BAD_VERSION:
+			s->v2_errors = PGW_PROTO_MAJOR(code) < 3;
 			session_fail(s, "0A000",
 				     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.2",
-				     PGW_PROTO_MAJOR(f.version ? f.version : pgw_get32(p + 4)),
-				     PGW_PROTO_MINOR(pgw_get32(p + 4)));
+				     PGW_PROTO_MAJOR(code), PGW_PROTO_MINOR(code));
 			return;
-		}
-		if (r < 0) {
-			stat_reject(s, REJ_PROTOCOL);
-			session_fail(s, "08P01", "invalid startup packet layout");
+		case PGW_BAD_CANCEL:
+			slog(LOG_INFO, s, "invalid length of cancel request packet (%d bytes)", len);
+			s->dead = true;
 			return;
+		case PGW_NO_USER:
+			session_fail(s, "28000", "no PostgreSQL user name specified in startup packet");
+			return;
+		case PGW_BAD_REPLICATION:
+			session_fail(s, "22023", "invalid value for parameter \"replication\": \"%.200s\"",
+				     f.bad_value);
+			return;
+		case PGW_TOO_MANY_PARAMS:
+			session_fail(s, "54000", "pgrouter: more than %d parameters in the startup packet",
+				     PGW_MAX_PARAMS);
+			return;
+		default:
+			if (r < 0) {
+				session_fail(s, "08P01", "invalid startup packet layout: expected terminator "
+					     "as last byte");
+				return;
+			}
 		}
 		switch (f.kind) {
 		case PGW_FIRST_SSL:
 		case PGW_FIRST_GSSENC:
-			if (s->negotiations == 2) {
-				session_fail(s, "08P01", "too many encryption requests");
-				return;
-			}
-			s->negotiations++;
-			ssl_request(s, &f, len);
+			negotiate(s, &f, len);
 			if (s->dead || s->c.ssl || s->state != SS_STARTUP)
 				return; /* TLS reads its own bytes now */
 			continue;
@@ -1444,7 +1530,7 @@ static void leave_server(struct session *s, const char *lost)
 	s->moving = true;
 	say_goodbye(s);
 	detach_server(s);
-	s->tried = 0;
+	s->tried.n = 0;
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
@@ -1482,7 +1568,7 @@ static void lost_verdict(struct session *s)
 	slog(LOG_INFO, s, "server %s went away (%s); moving the session", move_from(s),
 	     move_lost(s));
 	s->moving = true;
-	s->tried = 0;
+	s->tried.n = 0;
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
@@ -1681,6 +1767,31 @@ static void check_fit(struct session *s)
 
 /* ---- callbacks -------------------------------------------------------- */
 
+/* The server connection broke under a relaying session. A transport error
+ * (a peer gone silent — keepalive or tcp_user_timeout —, a reset) gets a
+ * FATAL naming the server where the stream allows one; a clean close passes
+ * on what the server said last (its own FATAL, as a rule). */
+static void server_lost(struct session *s, int err)
+{
+	if (s->move_wanted)
+		/* what it forwarded is the client's answer: a statement cut short
+		 * cannot be replayed safely */
+		slog(LOG_INFO, s, "server %s ended the session during a statement, before "
+		     "its transaction boundary: the session could not move (%s)", s->srv->name,
+		     err ? strerror(err) : "connection closed");
+	if (!err) {
+		slog(LOG_DEBUG, s, "server closed the connection");
+		session_close(s, false);
+	} else if (err == ETIMEDOUT) {
+		session_fail(s, "08006", "pgrouter: server %s went silent: no answer to TCP "
+			     "keepalives or retransmissions (tcp_keepalive, tcp_user_timeout)",
+			     s->srv->name);
+	} else {
+		session_fail(s, "08006", "pgrouter: lost the connection to server %s: %s",
+			     s->srv->name, strerror(err));
+	}
+}
+
 static void relay_failed(struct session *s, int r, bool from_client)
 {
 	if (r == -2) {
@@ -1692,22 +1803,14 @@ static void relay_failed(struct session *s, int r, bool from_client)
 		}
 		return;
 	}
+	if (r == RELAY_TO_FAILED)
+		from_client = !from_client; /* the other end failed: it is the one to report */
 	if (from_client) {
 		if (errno)
-			slog(LOG_DEBUG, s, "client read: %s", strerror(errno));
+			slog(LOG_DEBUG, s, "client connection: %s", strerror(errno));
 		session_close(s, true);
 	} else {
-		if (s->move_wanted)
-			/* what it forwarded (PostgreSQL's FATAL, as a rule) is the client's
-			 * answer: a statement cut short cannot be replayed safely */
-			slog(LOG_INFO, s, "server %s ended the session during a statement, before "
-			     "its transaction boundary: the session could not move (%s)", s->srv->name,
-			     errno ? strerror(errno) : "connection closed");
-		else if (errno)
-			slog(LOG_INFO, s, "server connection lost: %s", strerror(errno));
-		else
-			slog(LOG_DEBUG, s, "server closed the connection");
-		session_close(s, false);
+		server_lost(s, errno);
 	}
 }
 
@@ -1907,7 +2010,7 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 			else if (s->state == SS_INSPECT)
 				inspect_failed(s, "its server connection failed");
 			else
-				session_close(s, false);
+				server_lost(s, errno);
 		} else if (left < RELAY_LOW_WATERMARK) {
 			relay_resume(&s->c, &s->s);
 		}
@@ -1966,8 +2069,11 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct session *s = arg;
 	switch (s->state) {
 	case SS_STARTUP:
-		session_fail(s, "08P01", "startup packet not received within %.1fs",
-			     cur_cfg->startup_timeout_ms / 1000.0);
+		/* as PostgreSQL (its startup packet timeout exits quietly): nothing is
+		 * sent — nothing could be, to a client halfway through a TLS handshake */
+		slog(LOG_INFO, s, "startup packet not received within %.1fs; closed",
+		     cur_cfg->startup_timeout_ms / 1000.0);
+		s->dead = true;
 		break;
 	case SS_LOOKUP:
 		session_fail(s, "08001",
@@ -1976,11 +2082,18 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 			     s->user, cur_cfg->queue_timeout_ms / 1000.0);
 		break;
 	case SS_LOGIN:
-		session_fail(s, "08P01", "pgrouter: authentication not completed within %.1fs",
-			     cur_cfg->startup_timeout_ms / 1000.0);
+		/* as PostgreSQL: logged, not sent (the client is mid-exchange) */
+		slog(LOG_INFO, s, "canceling authentication due to timeout (%.1fs); closed",
+		     cur_cfg->startup_timeout_ms / 1000.0);
+		s->dead = true;
 		break;
 	case SS_QUEUED:
-		no_server(s);
+		if (now_ms() < s->deadline_ms) {
+			s->tried.n = 0; /* a retry after refusals (see route) */
+			route(s);
+		} else {
+			no_server(s);
+		}
 		break;
 	case SS_CONNECTING:
 	case SS_AUTH:
@@ -2041,9 +2154,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
 	/* evconnlistener accepts with SOCK_NONBLOCK: no fcntl here */
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	tcp_tune(fd);
 	sockaddr_describe(sa, s->peer, sizeof(s->peer));
 	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
 	evtimer_assign(&s->timer, w->base, timer_cb, s);
@@ -2089,7 +2200,7 @@ void sessions_topology_changed(struct worker *w)
 	}
 	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
 		next = TAILQ_NEXT(s, qlink);
-		s->tried = 0; /* a new view: servers that refused may be back */
+		s->tried.n = 0; /* a new view: servers that refused may be back */
 		route(s);
 		finish(s);
 	}

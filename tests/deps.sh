@@ -9,7 +9,7 @@ packages=(
   libevent-dev libssl-dev libpq-dev libcurl4-openssl-dev libinih-dev libjansson-dev
   libcmocka-dev
   postgresql-15 postgresql-client-15
-  python3 python3-psycopg2 util-linux procps iproute2 openssl
+  python3 python3-psycopg2 util-linux procps iproute2 iptables openssl
   pgbouncer haproxy
   etcd-server etcd-client patroni python3-etcd
   zookeeper libzookeeper-mt-dev python3-kazoo

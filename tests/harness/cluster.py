@@ -403,6 +403,10 @@ class Router:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, text, timeout=5, since=0):
+        """Wait for a line containing text in the log (from offset since)."""
+        wait_for(lambda: text in self.log_text()[since:], timeout, "log line %r" % text)
+
     def stop_clean(self):
         """Stop; raise unless pgrouter exited 0 with no sanitizer report. Returns its log."""
         rc = self.stop()

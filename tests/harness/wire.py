@@ -92,6 +92,23 @@ class Wire:
         except socket.timeout:
             return False
 
+    def rest(self, timeout=5):
+        """Every byte the peer sends until it closes (b"" when it closes without a
+        word, as PostgreSQL does for a packet it cannot even frame); None on timeout."""
+        self.sock.settimeout(timeout)
+        data = self.buf
+        self.buf = b""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return data
+        except socket.timeout:
+            return None
+
     def login(self, **kw):
         """Startup with trust auth; returns the messages up to ReadyForQuery."""
         self.send(startup_packet(**kw))

@@ -1,6 +1,8 @@
 /* tests pgwire/startup.c */
 #include "../test.h"
 
+#include <stdio.h>
+
 static const char kv[] = "user\0alice\0database\0shop\0application_name\0psql\0";
 
 static void startup_30(void **state)
@@ -38,7 +40,28 @@ static void startup_rejects(void **state)
 	/* no user */
 	static const char nouser[] = "database\0x\0";
 	size_t n = build_startup(buf, PGW_PROTO(3, 0), nouser, sizeof(nouser) - 1);
-	assert_int_equal(pgw_first_parse(buf, n, &f), PGW_MALFORMED);
+	assert_int_equal(pgw_first_parse(buf, n, &f), PGW_NO_USER);
+	/* replication: PostgreSQL's booleans or "database"; anything else is refused */
+	static const char *const yes[] = { "true", "TRUE", "t", "tr", "yes", "y", "on", "1",
+					   "database" };
+	static const char *const no[] = { "false", "f", "no", "n", "off", "of", "0" };
+	static const char *const bad[] = { "", "o", "maybe", "truex", "2", "onn", "Database" };
+	for (unsigned i = 0; i < sizeof(yes) / sizeof(*yes) + sizeof(no) / sizeof(*no) +
+				 sizeof(bad) / sizeof(*bad); i++) {
+		unsigned ny = sizeof(yes) / sizeof(*yes), nn = sizeof(no) / sizeof(*no);
+		const char *v = i < ny ? yes[i] : i < ny + nn ? no[i - ny] : bad[i - ny - nn];
+		char kvr[64];
+		size_t k = (size_t)snprintf(kvr, sizeof(kvr), "user%cu%creplication%c%s%c", 0, 0, 0, v, 0);
+		n = build_startup(buf, PGW_PROTO(3, 0), kvr, k);
+		int r = pgw_first_parse(buf, n, &f);
+		if (i < ny + nn) {
+			assert_int_equal(r, (int)n);
+			assert_int_equal(f.replication, i < ny);
+		} else {
+			assert_int_equal(r, PGW_BAD_REPLICATION);
+			assert_string_equal(f.bad_value, v);
+		}
+	}
 	/* value missing its NUL: drop the final terminator and the value's NUL */
 	n = build_startup(buf, PGW_PROTO(3, 0), kv, sizeof(kv) - 1);
 	pgw_put32(buf, (uint32_t)(n - 2));
@@ -83,10 +106,11 @@ static void ssl_gss_cancel(void **state)
 	pgw_put32(b + 4, PGW_CODE_GSSENC);
 	assert_int_equal(pgw_first_parse(b, 8, &f), 8);
 	assert_int_equal(f.kind, PGW_FIRST_GSSENC);
-	/* SSLRequest with a wrong length */
+	/* SSLRequest with more bytes: PostgreSQL reads the code only */
 	pgw_put32(b, 12);
 	pgw_put32(b + 4, PGW_CODE_SSL);
-	assert_int_equal(pgw_first_parse(b, 12, &f), PGW_MALFORMED);
+	assert_int_equal(pgw_first_parse(b, 12, &f), 12);
+	assert_int_equal(f.kind, PGW_FIRST_SSL);
 	/* 3.0 cancel: 4-byte key */
 	pgw_put32(b, 16);
 	pgw_put32(b + 4, PGW_CODE_CANCEL);
@@ -104,10 +128,10 @@ static void ssl_gss_cancel(void **state)
 	assert_int_equal(f.cancel_key_len, 32);
 	/* key longer than 256 bytes */
 	pgw_put32(b, 12 + 257);
-	assert_int_equal(pgw_first_parse(b, 12 + 257, &f), PGW_MALFORMED);
+	assert_int_equal(pgw_first_parse(b, 12 + 257, &f), PGW_BAD_CANCEL);
 	/* key shorter than 4 bytes */
 	pgw_put32(b, 14);
-	assert_int_equal(pgw_first_parse(b, 14, &f), PGW_MALFORMED);
+	assert_int_equal(pgw_first_parse(b, 14, &f), PGW_BAD_CANCEL);
 }
 
 int main(void)

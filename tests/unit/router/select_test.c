@@ -28,13 +28,17 @@ static struct topology *topo4(void)
 
 #define MAXLAG (16 << 20)
 
-static unsigned picks(struct topology *t, enum tsa p, enum lb b, uint64_t tried)
+static unsigned picks(struct topology *t, enum tsa p, enum lb b, unsigned tried_entries)
 {
 	/* which entries a policy can pick: run it enough times to see them all */
+	struct tried tr = { .n = 0 };
+	for (unsigned i = 0; i < t->n; i++)
+		if (tried_entries >> i & 1)
+			assert_true(tried_add(&tr, t->e[i].srv->id));
 	atomic_uint rr = 0;
 	unsigned mask = 0;
 	for (int k = 0; k < 64; k++) {
-		int i = select_server(t, p, b, MAXLAG, &rr, tried);
+		int i = select_server(t, p, b, MAXLAG, &rr, &tr);
 		if (i >= 0)
 			mask |= 1u << i;
 	}
@@ -184,10 +188,26 @@ static void describe(void **state)
 	topo_release(t);
 }
 
+static void tried_by_id(void **state)
+{
+	/* server ids only grow: one past 64 is remembered like any other */
+	struct topology *t = topo4();
+	srv[1].id = 1000;
+	assert_int_equal(picks(t, TSA_STANDBY, LB_ROUND_ROBIN, 0), 0x2);
+	assert_int_equal(picks(t, TSA_STANDBY, LB_ROUND_ROBIN, 1u << 1), 0);
+	struct tried tr = { .n = 0 };
+	for (uint32_t id = 0; id < TRIED_MAX; id++)
+		assert_true(tried_add(&tr, 2000 + id));
+	assert_true(tried_add(&tr, 2000)); /* already there */
+	assert_false(tried_add(&tr, 1000)); /* full */
+	srv[1].id = 1;
+	topo_release(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(policies),  cmocka_unit_test(read_only_primary),
+		cmocka_unit_test(policies),  cmocka_unit_test(read_only_primary), cmocka_unit_test(tried_by_id),
 		cmocka_unit_test(balancing), cmocka_unit_test(params),
 		cmocka_unit_test(lagging_and_other), cmocka_unit_test(describe),   cmocka_unit_test(draining_and_still_fits),
 	};
