@@ -152,3 +152,15 @@ bool random_bytes(void *out, size_t n)
 	}
 	return true;
 }
+
+bool log_limit_pass(struct log_limit *ll, unsigned interval_ms, unsigned *held)
+{
+	uint64_t now = now_ms();
+	uint64_t next = atomic_load_explicit(&ll->next_ms, memory_order_relaxed);
+	if (now < next || !atomic_compare_exchange_strong(&ll->next_ms, &next, now + interval_ms)) {
+		atomic_fetch_add_explicit(&ll->held, 1, memory_order_relaxed);
+		return false;
+	}
+	*held = atomic_exchange_explicit(&ll->held, 0, memory_order_relaxed);
+	return true;
+}

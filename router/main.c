@@ -3,10 +3,12 @@
  * binds the listeners, runs the discovery sources and handles signals; the
  * workers (worker.c) carry the sessions.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -43,37 +45,82 @@ static void disc_log_bridge(int level, const char *fmt, ...)
 	log_msg(level, "%s", buf);
 }
 
-static void raise_fd_limit(unsigned want)
+/* The open files limit, raised toward what max_client_conn needs, and the
+ * clients it has room for: each holds its socket and, relaying, one to its
+ * server; kept aside are the descriptors open now, the workers' own (event
+ * base, wake-ups, listening sockets, a spare), probes and the DCS, and some
+ * headroom for cancels, the admin endpoints and pooled connections. Past the
+ * room a client gets 53300 at once (session_refuse) instead of waiting in the
+ * kernel's backlog for a descriptor. */
+static void fd_budget(const struct config *c)
 {
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		atomic_store(&router.fd_clients, UINT_MAX);
 		return;
-	rlim_t need = (rlim_t)want;
-	if (rl.rlim_cur >= need)
+	}
+	rlim_t need = (rlim_t)c->max_client_conn * 2 + 256;
+	if (rl.rlim_cur < need) {
+		rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur == RLIM_INFINITY) {
+		atomic_store(&router.fd_clients, UINT_MAX);
 		return;
-	rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need)
-		log_warning("open files limited to %llu; max_client_conn needs about %llu",
-			    (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+	}
+	unsigned long long open_now = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (d) {
+		while (readdir(d))
+			open_now++;
+		closedir(d);
+	}
+	unsigned long long keep = open_now + 64 + 2ull * c->nservers +
+				  (unsigned long long)c->workers * (8 + c->nlisteners);
+	unsigned long long room = rl.rlim_cur > keep ? (rl.rlim_cur - keep) / 2 : 1;
+	if (room > UINT_MAX)
+		room = UINT_MAX;
+	atomic_store(&router.fd_clients, (unsigned)room);
+	if (room < c->max_client_conn)
+		log_warning("open files limited to %llu: room for about %llu clients, fewer than "
+			    "max_client_conn=%u; past it clients get 53300 at once (raise "
+			    "LimitNOFILE / ulimit -n to %llu)",
+			    (unsigned long long)rl.rlim_cur, room, c->max_client_conn,
+			    (unsigned long long)need);
 }
 
 static int stop_signal;
+static struct event *drain_watch;
+
+/* Draining: the main loop turns on (discovery follows the cluster, SIGHUP
+ * and a second signal are heard) and ends once every worker's has. */
+static void drain_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	if (workers_all_ended(&router))
+		event_base_loopexit(arg, NULL);
+}
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct event_base *base = arg;
+	const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
 	if (stop_signal) {
-		log_info("received %s again while shutting down; still draining",
-			 sig == SIGINT ? "SIGINT" : "SIGTERM");
+		log_info("received %s again: closing the remaining sessions now", name);
+		workers_close_now(&router);
 		return;
 	}
 	stop_signal = (int)sig;
 	atomic_store(&router.stopping, true);
 	notify_systemd("STOPPING=1\nSTATUS=draining: open sessions finish their transactions");
 	log_info("received %s: no new sessions; open sessions close at their next transaction "
-		 "boundary or after shutdown_timeout (%u ms)",
-		 sig == SIGINT ? "SIGINT" : "SIGTERM", router.cfg->shutdown_timeout_ms);
-	event_base_loopexit(base, NULL);
+		 "boundary or after shutdown_timeout (%u ms); %s again closes them now",
+		 name, router.cfg->shutdown_timeout_ms, name);
+	workers_shutdown(&router);
+	struct timeval tv = { 0, 50000 };
+	drain_watch = event_new(base, -1, EV_PERSIST, drain_watch_cb, base);
+	if (!drain_watch || event_add(drain_watch, &tv) != 0)
+		event_base_loopexit(base, NULL); /* then main() waits for the workers */
 }
 
 /* auth_query runs with this generation's settings (a reference). */
@@ -311,7 +358,7 @@ out:
 		n->generation = o->generation + 1;
 		log_level = n->log_level;
 		log_set_json(n->log_json);
-		raise_fd_limit(n->max_client_conn * 2 + 256);
+		fd_budget(n);
 		config_publish(n); /* drops the main thread's reference to o */
 		o = NULL;
 		cur_cfg = n;
@@ -492,7 +539,7 @@ int main(int argc, char **argv)
 	clock_gettime(CLOCK_REALTIME, &wall);
 	router.start_time = (double)wall.tv_sec + wall.tv_nsec / 1e9;
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit(cfg->max_client_conn * 2 + 256);
+	fd_budget(cfg);
 	if (evthread_use_pthreads() != 0) {
 		log_error("libevent has no pthreads support");
 		return 1;
@@ -550,7 +597,8 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 	main_loop_ended();
 
-	/* the main loop has stopped: workers drain on their own, this thread waits */
+	/* the workers have drained (or the loop could not watch them: this
+	 * thread waits for them) */
 	workers_shutdown(&router);
 	workers_wait(&router); /* the admin endpoint answers all along */
 	admin_stop();
@@ -558,6 +606,8 @@ int main(int argc, char **argv)
 	event_free(sigterm);
 	event_free(sigint);
 	event_free(sighup);
+	if (drain_watch)
+		event_free(drain_watch);
 	log_info("pgrouter stopped");
 	rc = 0;
 out:

@@ -55,7 +55,7 @@ void stat_reject(const struct session *s, enum rej_reason r)
 
 static const char *const rej_names[REJ_N] = { "max_client_conn", "tls_required", "no_server",
 					      "pool_full",	 "auth_failed",  "shutting_down",
-					      "protocol" };
+					      "protocol",	 "open_files" };
 static const char *const conn_err_names[CONN_ERR_N] = { "refused", "timeout", "tls",
 							"server_refused", "closed" };
 static const char *const shed_names[SHED_N] = { "role_change", "cannot_move", "drain_timeout",

@@ -189,6 +189,11 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		from->wr_wants_rd = false;
 		if (end_flush(from) < 0)
 			return -1;
+		if (from->paused) {
+			/* end_send turned reading on for it: backpressure stands */
+			end_read(from, false);
+			return 0;
+		}
 	}
 
 	if (to->fd >= 0 && (!to->out || evbuffer_get_length(to->out) == 0)) {
@@ -210,8 +215,13 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		}
 		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {
-			if (errno != EAGAIN && errno != EINTR)
+			if (errno != EAGAIN && errno != EINTR) {
+				/* kept: what `to` never took may go elsewhere (session.c) */
+				int e = errno;
+				end_queue(to, buf, (size_t)n);
+				errno = e;
 				return RELAY_TO_FAILED;
+			}
 			w = 0;
 		}
 		if (w == n)

@@ -37,6 +37,14 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_debug(...) \
 	do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 int log_level_parse(const char *s);
+/* A line that can repeat many times a second (accept failures, refusals):
+ * log_limit_pass says whether one may be written now — at most one per
+ * interval — and how many were held back since the last. */
+struct log_limit {
+	atomic_uint_fast64_t next_ms;
+	atomic_uint held;
+};
+bool log_limit_pass(struct log_limit *ll, unsigned interval_ms, unsigned *held);
 /* log_format = json: one JSON object a line (ts, pid, level, msg). */
 void log_set_json(bool json);
 /* log_file: open (or, logrotate's SIGHUP, reopen) path; empty: stderr. */
@@ -383,7 +391,7 @@ void auth_forget(const char *user);
 
 #define METRIC_SERVERS 256 /* servers with a larger id share the last slot */
 enum rej_reason { REJ_MAX_CLIENT_CONN, REJ_TLS_REQUIRED, REJ_NO_SERVER, REJ_POOL_FULL,
-		  REJ_AUTH_FAILED, REJ_SHUTTING_DOWN, REJ_PROTOCOL, REJ_N };
+		  REJ_AUTH_FAILED, REJ_SHUTTING_DOWN, REJ_PROTOCOL, REJ_OPEN_FILES, REJ_N };
 enum conn_err { CONN_REFUSED, CONN_TIMEOUT, CONN_TLS, CONN_SERVER_REFUSED, CONN_CLOSED,
 		CONN_ERR_N };
 enum shed_reason { SHED_ROLE_CHANGE, SHED_CANNOT_MOVE, SHED_DRAIN_TIMEOUT, SHED_MAINT,
@@ -466,6 +474,7 @@ struct worker {
 	struct evconnlistener *listeners[CONFIG_MAX_LISTENERS]; /* by listener slot */
 	struct session_list sessions; /* every session */
 	struct session_list queued;   /* waiting for an eligible server */
+	int spare_fd; /* /dev/null, given up to accept and refuse a client at EMFILE */
 	unsigned nsessions;
 	bool draining;
 	bool started;
@@ -481,6 +490,10 @@ struct router {
 	unsigned nworkers;
 	struct worker *workers;
 	atomic_uint clients; /* open client connections, all workers */
+	/* clients the open files limit has room for (each with its server
+	 * connection); past it a client is refused at once (main.c) */
+	atomic_uint fd_clients;
+	atomic_uint past_room; /* sessions accepted past it, to be told 53300 (session.c) */
 	atomic_bool stopping; /* SIGTERM/SIGINT: draining for shutdown */
 	/* reloads (SIGHUP): counts by result, and the last one's wall-clock ms */
 	atomic_uint_fast64_t reloads_ok, reloads_failed;
@@ -546,6 +559,10 @@ int listeners_assign_slots(struct router *r, struct config *c, const struct conf
 /* A reload made a new generation current: tell every worker. */
 void workers_reconfigure(struct router *r);
 int workers_start(struct router *r, char *err, size_t errlen);
+/* Draining: have all worker loops ended? */
+bool workers_all_ended(struct router *r);
+/* A second SIGTERM/SIGINT: the drain's remaining sessions are closed now. */
+void workers_close_now(struct router *r);
 void workers_shutdown(struct router *r);
 /* Wait for the workers' loops to end; then free them (workers_join does both). */
 void workers_wait(struct router *r);
@@ -597,6 +614,7 @@ struct session {
 	struct end c, s;
 	struct event timer; /* startup, queue, connect or linger deadline, by state */
 	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
+	struct evbuffer *replay; /* client bytes its dead server never took: for the next */
 	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays */
 	uint32_t startup_len;
 	uint32_t pipelined_len; /* passthrough: client bytes kept after the startup packet */
@@ -621,6 +639,7 @@ struct session {
 	unsigned dead : 1;             /* free at the end of the current callback */
 	unsigned queued : 1;
 	unsigned over_limit : 1;       /* accepted past max_client_conn */
+	unsigned past_room : 1;        /* ... or past what the open files limit has room for */
 	unsigned shedding : 1;         /* server no longer fits: close at the next boundary */
 	unsigned srv_role : 2;         /* enum disc_role of the server when the session started */
 	unsigned s_phase : 2;          /* server connection: enum srv_phase (session.c) */
@@ -649,6 +668,11 @@ struct session {
 };
 
 /* session.c */
+/* A client there is no room for (the open files limit, or twice
+ * max_client_conn): FATAL 53300 at once, before its startup packet — as
+ * PostgreSQL's postmaster answers when it cannot start a backend — and closed.
+ * Costs no session and holds its descriptor for no time. */
+void session_refuse(struct worker *w, struct listener_config *l, int fd, const char *detail);
 void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
 		   int salen);
 void session_set_state(struct session *s, enum sess_state st);
@@ -810,7 +834,8 @@ void tls_describe(const struct end *e, char *buf, size_t len);
 int tls_cbind_data(const struct end *c, uint8_t *out, size_t cap);
 /* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
  * error (errno 0 for EOF), -2 on a framing error, RELAY_TO_FAILED when
- * writing to `to` failed (errno says why), else 0. */
+ * writing to `to` failed (errno says why; what it did not take is in to->out),
+ * else 0. */
 #define RELAY_TO_FAILED (-3)
 int relay_move(struct session *s, struct end *from, struct end *to);
 /* After `to` drained: resume `from` if it was paused at the high watermark. */

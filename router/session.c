@@ -38,7 +38,9 @@
 #include "router/router.h"
 
 #define LINGER_MS 2000
-#define RETRY_MS 250 /* a session refused by every server it tried tries again */
+#define RETRY_MS 1000 /* a session refused by every server it tried tries again */
+#define PAST_ROOM_MAX 32 /* sessions past the open files room at once (see session_start) */
+#define PAST_ROOM_MS 1000 /* ... and how long each may take to send its startup packet */
 #define TLS_HANDSHAKE_RECORD 0x16 /* first byte of a ClientHello: direct TLS */
 
 /* The server connection while CONNECTING (and CANCEL). */
@@ -151,6 +153,10 @@ static void session_free(struct session *s)
 	end_close(&s->s);
 	if (s->in)
 		evbuffer_free(s->in);
+	if (s->replay)
+		evbuffer_free(s->replay);
+	if (s->past_room)
+		atomic_fetch_sub_explicit(&router.past_room, 1, memory_order_relaxed);
 	free(s->startup);
 	cancel_unregister(s->cancel);
 	login_free(s);
@@ -768,8 +774,15 @@ static void startup_read(struct session *s)
 			return;
 		case PGW_FIRST_STARTUP:
 			if (s->over_limit) {
-				stat_reject(s, REJ_MAX_CLIENT_CONN);
 				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
+				if (s->past_room) {
+					stat_reject(s, REJ_OPEN_FILES);
+					session_fail(s, "53300", "sorry, too many clients already "
+						     "(pgrouter's open files limit has room for %u)",
+						     atomic_load(&router.fd_clients));
+					return;
+				}
+				stat_reject(s, REJ_MAX_CLIENT_CONN);
 				session_fail(s, "53300",
 					     "sorry, too many clients already (max_client_conn=%u)",
 					     cur_cfg->max_client_conn);
@@ -850,6 +863,31 @@ static bool pass_server_bytes(struct session *s)
 	return true;
 }
 
+static void server_lost(struct session *s, int err);
+
+/* Moved after its server died under a request it had just sent: the
+ * request goes to the new server, counted as if the client sent it now. */
+static bool replay_client_bytes(struct session *s)
+{
+	struct evbuffer *b = s->replay;
+	s->replay = NULL;
+	size_t n = evbuffer_get_length(b);
+	slog(LOG_INFO, s, "passing on the %zu byte(s) the client sent as its server went away",
+	     n);
+	bool ok = pgw_scan(&s->c.scan, evbuffer_pullup(b, -1), n) == 0 &&
+		  end_queue(&s->s, evbuffer_pullup(b, -1), n);
+	evbuffer_free(b);
+	if (!ok) {
+		session_fail(s, "08P01", "invalid message length from client");
+		return false;
+	}
+	if (end_flush(&s->s) < 0) {
+		server_lost(s, errno);
+		return false;
+	}
+	return true;
+}
+
 static void enter_relay(struct session *s, char txn_status)
 {
 	session_set_state(s, SS_RELAY);
@@ -882,6 +920,8 @@ static void enter_relay(struct session *s, char txn_status)
 		s->known = true;
 		s->known_at = s->c.scan.messages;
 	}
+	if (s->replay && !replay_client_bytes(s))
+		return;
 	if (s->draining)
 		session_fail(s, "57P01", "pgrouter is shutting down");
 	else
@@ -1249,8 +1289,11 @@ static void auth_read(struct session *s)
 		return;
 	}
 	if (!s->server_spoke) {
+		/* the server is alive: connect_timeout is over, and the rest of the
+		 * login must end within startup_timeout (a server that stalls now
+		 * would otherwise hold the session for ever) */
 		s->server_spoke = true;
-		evtimer_del(&s->timer); /* the server is alive; auth is bounded by the server */
+		session_timer(s, cur_cfg->startup_timeout_ms);
 	}
 	for (;;) {
 		uint8_t type;
@@ -1844,8 +1887,21 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case SS_RELAY:
 	relay: {
+		/* between transactions, state known: if the server turns out to be
+		 * gone (pgrouter had not read its end yet), the session moves and
+		 * these bytes go to the next one */
+		bool idle = can_move(s) && state_known(s) && at_boundary(s);
+		struct pgw_scanner before;
+		if (idle)
+			before = s->c.scan;
 		int r = relay_move(s, &s->c, &s->s);
-		if (r < 0)
+		if (r == RELAY_TO_FAILED && idle && s->s.out && !s->replay) {
+			int e = errno;
+			s->c.scan = before; /* scanned again when they are sent */
+			s->replay = s->s.out;
+			s->s.out = NULL;
+			lost_at_idle(s, strerror(e));
+		} else if (r < 0)
 			relay_failed(s, r, true);
 		else if (s->client_quit)
 			session_close(s, true); /* its Terminate: nothing may follow, as in
@@ -2098,8 +2154,17 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	case SS_CONNECTING:
 	case SS_AUTH:
 	case SS_HANDOVER:
-		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
-			      cur_cfg->connect_timeout_ms);
+		if (!s->server_spoke)
+			server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
+				      cur_cfg->connect_timeout_ms);
+		else if (!s->client_saw) /* nothing shown yet: another server may do */
+			server_failed(s, CONN_TIMEOUT, "%s did not finish the login within %.1fs "
+				      "(startup_timeout)", s->srv->name,
+				      cur_cfg->startup_timeout_ms / 1000.0);
+		else
+			session_fail(s, "08006", "pgrouter: the login through server %s did not "
+				     "finish within %.1fs (startup_timeout)", s->srv->name,
+				     cur_cfg->startup_timeout_ms / 1000.0);
 		break;
 	case SS_CANCEL:
 		slog(LOG_WARNING, s, "cancel forward to %s timed out", s->srv->name);
@@ -2127,8 +2192,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	}
 	case SS_RESTORE:
-		server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms", s->srv->name,
-			      cur_cfg->connect_timeout_ms);
+		if (s->server_spoke)
+			server_failed(s, CONN_TIMEOUT, "%s did not finish restoring the session "
+				      "within %.1fs (startup_timeout)", s->srv->name,
+				      cur_cfg->startup_timeout_ms / 1000.0);
+		else
+			server_failed(s, CONN_TIMEOUT, "%s did not answer within %u ms",
+				      s->srv->name, cur_cfg->connect_timeout_ms);
 		break;
 	}
 	finish(s);
@@ -2136,16 +2206,70 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- worker-wide events ----------------------------------------------- */
 
+void session_refuse(struct worker *w, struct listener_config *l, int fd, const char *detail)
+{
+	static struct log_limit limit;
+	uint8_t buf[512];
+	/* what the client sent so far is read, so that the close is a FIN and
+	 * not a reset that could destroy the message before it is read; an
+	 * encryption request already there is answered 'N' first, so that libpq
+	 * (sslmode=prefer) reads the error as a server's */
+	size_t n = 0;
+	ssize_t got = recv(fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
+	if (got >= 8 && pgw_get32(w->scratch) == 8 &&
+	    (pgw_get32(w->scratch + 4) == PGW_CODE_SSL || pgw_get32(w->scratch + 4) == PGW_CODE_GSSENC))
+		buf[n++] = 'N';
+	while (got > 0)
+		got = recv(fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
+	n += pgw_build_error(buf + n, sizeof(buf) - n, "FATAL", "53300",
+			     "sorry, too many clients already", detail,
+			     "pgrouter's open files limit (LimitNOFILE) or max_client_conn");
+	ssize_t sent = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)sent; /* a fresh socket's buffer takes it; if not, it gets nothing */
+	shutdown(fd, SHUT_WR);
+	close(fd);
+	stat_add(&w->stats->l[l->slot].rejected[REJ_OPEN_FILES], 1);
+	unsigned held;
+	if (log_limit_pass(&limit, 10000, &held))
+		log_warning("listener %s: client refused at once with 53300: %s (%u more refused "
+			    "since the last such line)", l->name, detail, held);
+}
+
 void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
 		   int salen)
 {
 	unsigned n = atomic_fetch_add_explicit(&router.clients, 1, memory_order_relaxed) + 1;
+	unsigned room = atomic_load_explicit(&router.fd_clients, memory_order_relaxed);
+	/* Past the room, a few at a time still get their negotiation answered and
+	 * 53300 after their startup packet, as from PostgreSQL (libpq shows a
+	 * bare error before it only as "an error response during SSL exchange"),
+	 * within PAST_ROOM_MS; more at once are refused before their first byte. */
+	bool past_room = n > room;
+	if ((past_room && atomic_fetch_add_explicit(&router.past_room, 1, memory_order_relaxed) >=
+				  PAST_ROOM_MAX) ||
+	    n > 2 * cur_cfg->max_client_conn) {
+		char detail[160];
+		if (past_room) {
+			atomic_fetch_sub_explicit(&router.past_room, 1, memory_order_relaxed);
+			snprintf(detail, sizeof(detail), "%u clients open; the open files limit "
+				 "has room for %u", n - 1, room);
+		} else {
+			snprintf(detail, sizeof(detail), "%u clients open, twice max_client_conn=%u",
+				 n - 1, cur_cfg->max_client_conn);
+		}
+		atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
+		session_refuse(w, l, fd, detail);
+		return;
+	}
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
 		atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
+		if (past_room)
+			atomic_fetch_sub_explicit(&router.past_room, 1, memory_order_relaxed);
 		close(fd);
 		return;
 	}
+	s->past_room = past_room;
 	s->id = atomic_fetch_add_explicit(&router.next_session_id, 1, memory_order_relaxed) + 1;
 	s->w = w;
 	s->l = l;
@@ -2164,18 +2288,9 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	stat_add(&lstats(s)->accepted, 1);
 	gauge_add(&lstats(s)->clients, 1);
 
-	if (n > 2 * cur_cfg->max_client_conn) {
-		/* far past the limit: not even an error message */
-		slog(LOG_WARNING, s, "closed at once: %u clients (max_client_conn=%u)", n - 1,
-		     cur_cfg->max_client_conn);
-		stat_reject(s, REJ_MAX_CLIENT_CONN);
-		s->dead = true;
-		finish(s);
-		return;
-	}
 	/* Past max_client_conn the client still gets its SSLRequest answered and its
 	 * cancels forwarded; its StartupMessage gets 53300, as from PostgreSQL. */
-	s->over_limit = n > cur_cfg->max_client_conn;
+	s->over_limit = n > cur_cfg->max_client_conn || past_room;
 	if (w->draining) {
 		stat_reject(s, REJ_SHUTTING_DOWN);
 		session_fail(s, "57P01", "pgrouter is shutting down");
@@ -2183,7 +2298,9 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 		return;
 	}
 	slog(LOG_DEBUG, s, "accepted");
-	timer_set(s, cur_cfg->startup_timeout_ms);
+	timer_set(s, past_room && cur_cfg->startup_timeout_ms > PAST_ROOM_MS
+			     ? PAST_ROOM_MS
+			     : cur_cfg->startup_timeout_ms);
 	end_read(&s->c, true);
 }
 

@@ -7,9 +7,11 @@
 #include <event2/buffer.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,11 +88,31 @@ static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 	evconnlistener_enable(arg);
 }
 
+/* accept() failed. Out of descriptors (EMFILE, ENFILE): the spare is given
+ * up to take the waiting clients one by one and refuse them with 53300, so
+ * that none waits in the kernel's backlog without an answer; then accepting
+ * pauses for 100 ms. The line is written at most every 10 s. */
 static void accept_error_cb(struct evconnlistener *el, void *arg)
 {
+	static struct log_limit limit;
+	struct accept_arg *a = arg;
 	int e = EVUTIL_SOCKET_ERROR();
-	/* EMFILE and friends: back off briefly instead of spinning */
-	log_error("accept: %s; pausing accepts for 100 ms", evutil_socket_error_to_string(e));
+	unsigned refused = 0;
+	if ((e == EMFILE || e == ENFILE) && a->w->spare_fd >= 0) {
+		close(a->w->spare_fd);
+		a->w->spare_fd = -1;
+		for (int fd; refused < 64 &&
+			     (fd = accept4(evconnlistener_get_fd(el), NULL, NULL,
+					   SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;
+		     refused++)
+			session_refuse(a->w, a->l, fd, "pgrouter is out of open files");
+		a->w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	unsigned held;
+	if (log_limit_pass(&limit, 10000, &held))
+		log_error("accept on listener %s: %s; refused %u waiting client(s) with 53300 and "
+			  "pausing accepts for 100 ms (%u more such pauses since the last line)",
+			  a->l->name, evutil_socket_error_to_string(e), refused, held);
 	evconnlistener_disable(el);
 	struct timeval tv = { 0, 100000 };
 	event_base_once(evconnlistener_get_base(el), -1, EV_TIMEOUT, accept_resume_cb, el, &tv);
@@ -387,9 +409,12 @@ int workers_start(struct router *r, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
+	for (unsigned i = 0; i < r->nworkers; i++)
+		r->workers[i].spare_fd = -1;
 	for (unsigned i = 0; i < r->nworkers; i++) {
 		struct worker *w = &r->workers[i];
 		w->id = i;
+		w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		TAILQ_INIT(&w->sessions);
 		TAILQ_INIT(&w->queued);
 		struct event_config *ec = event_config_new();
@@ -436,6 +461,23 @@ int workers_start(struct router *r, char *err, size_t errlen)
 	return 0;
 }
 
+bool workers_all_ended(struct router *r)
+{
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->workers[i].started && !atomic_load(&r->workers[i].loop_ended))
+			return false;
+	return true;
+}
+
+void workers_close_now(struct router *r)
+{
+	/* as if shutdown_timeout were over (a worker that has not begun to
+	 * drain yet begins with this: shutdown_cb runs first, it was asked first) */
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->workers[i].base && !atomic_load(&r->workers[i].loop_ended))
+			event_active(&r->workers[i].drain_deadline, EV_TIMEOUT, 0);
+}
+
 void workers_shutdown(struct router *r)
 {
 	for (unsigned i = 0; i < r->nworkers; i++)
@@ -471,6 +513,8 @@ void workers_join(struct router *r)
 			event_base_free(w->base);
 		}
 		free(w->stats);
+		if (w->spare_fd >= 0)
+			close(w->spare_fd);
 	}
 	free(r->workers);
 	r->workers = NULL;

@@ -8,6 +8,7 @@ Runs under Debian's /usr/bin/python3 (psycopg2 comes from python3-psycopg2).
 import atexit
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -330,6 +331,7 @@ class Router:
                          "shutdown_timeout": "5s", "probe_interval": "250ms"}
         self.settings.update(settings)
         self.binary = pgrouter or PGROUTER
+        self.nofile = None  # set before start(): RLIMIT_NOFILE
         self.proc = None
         self.conf_path = os.path.join(workdir, "pgrouter-%d.ini" % id(self))
         self.log_path = os.path.join(workdir, "pgrouter-%d.log" % id(self))
@@ -361,8 +363,14 @@ class Router:
     def start(self, wait_topology=True):
         self.write_conf()
         self.log = open(self.log_path, "ab")
+        preexec = None
+        if self.nofile:
+            # an open files limit pgrouter cannot raise (soft = hard)
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
         self.proc = track(subprocess.Popen([self.binary, "-c", self.conf_path],
-                                           stdout=self.log, stderr=subprocess.STDOUT))
+                                           stdout=self.log, stderr=subprocess.STDOUT,
+                                           preexec_fn=preexec))
         try:
             for name in self.listeners:
                 wait_for(lambda: self._accepts(self.ports[name]), 10,

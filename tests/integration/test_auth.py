@@ -7,6 +7,7 @@ and replica with scram-sha-256 and md5 in pg_hba.conf."""
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -188,7 +189,6 @@ class AuthTest(unittest.TestCase):
             w.send(startup_packet(user="nosuchuser"))
             w.read_msg()
             first = b"n,,n=,r=abcdef"
-            import struct
             w.send(msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
             t, body = w.read_msg()
             salts.add(dict(kv.split("=", 1) for kv in body[4:].decode().split(","))["s"])
@@ -203,10 +203,24 @@ class AuthTest(unittest.TestCase):
                 dsn = self.router.dsn("tls", user="scramuser", password="scrampw",
                                       sslmode="require", channel_binding=cb)
                 self.assertEqual(one(dsn, "select current_user"), "scramuser")
-        # plaintext listener: no -PLUS offered, so require fails in libpq itself
+        # plaintext listener: pgrouter offers no -PLUS (there is nothing to bind
+        # to), so libpq refuses require
+        w = Wire(self.router.port("rw"))
+        w.send(startup_packet(user="scramuser"))
+        t, body = w.read_msg()
+        self.assertEqual((t, struct.unpack("!I", body[:4])[0]), (b"R", 10))  # SASL
+        self.assertEqual([m for m in body[4:].split(b"\0") if m], [b"SCRAM-SHA-256"])
+        w.close()
+        w = Wire(self.router.port("tls"))
+        w.start_tls()
+        w.send(startup_packet(user="scramuser"))
+        t, body = w.read_msg()
+        self.assertEqual([m for m in body[4:].split(b"\0") if m],
+                         [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"])
+        w.close()
         err = login_error(self.router.dsn("rw", user="scramuser", password="scrampw",
                                           channel_binding="require"))
-        self.assertIn("channel binding", err)
+        self.assertIn("channel binding required", err)
 
     def test_password_change(self):
         old = connect(self.router.dsn("rw", user="changing", password="before"))

@@ -320,11 +320,18 @@ class CoreTest(RouterCase):
             with self.subTest(listener=listener):
                 c = connect(self.router.dsn(listener))
                 cur = c.cursor()
-                t = threading.Timer(0.3, c.cancel)
+                tag = "select pg_sleep(20) -- %s %d" % (listener, time.monotonic_ns())
+
+                def cancel_once_running():
+                    # not on a timer: the query must be running when the cancel comes
+                    wait_for(lambda: self.running_anywhere(tag), 10, "the query to run")
+                    c.cancel()
+                t = threading.Thread(target=cancel_once_running)
                 t.start()
                 start = time.monotonic()
                 with self.assertRaises(psycopg2.extensions.QueryCanceledError):
-                    cur.execute("select pg_sleep(20)")
+                    cur.execute(tag)
+                t.join()
                 self.assertLess(time.monotonic() - start, 5)
                 cur.execute("select 1")  # the session survives its cancel
                 self.assertEqual(cur.fetchone()[0], 1)
@@ -431,6 +438,22 @@ class CoreTest(RouterCase):
         except psycopg2.OperationalError:
             return False
 
+    def running_anywhere(self, query, wait_event=None):
+        """Is query active on one of the servers (waiting on wait_event, if given)?"""
+        q = "select count(*) from pg_stat_activity where state = 'active' and query = %s"
+        args = [query]
+        if wait_event:
+            q += " and wait_event = %s"
+            args.append(wait_event)
+        for srv in self.cluster.servers:
+            with psycopg2.connect(srv.dsn()) as c, c.cursor() as cur:
+                cur.execute(q, args)
+                n = cur.fetchone()[0]
+            c.close()
+            if n:
+                return True
+        return False
+
     def test_backpressure_bounds_memory(self):
         """A client that stops reading a large result must not grow pgrouter's memory."""
         def rss_kb():
@@ -442,8 +465,12 @@ class CoreTest(RouterCase):
         w.login()
         before = rss_kb()
         # ~500 MB of result that the client does not read for a while
-        w.send(msg(b"Q", cstr("select repeat('z', 1000) from generate_series(1, 500000)")))
-        time.sleep(3)
+        query = "select repeat('z', 1000) from generate_series(1, 500000)"
+        w.send(msg(b"Q", cstr(query)))
+        # until the server itself is blocked writing: the backpressure reached it
+        wait_for(lambda: self.running_anywhere(query, "ClientWrite"), 30,
+                 "the server blocked on its write to pgrouter")
+        time.sleep(0.5)
         grown = rss_kb() - before
         self.assertLess(grown, 16 * 1024, "pgrouter grew by %d kB" % grown)
         # then the client reads everything, intact
@@ -664,11 +691,11 @@ class ShutdownTest(RouterCase):
         router = self._router(shutdown_timeout="4s")
         idle = Wire(router.port("rw"))
         idle.login()
-        busy = connect(router.dsn("rw"))
-        busy.autocommit = False
-        bcur = busy.cursor()
-        bcur.execute("create table if not exists s(i int)")
-        bcur.execute("insert into s values (1)")  # open transaction
+        self.cluster.primary.sql("create table if not exists s(i int)")
+        busy = Wire(router.port("rw"))
+        busy.login()
+        busy.send(msg(b"Q", cstr("begin; insert into s values (1)")))  # open transaction
+        self.assertEqual(busy.read_until_ready()[-1], (b"Z", b"T"))
         stuck = Wire(router.port("rw"))
         stuck.login()
         stuck.send(msg(b"Q", cstr("begin")))
@@ -683,14 +710,11 @@ class ShutdownTest(RouterCase):
         with self.assertRaises(psycopg2.OperationalError):
             connect(router.dsn("rw", connect_timeout=2))
         # the open transaction finishes and commits
-        bcur.execute("insert into s values (2)")
-        busy.commit()
+        busy.send(msg(b"Q", cstr("insert into s values (2); commit")))
+        self.assertEqual(busy.read_until_ready()[-1], (b"Z", b"I"))
         self.assertEqual(self.cluster.primary.sql("select count(*) from s"), "2")
-        # after its commit that session is closed too
-        time.sleep(0.3)
-        with self.assertRaises(psycopg2.OperationalError):
-            bcur.execute("select 1")
-        busy.close()
+        # at that boundary the session is closed too, with PostgreSQL's code for it
+        self.assert_fatal(busy, "57P01", "shutting down")
         # the one that stays in its transaction is closed at shutdown_timeout
         self.assert_fatal(stuck, "57P01", "shutting down")
         self.assertGreater(time.monotonic() - t0, 3.5)
@@ -704,6 +728,37 @@ class ShutdownTest(RouterCase):
 
     def test_sigint(self):
         self._shutdown(signal.SIGINT)
+
+
+class DrainWatchTest(RouterCase):
+    def test_discovery_goes_on_and_a_second_signal_ends_the_drain(self):
+        """While draining, pgrouter still follows the cluster (a role change in
+        those seconds is seen) and a second SIGTERM closes what is left at once."""
+        cluster = PgCluster(1).start()
+        self.addCleanup(cluster.cleanup)
+        replica = cluster.replicas[0]
+        router = Router([s.addr for s in cluster.servers],
+                        {"rw": {"target_session_attrs": "read-write"}}, cluster.dir,
+                        probe_interval="250ms", shutdown_timeout="60s").start()
+        stuck = Wire(router.port("rw"))
+        stuck.login()
+        stuck.send(msg(b"Q", cstr("begin")))
+        self.assertEqual(stuck.read_until_ready()[-1], (b"Z", b"T"))
+        os.kill(router.proc.pid, signal.SIGTERM)
+        router.wait_log("received SIGTERM")
+        mark = len(router.log_text())
+        replica.stop(mode="immediate")
+        router.wait_log("topology: %s not routable" % replica.addr, timeout=10, since=mark)
+        self.assertIsNone(router.proc.poll())  # still draining: the transaction is open
+        t0 = time.monotonic()
+        os.kill(router.proc.pid, signal.SIGTERM)
+        self.assert_fatal(stuck, "57P01", "shutting down")
+        wait_for(lambda: router.proc.poll() is not None, 10, "pgrouter to exit")
+        self.assertLess(time.monotonic() - t0, 3)
+        self.assertEqual(router.stop(), 0)
+        self.assertIn("received SIGTERM again: closing the remaining sessions now",
+                      router.log_text())
+        self.assert_clean_log(router)
 
 
 class BoundaryTest(RouterCase):

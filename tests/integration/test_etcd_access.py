@@ -36,7 +36,7 @@ class EtcdAccessTest(unittest.TestCase):
         conf.update(cluster)
         r = Router(None, {"rw": {"target_session_attrs": "read-write"}}, self.pg.dir,
                    cluster=conf, queue_timeout="3s")
-        self.addCleanup(r.stop)
+        self.addCleanup(r.stop_clean)
         return r.start()
 
     def routes(self, r):

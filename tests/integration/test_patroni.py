@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, free_port, port_of, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, free_port, pid_alive, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster, http_json  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, scram_login  # noqa: E402
 
@@ -110,7 +110,7 @@ class PatroniSuite:
         cls.pc = cls.make_cluster()
         cls.addClassCleanup(cls.pc.cleanup)
         cls.router = cls.start_router()
-        cls.addClassCleanup(cls.router.stop)
+        cls.addClassCleanup(cls.router.stop_clean)
         leader = cls.pc.leader()
         leader.sql("create table if not exists acked(i int primary key)")
         # auth = router: pgrouter logs in as the client (SCRAM in pg_hba.conf for
@@ -398,9 +398,14 @@ class PatroniSuite:
         c = self.app()
         cur = c.cursor()
         cur.execute("set work_mem = '6MB'")
+        cur.execute("select pg_backend_pid()")
+        backend = cur.fetchone()[0]
         time.sleep(1.5)  # idle: pgrouter reads its state
         old.kill9()
         t0 = time.monotonic()
+        # its backend gone (its end of the connection closed) before the next
+        # query: a query racing the death itself may or may not have run there
+        wait_for(lambda: not pid_alive(backend), 10, "the backend to exit")
         try:
             cur.execute("select current_setting('work_mem'), inet_server_port()")
         except psycopg2.Error as e:
@@ -668,7 +673,7 @@ class PatroniSuite:
             self.assertGreater(result["waited"], 1.5)
         finally:
             if r2:
-                self.assertEqual(r2.stop(), 0)
+                r2.stop_clean()
             if not self.dcs_running():
                 self.start_dcs()
 
@@ -856,7 +861,7 @@ class ZooKeeperTest(PatroniSuite, unittest.TestCase):
             self.assertIn("zookeeper: watching /%s on 127.0.0.1:" % self.pc.scope,
                           r2.log_text())
         finally:
-            self.assertEqual(r2.stop(), 0)
+            r2.stop_clean()
 
 
 class RestTest(PatroniSuite, unittest.TestCase):

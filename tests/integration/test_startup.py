@@ -80,10 +80,14 @@ class StartupTest(unittest.TestCase):
         w = Wire(port)
         w.send(data)
         if tls_after is None:
-            return w.rest(), None
+            got = w.rest()
+            w.close()
+            return got, None
         first = w.sock.recv(1)
         if first != tls_after:
-            return first + (w.rest() or b""), None
+            got = first + (w.rest() or b"")
+            w.close()
+            return got, None
         ctx = ssl.create_default_context(cafile=self.ca.cert)
         ctx.check_hostname = False
         s = ctx.wrap_socket(w.sock, server_hostname="127.0.0.1")

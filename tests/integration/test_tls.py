@@ -68,10 +68,16 @@ class TlsTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for r in cls.routers:
-            r.stop()
+        errors = []
+        for r in cls.routers:  # each one's exit code and sanitizer report, read
+            try:
+                r.stop_clean()
+            except AssertionError as e:
+                errors.append(e)
         cls.pg.cleanup()
         shutil.rmtree(cls.work, ignore_errors=True)
+        if errors:
+            raise errors[0]
 
     @classmethod
     def use_server_cert(cls, crt, key, reload=True):
@@ -323,7 +329,7 @@ class TlsTest(unittest.TestCase):
             # hostssl-only user: reachable only over TLS to the server
             self.assertEqual(one(self.dsn("plain", router=r, user="tlsuser", password="tls-pw"),
                                  "select current_user"), "tlsuser")
-            r.stop()
+            r.stop_clean()
         full = self.make_router(server_tls="verify-full", server_tls_ca=self.ca.cert)
         self.assertTrue(self.server_ssl(self.dsn("plain", router=full)))
         held = connect(self.dsn("plain", router=full))
@@ -343,19 +349,19 @@ class TlsTest(unittest.TestCase):
             # verify-ca checks the chain, not the name
             ca_only = self.make_router(server_tls="verify-ca", server_tls_ca=self.ca.cert)
             self.assertTrue(self.server_ssl(self.dsn("plain", router=ca_only)))
-            ca_only.stop()
+            ca_only.stop_clean()
             # a CA that did not sign the server's certificate
             other = TestCA(os.path.join(self.work, "other-ca2"), name="yet another CA")
             bad = self.make_router(server_tls="verify-ca", server_tls_ca=other.cert)
             with self.assertRaises(psycopg2.OperationalError):
                 connect(self.dsn("plain", router=bad))
             self.assertIn("certificate verify failed", bad.log_text())
-            bad.stop()
+            bad.stop_clean()
         finally:
             held.close()
             self.use_server_cert(self.pg_crt, self.pg_key)
         self.assertTrue(self.server_ssl(self.dsn("plain", router=full)))
-        full.stop()
+        full.stop_clean()
 
     def test_server_without_tls(self):
         """server_tls = require against a server that answers 'N': refused and
@@ -371,12 +377,12 @@ class TlsTest(unittest.TestCase):
                 connect(req.dsn("plain"))
             self.assertIn("no server satisfies", str(e.exception))
             self.assertIn("server does not support SSL, but SSL was required", req.log_text())
-            req.stop()
+            req.stop_clean()
             pref = Router([plain.primary.addr], listeners, self.work,
                           server_tls="prefer").start()
             self.routers.append(pref)
             self.assertFalse(self.server_ssl(pref.dsn("plain")))
-            pref.stop()
+            pref.stop_clean()
         finally:
             plain.cleanup()
 
@@ -396,7 +402,7 @@ class TlsTest(unittest.TestCase):
         # a plaintext client never offers binding: works
         self.assertEqual(one(self.dsn("opt", router=r, user="scram", password="scram-pw",
                                       sslmode="disable"), "select current_user"), "scram")
-        r.stop()
+        r.stop_clean()
 
     def test_scram_shared_certificate(self):
         """pgrouter presenting the servers' own certificate: the binding holds
@@ -408,7 +414,7 @@ class TlsTest(unittest.TestCase):
         for cb in ("require", "prefer"):
             self.assertEqual(one(dsn + " channel_binding=" + cb, "select current_user"),
                              "scram", cb)
-        r.stop()
+        r.stop_clean()
 
     def test_pgbench_over_tls(self):
         r = self.make_router(server_tls="verify-full", server_tls_ca=self.ca.cert)
@@ -422,7 +428,7 @@ class TlsTest(unittest.TestCase):
                              capture_output=True, text=True, env=env).stdout
         self.assertIn("number of transactions actually processed: 800/800", out)
         self.assertIn("number of failed transactions: 0", out)
-        r.stop()
+        r.stop_clean()
 
     # ---- configuration and reload -----------------------------------------
 
@@ -491,7 +497,7 @@ class TlsTest(unittest.TestCase):
         cur.execute("select 4")
         self.assertEqual(cur.fetchone()[0], 4)
         held.close()
-        self.assertEqual(r.stop(), 0)
+        r.stop_clean()
 
 
 if __name__ == "__main__":

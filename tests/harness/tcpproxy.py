@@ -1,0 +1,99 @@
+"""A TCP relay on loopback the tests put between pgrouter and a server, to
+misbehave on purpose: stall one connection's server-to-client direction
+after the server's first bytes (a server that hangs mid-login), close a
+connection on its startup packet (a server that fails the login), or delay
+every chunk (a slow link). Threads, one pair per connection; stop() closes all."""
+import socket
+import struct
+import threading
+import time
+
+from cluster import free_port
+
+
+def startup_user(data):
+    """The user named in a StartupMessage, or None."""
+    if len(data) < 8 or struct.unpack("!I", data[4:8])[0] >> 16 != 3:
+        return None
+    parts = data[8:].split(b"\0")
+    for k, v in zip(parts[::2], parts[1::2]):
+        if k == b"user":
+            return v.decode(errors="replace")
+    return None
+
+
+class TcpProxy:
+    def __init__(self, target_port, stall_user=None, kill_user=None, delay=0.0):
+        self.target = ("127.0.0.1", target_port)
+        self.stall_user = stall_user  # its server side goes quiet after the first chunk
+        self.kill_user = kill_user    # its connection is closed on its startup packet
+        self.killed = 0
+        self.delay = delay            # seconds added to every chunk, both ways
+        self.port = free_port()
+        self.stalled = threading.Event()
+        self.socks = []
+        self.lock = threading.Lock()
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", self.port))
+        self.ls.listen(128)
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while self.running:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            try:
+                s = socket.create_connection(self.target)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.socks += [c, s]
+            state = {"user": None}
+            threading.Thread(target=self._pump, args=(c, s, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, state, False), daemon=True).start()
+
+    def _pump(self, src, dst, state, to_server):
+        first = True
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if to_server and first:
+                    state["user"] = startup_user(data)
+                    if self.kill_user and state["user"] == self.kill_user:
+                        self.killed += 1
+                        break  # a server that fails the login: closed, no answer
+                first = False
+                if self.delay:
+                    time.sleep(self.delay)
+                if not to_server and self.stall_user and state["user"] == self.stall_user \
+                        and state.get("forwarded"):
+                    self.stalled.set()
+                    continue  # swallowed: the server seems to hang
+                dst.sendall(data)
+                if not to_server:
+                    state["forwarded"] = True
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.running = False
+        self.ls.close()
+        with self.lock:
+            for x in self.socks:
+                x.close()
