@@ -9,6 +9,8 @@
  * transfers.
  */
 #include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +144,22 @@ static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+/* A DCS or API peer that vanishes without a word (a partition, a frozen
+ * host) is given up about 6 s after its last packet, idle stream or not: the
+ * source then marks its view stale and tries the next endpoint. libcurl sets
+ * idle and interval; the count and the user timeout are set here. */
+static int sockopt_cb(void *arg, curl_socket_t fd, curlsocktype purpose)
+{
+	(void)arg;
+	if (purpose != CURLSOCKTYPE_IPCXN)
+		return CURL_SOCKOPT_OK;
+	int cnt = 3;
+	unsigned user_timeout_ms = 6000;
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+	return CURL_SOCKOPT_OK;
+}
+
 CURL *http_start(struct http *h, const char *url, const struct http_opts *o, struct http_buf *into)
 {
 	CURL *c = curl_easy_init();
@@ -156,8 +174,9 @@ CURL *http_start(struct http *h, const char *url, const struct http_opts *o, str
 	/* a stream has no end; a dead peer is found by TCP keepalive */
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, o->stream ? 0L : (long)o->timeout_ms);
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 3L);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 1L);
+	curl_easy_setopt(c, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
 	if (o->cacert && *o->cacert)
 		curl_easy_setopt(c, CURLOPT_CAINFO, o->cacert);
 	if (o->headers)

@@ -201,6 +201,14 @@ static void release_pooled(struct session *s)
 static void detach_server(struct session *s)
 {
 	release_pooled(s);
+	if (s->s.fd >= 0 && !(pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
+			      s->c.scan.sync_points == s->s.scan.sync_points)) {
+		/* given up with a request in flight: reset, so that bytes the kernel
+		 * still holds (a server cut off by a partition) are dropped, not
+		 * delivered to run after the client was told its session ended */
+		struct linger now = { 1, 0 };
+		setsockopt(s->s.fd, SOL_SOCKET, SO_LINGER, &now, sizeof(now));
+	}
 	if (s->s.fd >= 0 || s->s.out)
 		end_close(&s->s);
 	if (s->srv) {

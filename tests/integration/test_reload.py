@@ -184,7 +184,8 @@ class ReloadTest(unittest.TestCase):
         self.router.write_conf()
         r = self.console("RELOAD")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("workers", self.router.log_text()[mark:].split("need")[1])
+        self.assertRegex(self.router.log_text()[mark:],
+                         r"reload: [^\n]*workers[^\n]* changed in the file but needs? a restart")
         conf = {(row[0], row[1]): row for row in self.rows("SHOW CONFIG")}
         self.assertEqual(conf[("pgrouter", "workers")][2:], ["3", conf[("pgrouter",
                                                                         "workers")][3], "yes"])
