@@ -72,12 +72,15 @@ def main():
         time.sleep(0.5)
         flood_rss = rss_kb(pid)
         flood_tps = pgbench_tps(port, 5)
-        pending = set(socks)
+        pending = {s.fileno(): s for s in socks}
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLIN)
         refused = closed = 0
         while pending and time.monotonic() - t0 < args.startup_timeout + 20:
-            ready, _, _ = select.select(list(pending)[:1000], [], [], 0.5)
-            for s in ready:
-                pending.discard(s)
+            for fd, _ in poller.poll(500):
+                s = pending.pop(fd)
+                poller.unregister(fd)
                 try:
                     data = s.recv(4096)
                 except OSError:
@@ -91,14 +94,16 @@ def main():
             s.close()
         time.sleep(1)
         after_rss = rss_kb(pid)
+        after_tps = pgbench_tps(port, 5)
         per_conn = (flood_rss - base_rss) * 1024.0 / args.silent
         print("silent connections: %d opened in %.1fs; pgrouter RSS %d -> %d kB "
               "(%.0f bytes per connection); %d refused with 53300, %d closed quietly, "
               "%d still open, the last after %.1fs (startup_timeout %ds); RSS after: %d kB"
               % (args.silent, opened, base_rss, flood_rss, per_conn, refused, closed,
                  len(pending), all_closed, args.startup_timeout, after_rss))
-        print("pgbench -S -c4 beside them: %.0f TPS before, %.0f during (ratio %.2f)"
-              % (base_tps, flood_tps, flood_tps / base_tps))
+        print("pgbench -S -c4 beside them: %.0f TPS before, %.0f during, %.0f after (during / "
+              "mean of before and after: %.2f)" % (base_tps, flood_tps, after_tps,
+                                                   2 * flood_tps / (base_tps + after_tps)))
 
         # 2. a client that stops reading a large result
         rows = args.result_mb * 1024  # 1 kB rows
