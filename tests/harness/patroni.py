@@ -149,6 +149,7 @@ class PatroniNode:
         self.api_port = free_port()
         self.conf = os.path.join(self.dir, "patroni.yml")
         self.proc = None
+        self.dcs_yaml = None  # this member's own DCS section (a relay the test controls)
 
     @property
     def pg_addr(self):
@@ -160,7 +161,7 @@ class PatroniNode:
 
     def write_conf(self):
         c = self.cluster
-        dcs = c.dcs_yaml()
+        dcs = self.dcs_yaml or c.dcs_yaml()
         with open(self.conf, "w") as f:
             f.write("""scope: %(scope)s
 namespace: /service/

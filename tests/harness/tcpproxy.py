@@ -1,8 +1,9 @@
 """A TCP relay on loopback the tests put between pgrouter and a server, to
 misbehave on purpose: stall one connection's server-to-client direction
 after the server's first bytes (a server that hangs mid-login), close a
-connection on its startup packet (a server that fails the login), or delay
-every chunk (a slow link). Threads, one pair per connection; stop() closes all."""
+connection on its startup packet (a server that fails the login), delay
+every chunk (a slow link), or pass nothing at all for a while (blackhole).
+Threads, one pair per connection; stop() closes all."""
 import socket
 import struct
 import threading
@@ -31,6 +32,8 @@ class TcpProxy:
         self.delay = delay            # seconds added to every chunk, both ways
         self.port = free_port()
         self.stalled = threading.Event()
+        self.open = threading.Event()  # cleared: a black hole (see blackhole())
+        self.open.set()
         self.socks = []
         self.lock = threading.Lock()
         self.ls = socket.socket()
@@ -50,6 +53,7 @@ class TcpProxy:
                 c, _ = self.ls.accept()
             except OSError:
                 return
+            self.open.wait()  # a black hole accepts and says nothing
             try:
                 s = socket.create_connection(self.target)
             except OSError:
@@ -76,6 +80,7 @@ class TcpProxy:
                 first = False
                 if self.delay:
                     time.sleep(self.delay)
+                self.open.wait()  # held, not lost, while the hole lasts
                 if not to_server and self.stall_user and state["user"] == self.stall_user \
                         and state.get("forwarded"):
                     self.stalled.set()
@@ -91,8 +96,18 @@ class TcpProxy:
             except OSError:
                 pass
 
+    def blackhole(self, on=True):
+        """Nothing passes either way (bytes are held, new connections wait) until
+        blackhole(False): a peer that vanished without a word, seen from the
+        application (the kernel still acknowledges: use iptables for TCP's view)."""
+        if on:
+            self.open.clear()
+        else:
+            self.open.set()
+
     def stop(self):
         self.running = False
+        self.open.set()
         self.ls.close()
         with self.lock:
             for x in self.socks:

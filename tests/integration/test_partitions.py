@@ -3,10 +3,13 @@ iptables-legacy DROP rules in OUTPUT match the sending process's user (-m owner)
 pgrouter runs as root while Patroni, PostgreSQL and etcd run as postgres, so a
 rule for uid 0 cuts pgrouter alone off a port and the cluster still sees
 itself. Checks on the servers during a cut go through their Unix sockets."""
+import calendar
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.error
@@ -18,6 +21,7 @@ import psycopg2  # noqa: E402
 
 from cluster import Router, free_port, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
+from tcpproxy import TcpProxy  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
 
 IPTABLES = shutil.which("iptables-legacy") or "/usr/sbin/iptables-legacy"
@@ -35,11 +39,12 @@ def can_cut():
 
 
 class Cut:
-    """Packets root's processes (pgrouter) send to a loopback port dropped."""
+    """Packets root's processes (pgrouter) send to a loopback port dropped (or
+    another user's: postgres, for the Patroni members)."""
 
-    def __init__(self, port):
+    def __init__(self, port, user="0"):
         self.rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-m", "owner",
-                     "--uid-owner", "0", "-j", "DROP"]
+                     "--uid-owner", user, "-j", "DROP"]
         subprocess.run([IPTABLES, "-I"] + self.rule, check=True)
         self.on = True
 
@@ -173,6 +178,81 @@ class PartitionTest(unittest.TestCase):
         after = int(local_sql(leader, "select count(*) from w"))
         self.assertEqual(after - int(before), 1)
         print("\n  cut from the primary: its session ended after %.1fs (%s)" % (took, f.get("C")),
+              file=sys.stderr)
+
+
+def log_time(line):
+    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) UTC", line)
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
+        int(m.group(2)) / 1000.0
+
+
+@unittest.skipUnless(can_cut(), "needs root and iptables-legacy with the owner match")
+class IsolatedPrimaryTest(unittest.TestCase):
+    def test_old_primary_cut_from_patroni_and_the_dcs(self):
+        """The primary's Patroni loses etcd (its relay turns into a black hole) and
+        the other members lose its REST API, while pgrouter still reaches it: the
+        others elect a new leader, and pgrouter, following etcd, sends no write
+        to the old primary once it has seen the new leader key (counted on the
+        old primary itself, by commit time)."""
+        pc = PatroniCluster(3)
+        self.addCleanup(pc.cleanup)
+        proxy = TcpProxy(pc.etcd.port)
+        self.addCleanup(proxy.stop)
+        old = pc.nodes[0]  # started first: the first leader
+        old.dcs_yaml = "etcd3:\n  hosts: 127.0.0.1:%d\n  protocol: http\n  use_proxies: true" % proxy.port
+        pc.start()
+        self.assertIs(pc.leader(), old)
+        local_sql(old, "create table w(i serial primary key, at timestamptz not null "
+                       "default clock_timestamp(), port int not null default inet_server_port())")
+        r = Router(None, {"rw": {"target_session_attrs": "read-write"}}, pc.dir,
+                   cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url, "scope": pc.scope},
+                   probe_interval="500ms", queue_timeout="30s").start()
+        self.addCleanup(r.stop_clean)
+        stop = threading.Event()
+        acked = []
+
+        def writer():
+            while not stop.is_set():
+                try:
+                    c = psycopg2.connect(r.dsn("rw", connect_timeout=40))
+                    c.autocommit = True
+                    cur = c.cursor()
+                    cur.execute("insert into w default values returning inet_server_port()")
+                    acked.append((time.time(), cur.fetchone()[0]))
+                    c.close()
+                except psycopg2.Error:
+                    time.sleep(0.1)
+                time.sleep(0.02)
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        self.addCleanup(stop.set)
+        wait_for(lambda: len(acked) > 20, 20, "writes flowing")
+        mark = len(r.log_text())
+        t_cut = time.time()
+        proxy.blackhole()
+        api = Cut(old.api_port, user="postgres")
+        self.addCleanup(api.heal)
+        self.addCleanup(proxy.blackhole, False)
+        seen = re.compile(r".*etcd: leader key now names (pg2|pg3).*")
+        wait_for(lambda: seen.search(r.log_text()[mark:]), 90, "a new leader key")
+        t_seen = log_time(seen.search(r.log_text()[mark:]).group(0))
+        new = [n for n in pc.nodes if n.name == seen.search(r.log_text()[mark:]).group(1)][0]
+        wait_for(lambda: any(p == new.pg_port and at > t_seen for at, p in acked), 60,
+                 "writes on the new leader")
+        stop.set()
+        t.join(60)
+        # on the old primary itself: nothing committed after pgrouter saw the new
+        # leader (half a second for a transaction routed just before, in flight)
+        late = int(local_sql(old, "select count(*) from w where port = %d and at > "
+                                  "to_timestamp(%f)" % (old.pg_port, t_seen + 0.5)))
+        last_old = local_sql(old, "select extract(epoch from max(at)) from w where port = %d"
+                                  % old.pg_port)
+        self.assertEqual(late, 0)
+        self.assertFalse([a for a in acked if a[1] == old.pg_port and a[0] > t_seen + 0.5])
+        print("\n  isolated primary: pgrouter saw the new leader %s %.1fs after the cut; "
+              "the last commit on the old primary was %.1fs before that; %d writes "
+              "acknowledged" % (new.name, t_seen - t_cut, t_seen - float(last_old), len(acked)),
               file=sys.stderr)
 
 
