@@ -6,6 +6,7 @@ starts pgrouter with a generated configuration. Everything is stopped by PID.
 Runs under Debian's /usr/bin/python3 (psycopg2 comes from python3-psycopg2).
 """
 import atexit
+import itertools
 import os
 import pwd
 import resource
@@ -316,6 +317,9 @@ class PgCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_router_names = itertools.count(1)
+
+
 class Router:
     """pgrouter with a generated configuration, its log in the work dir."""
 
@@ -333,8 +337,11 @@ class Router:
         self.binary = pgrouter or PGROUTER
         self.nofile = None  # set before start(): RLIMIT_NOFILE
         self.proc = None
-        self.conf_path = os.path.join(workdir, "pgrouter-%d.ini" % id(self))
-        self.log_path = os.path.join(workdir, "pgrouter-%d.log" % id(self))
+        # a name of its own: id(self) may be a dead Router's, whose log this
+        # one would otherwise append to
+        name = "pgrouter-%d-%d" % (os.getpid(), next(_router_names))
+        self.conf_path = os.path.join(workdir, name + ".ini")
+        self.log_path = os.path.join(workdir, name + ".log")
 
     def write_conf(self):
         s = dict(self.settings)
