@@ -34,6 +34,8 @@
 #include "router/router.h"
 
 #define ERROR_TTL_MS 1000   /* a failed lookup is retried after this */
+#define LOST_RETRIES 8      /* connections lost in a row before a lookup fails */
+#define ANSWER_FRESH_MS 1000 /* an answer this young serves, whatever auth_cache_ttl */
 #define RETRY_MS 250        /* no server to ask: look again */
 #define USER_MAX 64
 
@@ -44,6 +46,7 @@ struct entry {
 	enum entry_state state;
 	uint64_t at_ms;            /* when it was fetched */
 	uint64_t waiters;          /* bit = worker id (ids >= 64 share bit 63) */
+	unsigned lost;             /* connections lost in a row while asking */
 	char user[USER_MAX];
 	char value[512];           /* verifier, or the error for E_ERROR */
 };
@@ -286,7 +289,9 @@ int auth_lookup(struct worker *w, const char *user, struct cred *out, char *why,
 		switch (e->state) {
 		case E_FOUND:
 		case E_MISSING:
-			if (age < c->auth_cache_ttl_ms) {
+			/* an answer serves the logins that waited for it even with a
+			 * short or zero auth_cache_ttl (which asked again and again) */
+			if (age < c->auth_cache_ttl_ms || age < ANSWER_FRESH_MS) {
 				bool ok = e->state == E_FOUND && cred_from(e->value, out);
 				pthread_mutex_unlock(&A.lock);
 				if (!ok)
@@ -361,6 +366,7 @@ static void answered(enum entry_state st, const char *value)
 	A.busy = NULL;
 	if (e) {
 		e->state = st;
+		e->lost = 0;
 		e->at_ms = now_ms();
 		snprintf(e->value, sizeof(e->value), "%s", value ? value : "");
 		wake_waiters(e);
@@ -369,13 +375,33 @@ static void answered(enum entry_state st, const char *value)
 	event_active(A.kick, EV_READ, 0);
 }
 
-static void failed(const char *what, const char *detail)
+/* The lookup failed. Its connection lost (a switchover stops the server it
+ * asked, say): asked again on whatever is reachable then, LOST_RETRIES times,
+ * RETRY_MS apart — the sessions waiting are bounded by their own timers. An
+ * error from the query itself is the answer. */
+static void failed(const char *what, const char *detail, bool connection)
 {
 	char why[512];
 	snprintf(why, sizeof(why), "%s%s", what, detail ? detail : "");
 	why[strcspn(why, "\n")] = 0;
-	log_warning("auth_query: %s", why);
 	drop_conn();
+	pthread_mutex_lock(&A.lock);
+	struct entry *e = A.busy;
+	bool again = connection && e && e->lost < LOST_RETRIES;
+	if (again) {
+		e->lost++;
+		e->state = E_PENDING;
+		A.busy = NULL;
+	}
+	pthread_mutex_unlock(&A.lock);
+	if (again) {
+		log_warning("auth_query: %s; asking again", why);
+		event_del(A.deadline);
+		struct timeval tv = { 0, RETRY_MS * 1000 };
+		event_add(A.retry, &tv);
+		return;
+	}
+	log_warning("auth_query: %s", why);
 	answered(E_ERROR, why);
 }
 
@@ -394,12 +420,12 @@ static void send_query(void)
 {
 	const char *params[1] = { A.busy->user };
 	if (!PQsendQueryParams(A.conn, A.cfg->auth_query, 1, NULL, params, NULL, NULL, 0)) {
-		failed("cannot send: ", PQerrorMessage(A.conn));
+		failed("cannot send: ", PQerrorMessage(A.conn), true);
 		return;
 	}
 	int f = PQflush(A.conn);
 	if (f < 0) {
-		failed("cannot send: ", PQerrorMessage(A.conn));
+		failed("cannot send: ", PQerrorMessage(A.conn), true);
 		return;
 	}
 	watch(f ? EV_READ | EV_WRITE : EV_READ);
@@ -408,7 +434,7 @@ static void send_query(void)
 static void read_result(void)
 {
 	if (!PQconsumeInput(A.conn) || PQflush(A.conn) < 0) {
-		failed("", PQerrorMessage(A.conn));
+		failed("", PQerrorMessage(A.conn), true);
 		return;
 	}
 	if (PQisBusy(A.conn)) {
@@ -446,7 +472,9 @@ static void read_result(void)
 		A.io = NULL;
 	}
 	if (st == E_ERROR) {
-		failed("", value);
+		/* a FATAL that ended the connection (its server shutting down, a
+		 * terminated backend) is a lost connection, not the query's answer */
+		failed("", value, PQstatus(A.conn) == CONNECTION_BAD);
 		return;
 	}
 	log_debug("auth_query: user \"%s\" %s", A.busy->user,
@@ -469,7 +497,7 @@ static void poll_connect(void)
 		send_query();
 		break;
 	default:
-		failed("connect: ", PQerrorMessage(A.conn));
+		failed("connect: ", PQerrorMessage(A.conn), true);
 		break;
 	}
 }
@@ -506,7 +534,7 @@ static void open_conn(struct disc_server *srv)
 	A.conn = disc_pq_start(srv, A.pc, A.cfg->auth_user, A.cfg->auth_password, "pgrouter-auth");
 	A.conn_srv = srv;
 	if (!A.conn || PQstatus(A.conn) == CONNECTION_BAD) {
-		failed("connect: ", A.conn ? PQerrorMessage(A.conn) : "out of memory");
+		failed("connect: ", A.conn ? PQerrorMessage(A.conn) : "out of memory", true);
 		return;
 	}
 	A.connecting = true;
@@ -517,7 +545,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
 	char why[64];
 	snprintf(why, sizeof(why), "%u ms", A.cfg->connect_timeout_ms);
-	failed("no answer within ", why);
+	failed("no answer within ", why, true);
 }
 
 static void next_query(void)

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "har
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router  # noqa: E402
+from cluster import PG_BIN, Router, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 
 PGBENCH = os.path.join(PG_BIN, "pgbench")
@@ -91,6 +91,11 @@ def main():
                        capture_output=True)
         leader.sql("grant select on all tables in schema public to app")
         pc.wait_healthy(60)
+        # the role and its grants replayed on the standbys before pgbench reads
+        # there (it gave up at once in the first soak: permission denied)
+        for n in pc.replicas():
+            wait_for(lambda: n.sql("select has_table_privilege('app', 'pgbench_branches', "
+                                   "'select')") == "t", 60, "grants replayed on " + n.name)
         router = Router(None, {"rw": {"target_session_attrs": "read-write"},
                                "ro": {"target_session_attrs": "prefer-standby"}}, pc.dir,
                         pgrouter=args.pgrouter,

@@ -222,6 +222,26 @@ class AuthTest(unittest.TestCase):
                                           channel_binding="require"))
         self.assertIn("channel binding required", err)
 
+    def test_lookup_survives_its_connection_lost(self):
+        """auth_query's connection ended under it (a switchover stops the server
+        it asks; here its backend is terminated): the lookup is asked again,
+        the client logs in (the soak saw 08001 "cannot look up" at switchovers)."""
+        r = Router([s.addr for s in self.cluster.servers],
+                   {"rw": {"target_session_attrs": "read-write"}}, self.work,
+                   auth_user="pgrouter_auth", auth_password="authpw",
+                   auth_query="SELECT username, password FROM pgrouter.get_auth($1)",
+                   auth_cache_ttl="0").start()
+        self.addCleanup(r.stop_clean)
+        dsn = r.dsn("rw", user="scramuser", password="scrampw")
+        self.assertEqual(one(dsn, "select current_user"), "scramuser")
+        time.sleep(1.1)  # past the answer's freshness: the next login asks again
+        killed = self.cluster.primary.sql(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+            "where application_name = 'pgrouter-auth'")
+        self.assertGreaterEqual(int(killed), 1)  # (the class's router's too)
+        self.assertEqual(one(dsn, "select current_user"), "scramuser")
+        self.assertIn("; asking again", r.log_text(), r.log_text())
+
     def test_password_change(self):
         old = connect(self.router.dsn("rw", user="changing", password="before"))
         try:
