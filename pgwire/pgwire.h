@@ -50,7 +50,7 @@ enum pgw_result {
 	PGW_MALFORMED = -3,
 	/* first packets only: what PostgreSQL's ProcessStartupPacket tells apart */
 	PGW_NO_USER = -4,         /* 28000 "no PostgreSQL user name specified" */
-	PGW_BAD_REPLICATION = -5, /* 08P01 invalid value for "replication" (bad_value) */
+	PGW_BAD_REPLICATION = -5, /* 22023 invalid value for "replication" (bad_value) */
 	PGW_TOO_MANY_PARAMS = -6, /* more than PGW_MAX_PARAMS (pgrouter's own limit) */
 	PGW_BAD_CANCEL = -7,      /* a CancelRequest of the wrong length */
 };

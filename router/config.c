@@ -229,6 +229,14 @@ static int set_duration(struct parse_ctx *p, const char *key, const char *v, uns
 	return 1;
 }
 
+static int set_on_off(struct parse_ctx *p, const char *key, const char *v, bool *dst)
+{
+	if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+		return fail(p, p->line, key, "must be on or off");
+	*dst = strcmp(v, "on") == 0;
+	return 1;
+}
+
 static int readable_file(struct parse_ctx *p, const char *k, const char *v, char *dst, size_t len)
 {
 	if (*v && access(v, R_OK) != 0)
@@ -381,12 +389,8 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be an integer 1..1000000");
 		return 1;
 	}
-	if (strcmp(k, "tcp_keepalive") == 0) {
-		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
-			return fail(p, p->line, k, "must be on or off");
-		c->tcp_keepalive = strcmp(v, "on") == 0;
-		return 1;
-	}
+	if (strcmp(k, "tcp_keepalive") == 0)
+		return set_on_off(p, k, v, &c->tcp_keepalive);
 	if (strcmp(k, "tcp_keepidle") == 0)
 		return set_duration(p, k, v, &c->tcp_keepidle_ms, true);
 	if (strcmp(k, "tcp_keepintvl") == 0)
@@ -595,12 +599,8 @@ static int cluster_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be configmap, endpoints or off");
 		return set_string(p, k, v, c->k8s_patroni_leader, sizeof(c->k8s_patroni_leader));
 	}
-	if (strcmp(k, "stolon_register") == 0) {
-		if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
-			return fail(p, p->line, k, "must be on or off");
-		c->stolon_register = strcmp(v, "on") == 0;
-		return 1;
-	}
+	if (strcmp(k, "stolon_register") == 0)
+		return set_on_off(p, k, v, &c->stolon_register);
 	if (strcmp(k, "stolon_prefix") == 0) {
 		size_t n = strlen(v);
 		while (n && v[n - 1] == '/')

@@ -628,7 +628,6 @@ struct session {
 	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
 	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
-	unsigned negotiations : 2;     /* SSLRequest/GSSENCRequest answered (saturates at 3) */
 	unsigned ssl_done : 1;         /* as PostgreSQL's ProcessStartupPacket: no SSLRequest */
 	unsigned gss_done : 1;         /* ... or GSSENCRequest may follow */
 	unsigned plain_after_tls : 1;  /* bytes came with the SSLRequest: FATAL once encrypted */
@@ -672,7 +671,8 @@ struct session {
  * max_client_conn): FATAL 53300 at once, before its startup packet — as
  * PostgreSQL's postmaster answers when it cannot start a backend — and closed.
  * Costs no session and holds its descriptor for no time. */
-void session_refuse(struct worker *w, struct listener_config *l, int fd, const char *detail);
+void session_refuse(struct worker *w, struct listener_config *l, int fd, enum rej_reason why,
+		    const char *detail);
 void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
 		   int salen);
 void session_set_state(struct session *s, enum sess_state st);

@@ -187,6 +187,7 @@ void session_finish(struct session *s)
 }
 
 static bool at_boundary(const struct session *s);
+static bool streams_settled(const struct session *s);
 
 /* A pooled connection goes back for the next client when the session sits
  * between transactions with nothing in flight and the client's Terminate did
@@ -201,8 +202,7 @@ static void release_pooled(struct session *s)
 static void detach_server(struct session *s)
 {
 	release_pooled(s);
-	if (s->s.fd >= 0 && !(pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
-			      s->c.scan.sync_points == s->s.scan.sync_points)) {
+	if (s->s.fd >= 0 && !streams_settled(s)) {
 		/* given up with a request in flight: reset, so that bytes the kernel
 		 * still holds (a server cut off by a partition) are dropped, not
 		 * delivered to run after the client was told its session ended */
@@ -636,6 +636,12 @@ static bool direct_tls(struct session *s)
 	return true;
 }
 
+/* Was an SSLRequest or GSSENCRequest answered? (Each sets its own flag.) */
+static bool negotiated(const struct session *s)
+{
+	return s->ssl_done || s->gss_done;
+}
+
 /* An SSLRequest or GSSENCRequest, as PostgreSQL's ProcessStartupPacket
  * answers them: 'S' and TLS when the listener has it, else 'N' (GSSAPI
  * encryption is never offered). After an SSLRequest, another one may not
@@ -649,8 +655,6 @@ static void negotiate(struct session *s, const struct pgw_first *f, int len)
 	bool ssl = f->kind == PGW_FIRST_SSL;
 	bool yes = ssl && s->l->tls.mode != CLIENT_TLS_DISABLE;
 	bool extra = evbuffer_get_length(s->in) > 0;
-	if (s->negotiations < 3)
-		s->negotiations++;
 	if (ssl) {
 		s->ssl_done = true;
 		s->gss_done = yes;
@@ -687,7 +691,7 @@ static void startup_read(struct session *s)
 		s->dead = true;
 		return;
 	}
-	if (!s->c.ssl && s->negotiations == 0 && evbuffer_get_length(s->in) == 0 && direct_tls(s))
+	if (!s->c.ssl && !negotiated(s) && evbuffer_get_length(s->in) == 0 && direct_tls(s))
 		return;
 	ssize_t n = end_recv(&s->c, s->w->scratch, sizeof(s->w->scratch));
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -697,7 +701,7 @@ static void startup_read(struct session *s)
 		 * encryption request, a line for a client that left halfway through its
 		 * packet */
 		size_t have = evbuffer_get_length(s->in);
-		if (have >= 4 || (have && !s->ssl_done && !s->gss_done))
+		if (have >= 4 || (have && !negotiated(s)))
 			slog(LOG_INFO, s, "incomplete startup packet");
 		s->dead = true;
 		return;
@@ -711,7 +715,7 @@ static void startup_read(struct session *s)
 		size_t have = evbuffer_get_length(s->in);
 		if (evbuffer_copyout(s->in, hdr, have < 4 ? have : 4) < 0)
 			return;
-		if (!s->c.ssl && s->negotiations == 0 && hdr[0] == TLS_HANDSHAKE_RECORD) {
+		if (!s->c.ssl && !negotiated(s) && hdr[0] == TLS_HANDSHAKE_RECORD) {
 			/* a ClientHello (a listener with TLS took it in direct_tls) */
 			slog(LOG_INFO, s, "TLS handshake on a listener with client_tls = disable; closed");
 			s->dead = true;
@@ -1353,10 +1357,17 @@ static void auth_read(struct session *s)
 
 /* Between transactions with nothing in flight: the server's last word was
  * ReadyForQuery 'I' and the client has sent no request since. */
+/* Nothing in flight on the two streams: every request the client sent was
+ * answered to its ReadyForQuery. */
+static bool streams_settled(const struct session *s)
+{
+	return pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
+	       s->c.scan.sync_points == s->s.scan.sync_points;
+}
+
 static bool at_boundary(const struct session *s)
 {
-	return s->state == SS_RELAY && pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
-	       s->c.scan.sync_points == s->s.scan.sync_points;
+	return s->state == SS_RELAY && streams_settled(s);
 }
 
 static const struct topo_entry *entry_for(const struct topology *t, const struct disc_server *srv)
@@ -2214,7 +2225,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- worker-wide events ----------------------------------------------- */
 
-void session_refuse(struct worker *w, struct listener_config *l, int fd, const char *detail)
+void session_refuse(struct worker *w, struct listener_config *l, int fd, enum rej_reason why,
+		    const char *detail)
 {
 	static struct log_limit limit;
 	uint8_t buf[512];
@@ -2224,8 +2236,8 @@ void session_refuse(struct worker *w, struct listener_config *l, int fd, const c
 	 * (sslmode=prefer) reads the error as a server's */
 	size_t n = 0;
 	ssize_t got = recv(fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
-	if (got >= 8 && pgw_get32(w->scratch) == 8 &&
-	    (pgw_get32(w->scratch + 4) == PGW_CODE_SSL || pgw_get32(w->scratch + 4) == PGW_CODE_GSSENC))
+	uint32_t code = got >= 8 && pgw_get32(w->scratch) == 8 ? pgw_get32(w->scratch + 4) : 0;
+	if (code == PGW_CODE_SSL || code == PGW_CODE_GSSENC)
 		buf[n++] = 'N';
 	while (got > 0)
 		got = recv(fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
@@ -2236,7 +2248,7 @@ void session_refuse(struct worker *w, struct listener_config *l, int fd, const c
 	(void)sent; /* a fresh socket's buffer takes it; if not, it gets nothing */
 	shutdown(fd, SHUT_WR);
 	close(fd);
-	stat_add(&w->stats->l[l->slot].rejected[REJ_OPEN_FILES], 1);
+	stat_add(&w->stats->l[l->slot].rejected[why], 1);
 	unsigned held;
 	if (log_limit_pass(&limit, 10000, &held))
 		log_warning("listener %s: client refused at once with 53300: %s (%u more refused "
@@ -2266,7 +2278,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 				 n - 1, cur_cfg->max_client_conn);
 		}
 		atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
-		session_refuse(w, l, fd, detail);
+		session_refuse(w, l, fd, past_room ? REJ_OPEN_FILES : REJ_MAX_CLIENT_CONN, detail);
 		return;
 	}
 	struct session *s = calloc(1, sizeof(*s));

@@ -105,7 +105,7 @@ static void accept_error_cb(struct evconnlistener *el, void *arg)
 			     (fd = accept4(evconnlistener_get_fd(el), NULL, NULL,
 					   SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;
 		     refused++)
-			session_refuse(a->w, a->l, fd, "pgrouter is out of open files");
+			session_refuse(a->w, a->l, fd, REJ_OPEN_FILES, "pgrouter is out of open files");
 		a->w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	}
 	unsigned held;
