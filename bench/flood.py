@@ -23,17 +23,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "harness"))
-from cluster import PG_BIN, PgCluster, Router  # noqa: E402
+from cluster import PG_BIN, PgCluster, Router, rss_kb  # noqa: E402
 from wire import Wire, cstr, msg  # noqa: E402
 
 PGBENCH = os.path.join(PG_BIN, "pgbench")
-
-
-def rss_kb(pid):
-    for line in open("/proc/%d/status" % pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def pgbench_tps(port, seconds):

@@ -15,15 +15,9 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "harness"))
-from cluster import PG_BIN, PgCluster, Router, free_port  # noqa: E402
+from cluster import PG_BIN, PgCluster, Router, cpu_seconds, free_port  # noqa: E402
 
 PGBENCH = os.path.join(PG_BIN, "pgbench")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu(pid):
-    st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(st[11]) + int(st[12])) / CLK_TCK
 
 
 def median(v):
@@ -60,7 +54,7 @@ def main():
         res = {"on": ([], []), "off": ([], [])}
         for _ in range(args.repeat):
             for name, r in (("on", on), ("off", off)):
-                c0 = cpu(r.proc.pid)
+                c0 = cpu_seconds(r.proc.pid)
                 out = subprocess.run([PGBENCH, "-n", "-S", "-M", "prepared", "-c",
                                       str(args.clients), "-j", "2", "-T", str(args.duration),
                                       "-h", "127.0.0.1", "-p", str(r.port("rw")), "-U",
@@ -69,7 +63,7 @@ def main():
                 n = int(re.search(r"actually processed: (\d+)", out).group(1))
                 tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
                 res[name][0].append(tps)
-                res[name][1].append((cpu(r.proc.pid) - c0) / n * 1e6)
+                res[name][1].append((cpu_seconds(r.proc.pid) - c0) / n * 1e6)
         stop.set()
         th.join()
         on.stop()

@@ -31,25 +31,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "harness"))
 from cluster import (PG_BIN, PgCluster, Router, as_postgres, chown_postgres,  # noqa: E402
-                     free_port, stop_pid, track, untrack, wait_for)
+                     cpu_seconds, free_port, rss_kb, stop_pid, track, untrack, wait_for)
 from tlsca import TestCA  # noqa: E402
 from wire import Wire  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def raise_nofile():

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "har
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, rss_kb, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 
 PGBENCH = os.path.join(PG_BIN, "pgbench")
@@ -64,13 +64,6 @@ class Writer(threading.Thread):
                 c = None
                 time.sleep(0.2)
             time.sleep(0.005)
-
-
-def rss_kb(pid):
-    for line in open("/proc/%d/status" % pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main():

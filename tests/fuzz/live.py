@@ -21,7 +21,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,55 +28,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "harness"))
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, PgCluster, Router, free_port  # noqa: E402
+from cluster import PG_BIN, PgCluster, Router  # noqa: E402
+from tcpproxy import TcpProxy  # noqa: E402
 from tlsca import TestCA  # noqa: E402
 
 STREAMS = os.path.join(HERE, "streams")
 
 
-class Recorder:
-    """A relay that keeps what each client sent (its whole stream)."""
-
-    def __init__(self, target_port):
-        self.target = ("127.0.0.1", target_port)
-        self.port = free_port()
-        self.streams = []
-        self.ls = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            s = socket.create_connection(self.target)
-            buf = bytearray()
-            self.streams.append(buf)
-            threading.Thread(target=self._pump, args=(c, s, buf), daemon=True).start()
-            threading.Thread(target=self._pump, args=(s, c, None), daemon=True).start()
-
-    def _pump(self, src, dst, keep):
-        try:
-            while True:
-                d = src.recv(65536)
-                if not d:
-                    break
-                if keep is not None:
-                    keep += d
-                dst.sendall(d)
-        except OSError:
-            pass
-        for x in (src, dst):
-            try:
-                x.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def capture(r, port_plain, port_auth):
     os.makedirs(STREAMS, exist_ok=True)
-    rec = Recorder(port_plain)
+    rec = TcpProxy(port_plain, record=True)
     env = dict(os.environ, PGPASSWORD="fuzzpw", PGSSLMODE="disable")
     dsn = "host=127.0.0.1 port=%d dbname=postgres" % rec.port
     runs = {
@@ -96,7 +56,7 @@ def capture(r, port_plain, port_auth):
         time.sleep(0.3)
         for i, s in enumerate(rec.streams[before:]):
             open(os.path.join(STREAMS, "%s-%d.bin" % (name, i)), "wb").write(bytes(s))
-    rec2 = Recorder(port_auth)
+    rec2 = TcpProxy(port_auth, record=True)
     subprocess.run(["psql", "-X", "-d", "host=127.0.0.1 port=%d dbname=postgres user=fuzz "
                     "sslmode=disable" % rec2.port, "-c", "select current_user"], env=env,
                    check=True, capture_output=True)
@@ -106,6 +66,8 @@ def capture(r, port_plain, port_auth):
         struct.pack("!II", 8, 80877103) + bytes(rec.streams[0]))
     open(os.path.join(STREAMS, "cancel-0.bin"), "wb").write(
         struct.pack("!IIII", 16, 80877102, 1234, 5678))
+    rec.stop()
+    rec2.stop()
     print("captured %d streams into %s" % (len(os.listdir(STREAMS)), STREAMS))
 
 

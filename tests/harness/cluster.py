@@ -6,9 +6,11 @@ starts pgrouter with a generated configuration. Everything is stopped by PID.
 Runs under Debian's /usr/bin/python3 (psycopg2 comes from python3-psycopg2).
 """
 import atexit
+import calendar
 import itertools
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -152,6 +154,34 @@ def pgbench_select1(test, port, user, password, mode, clients=4, txns=50):
                        capture_output=True, text=True, timeout=120)
     test.assertEqual(r.returncode, 0, r.stderr)
     test.assertIn("number of failed transactions: 0", r.stdout)
+
+
+def log_time(log, needle):
+    """Wall-clock time (seconds since the epoch) of the first pgrouter log line
+    with needle, or None."""
+    for line in log.splitlines():
+        if needle in line:
+            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) UTC", line)
+            if m:
+                return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
+                    int(m.group(2)) / 1000.0
+    return None
+
+
+def cpu_seconds(pid):
+    """CPU time a process used so far (utime + stime, from /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid):
+    """A process's resident memory (VmRSS), kB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def run(cmd, **kw):

@@ -2,8 +2,9 @@
 misbehave on purpose: stall one connection's server-to-client direction
 after the server's first bytes (a server that hangs mid-login), close a
 connection on its startup packet (a server that fails the login), delay
-every chunk (a slow link), or pass nothing at all for a while (blackhole).
-Threads, one pair per connection; stop() closes all."""
+every chunk (a slow link), or pass nothing at all for a while (blackhole);
+and keep what clients sent (record). Threads, one pair per connection; stop()
+closes all."""
 import socket
 import struct
 import threading
@@ -24,8 +25,9 @@ def startup_user(data):
 
 
 class TcpProxy:
-    def __init__(self, target_port, stall_user=None, kill_user=None, delay=0.0):
+    def __init__(self, target_port, stall_user=None, kill_user=None, delay=0.0, record=False):
         self.target = ("127.0.0.1", target_port)
+        self.streams = [] if record else None  # each connection's client bytes, in order
         self.stall_user = stall_user  # its server side goes quiet after the first chunk
         self.kill_user = kill_user    # its connection is closed on its startup packet
         self.killed = 0
@@ -61,7 +63,9 @@ class TcpProxy:
                 continue
             with self.lock:
                 self.socks += [c, s]
-            state = {"user": None}
+            state = {"user": None, "sent": bytearray()}
+            if self.streams is not None:
+                self.streams.append(state["sent"])
             threading.Thread(target=self._pump, args=(c, s, state, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(s, c, state, False), daemon=True).start()
 
@@ -86,6 +90,8 @@ class TcpProxy:
                     self.stalled.set()
                     continue  # swallowed: the server seems to hang
                 dst.sendall(data)
+                if to_server and self.streams is not None:
+                    state["sent"] += data
                 if not to_server:
                     state["forwarded"] = True
         except OSError:

@@ -6,7 +6,6 @@ import os
 import re
 import resource
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -18,60 +17,13 @@ import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 
+import netfault  # noqa: E402
 from cluster import PgCluster, Router, wait_for  # noqa: E402
 from cluster import query_one as one  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
 
-IPTABLES = shutil.which("iptables-legacy") or "/usr/sbin/iptables-legacy"
-
-
-class Loss:
-    """A share of the packets to and from a loopback port dropped at random."""
-
-    def __init__(self, port, probability):
-        self.rules = [["INPUT", "-i", "lo", "-p", "tcp", d, str(port), "-m", "statistic",
-                       "--mode", "random", "--probability", str(probability), "-j", "DROP"]
-                      for d in ("--dport", "--sport")]
-        for r in self.rules:
-            subprocess.run([IPTABLES, "-I"] + r, check=True)
-        self.on = True
-
-    def heal(self):
-        if self.on:
-            for r in self.rules:
-                subprocess.run([IPTABLES, "-D"] + r, check=False)
-        self.on = False
-
-
-class Partition:
-    """Packets to and from a loopback port dropped, both ways, until heal()."""
-
-    def __init__(self, port):
-        self.rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
-                      ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(port), "-j", "DROP"]]
-        self.on = False
-
-    def cut(self):
-        for r in self.rules:
-            subprocess.run([IPTABLES, "-I"] + r, check=True)
-        self.on = True
-        return self
-
-    def heal(self):
-        if self.on:
-            for r in self.rules:
-                subprocess.run([IPTABLES, "-D"] + r, check=False)
-        self.on = False
-
-
-def can_partition():
-    if os.geteuid() != 0 or not os.path.exists(IPTABLES):
-        return False
-    return subprocess.run([IPTABLES, "-L", "INPUT", "-n"], capture_output=True).returncode == 0
-
-
-@unittest.skipUnless(can_partition(), "needs root and iptables-legacy (tests/deps.sh installs it)")
+@unittest.skipUnless(netfault.available(), "needs root and iptables-legacy (tests/deps.sh installs it)")
 class SilentPeerTest(unittest.TestCase):
     """Each test partitions what it uses, so each has its own server and router."""
 
@@ -87,7 +39,7 @@ class SilentPeerTest(unittest.TestCase):
         self.direct = self.cluster.primary.dsn()
 
     def partition(self, port):
-        p = Partition(port).cut()
+        p = netfault.partition(port)
         self.addCleanup(p.heal)
         return p
 
@@ -304,7 +256,7 @@ class LoginStallTest(unittest.TestCase):
         psycopg2.connect(r.dsn("rw")).close()
 
 
-@unittest.skipUnless(can_partition(), "needs root and iptables-legacy (tests/deps.sh installs it)")
+@unittest.skipUnless(netfault.available(), "needs root and iptables-legacy (tests/deps.sh installs it)")
 class SlowLossyLinkTest(unittest.TestCase):
     def test_200ms_rtt_and_2_percent_loss(self):
         """The server link through a relay adding 100 ms each way, with 2 % of its
@@ -318,7 +270,7 @@ class SlowLossyLinkTest(unittest.TestCase):
         r = Router([proxy.addr], {"rw": {}}, cluster.dir, connect_timeout="5s",
                    queue_timeout="20s", probe_interval="1s").start()
         self.addCleanup(r.stop_clean)
-        loss = Loss(proxy.port, 0.02)
+        loss = netfault.loss(proxy.port, 0.02)
         self.addCleanup(loss.heal)
         script = ("\\set k random(1, 50)\n"
                   "insert into kv values (:k, 1) on conflict (k) do update set v = kv.v + 1;\n")

@@ -3,10 +3,8 @@ iptables-legacy DROP rules in OUTPUT match the sending process's user (-m owner)
 pgrouter runs as root while Patroni, PostgreSQL and etcd run as postgres, so a
 rule for uid 0 cuts pgrouter alone off a port and the cluster still sees
 itself. Checks on the servers during a cut go through their Unix sockets."""
-import calendar
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,40 +17,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import Router, free_port, wait_for  # noqa: E402
+import netfault  # noqa: E402
+from cluster import Router, free_port, log_time, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
-
-IPTABLES = shutil.which("iptables-legacy") or "/usr/sbin/iptables-legacy"
-
-
-def can_cut():
-    if os.geteuid() != 0 or not os.path.exists(IPTABLES):
-        return False
-    probe = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", "1", "-m", "owner",
-             "--uid-owner", "0", "-j", "DROP"]
-    if subprocess.run([IPTABLES, "-A"] + probe, capture_output=True).returncode:
-        return False
-    subprocess.run([IPTABLES, "-D"] + probe, capture_output=True)
-    return True
-
-
-class Cut:
-    """Packets root's processes (pgrouter) send to a loopback port dropped (or
-    another user's: postgres, for the Patroni members)."""
-
-    def __init__(self, port, user="0"):
-        self.rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-m", "owner",
-                     "--uid-owner", user, "-j", "DROP"]
-        subprocess.run([IPTABLES, "-I"] + self.rule, check=True)
-        self.on = True
-
-    def heal(self):
-        if self.on:
-            subprocess.run([IPTABLES, "-D"] + self.rule, check=False)
-        self.on = False
-
 
 def local_sql(node, query):
     """psql over the node's Unix socket: no iptables rule applies."""
@@ -72,7 +41,8 @@ def get(url):
         return e.code, e.read().decode()
 
 
-@unittest.skipUnless(can_cut(), "needs root and iptables-legacy with the owner match")
+@unittest.skipUnless(netfault.available(owner=True),
+                     "needs root and iptables-legacy with the owner match")
 class PartitionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -114,7 +84,7 @@ class PartitionTest(unittest.TestCase):
         old = self.pc.leader()
         self.assertEqual(self.write(), (old.pg_port, False))
         mark = len(self.router.log_text())
-        cut = Cut(self.pc.etcd.port)
+        cut = netfault.cut(self.pc.etcd.port)
         self.addCleanup(cut.heal)
         t0 = time.monotonic()
         self.router.wait_log("keeping the last cluster state (stale)", timeout=20, since=mark)
@@ -147,7 +117,7 @@ class PartitionTest(unittest.TestCase):
         w = Wire(self.router.port("rw"))
         w.login()
         before = local_sql(leader, "select count(*) from w")
-        cut = Cut(leader.pg_port)
+        cut = netfault.cut(leader.pg_port)
         self.addCleanup(cut.heal)
         t0 = time.monotonic()
         w.send(msg(b"Q", cstr("insert into w default values")))
@@ -181,13 +151,8 @@ class PartitionTest(unittest.TestCase):
               file=sys.stderr)
 
 
-def log_time(line):
-    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) UTC", line)
-    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
-        int(m.group(2)) / 1000.0
-
-
-@unittest.skipUnless(can_cut(), "needs root and iptables-legacy with the owner match")
+@unittest.skipUnless(netfault.available(owner=True),
+                     "needs root and iptables-legacy with the owner match")
 class IsolatedPrimaryTest(unittest.TestCase):
     def test_old_primary_cut_from_patroni_and_the_dcs(self):
         """The primary's Patroni loses etcd (its relay turns into a black hole) and
@@ -231,12 +196,12 @@ class IsolatedPrimaryTest(unittest.TestCase):
         mark = len(r.log_text())
         t_cut = time.time()
         proxy.blackhole()
-        api = Cut(old.api_port, user="postgres")
+        api = netfault.cut(old.api_port, user="postgres")
         self.addCleanup(api.heal)
         self.addCleanup(proxy.blackhole, False)
         seen = re.compile(r".*etcd: leader key now names (pg2|pg3).*")
         wait_for(lambda: seen.search(r.log_text()[mark:]), 90, "a new leader key")
-        t_seen = log_time(seen.search(r.log_text()[mark:]).group(0))
+        t_seen = log_time(r.log_text()[mark:], seen.search(r.log_text()[mark:]).group(0))
         new = [n for n in pc.nodes if n.name == seen.search(r.log_text()[mark:]).group(1)][0]
         wait_for(lambda: any(p == new.pg_port and at > t_seen for at, p in acked), 60,
                  "writes on the new leader")

@@ -1,7 +1,6 @@
 """pgrouter following a real Patroni cluster (3 nodes, PostgreSQL 15) through
 its DCS. One suite, parameterised by the source: SOURCE = "etcd" here; the
 ZooKeeper and REST sources reuse it with their own cluster factory."""
-import calendar
 import json
 import os
 import re
@@ -19,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, free_port, pid_alive, port_of, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, free_port, log_time, pid_alive, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster, http_json  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, scram_login  # noqa: E402
 
@@ -51,17 +50,6 @@ def wire_port_rows(msgs):
     rows = [b for t, b in msgs if t == b"D"]
     assert len(rows) == 1, msgs
     return int(rows[0][6:])
-
-
-def log_time(log, needle):
-    """Wall-clock time (seconds since the epoch) of the first log line with needle."""
-    for line in log.splitlines():
-        if needle in line:
-            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) UTC", line)
-            if m:
-                return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
-                    int(m.group(2)) / 1000.0
-    return None
 
 
 class Writer(threading.Thread):

@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
 
-from cluster import PgCluster, Router, chown_postgres  # noqa: E402
+from cluster import PgCluster, Router, chown_postgres, cpu_seconds  # noqa: E402
 from tlsca import TestCA  # noqa: E402
 from wire import Wire, error_fields, startup_packet  # noqa: E402
 
@@ -235,13 +235,9 @@ class StartupTest(unittest.TestCase):
     def test_stalled_tls_handshakes_cost_no_cpu(self):
         """Half a ClientHello after 'S', twenty times: pgrouter waits for readable
         sockets (it once spun on them) and closes them at startup_timeout."""
-        def cpu():
-            with open("/proc/%d/stat" % self.router.proc.pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         hello = bytes([22, 3, 1, 0x02, 0x00]) + b"\x01\x00\x01\xfc" + b"\x03\x03"
         socks = []
-        before = cpu()
+        before = cpu_seconds(self.router.proc.pid)
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", self.router.port("tls")))
             s.sendall(SSL_REQUEST)
@@ -249,7 +245,7 @@ class StartupTest(unittest.TestCase):
             s.sendall(hello)  # a record that promises 512 bytes, 6 given
             socks.append(s)
         time.sleep(4)
-        used = cpu() - before
+        used = cpu_seconds(self.router.proc.pid) - before
         for s in socks:
             s.settimeout(1)
             self.assertEqual(s.recv(100), b"")  # closed at startup_timeout
