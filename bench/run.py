@@ -37,9 +37,18 @@ from wire import Wire  # noqa: E402
 
 
 
+# client connections each proxy admits: raised with --idle (10,000 idle
+# sessions need 20,000 descriptors in a proxy: the clients' and the servers')
+CONN_LIMIT = 5000
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    want = max(65536, 3 * CONN_LIMIT)
+    try:  # root may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
 
 
 def accepts(port):
@@ -75,7 +84,7 @@ class HAProxy(Proxy):
         # no Patroni REST API in this cluster)
         with open(self.conf, "w") as f:
             f.write("""global
-    maxconn 8000
+    maxconn %d
 defaults
     mode tcp
     timeout connect 3s
@@ -83,9 +92,9 @@ defaults
     timeout server 1h
 listen pg
     bind 127.0.0.1:%d
-    maxconn 8000
+    maxconn %d
     server primary 127.0.0.1:%d check inter 1s fall 2 rise 1
-""" % (self.port, backend_port))
+""" % (CONN_LIMIT + 3000, self.port, CONN_LIMIT + 3000, backend_port))
 
     def start(self):
         return self.spawn(["haproxy", "-f", self.conf, "-db"])
@@ -112,15 +121,15 @@ unix_socket_dir =
 auth_type = trust
 auth_file = %s/users.txt
 pool_mode = session
-max_client_conn = 5000
-default_pool_size = 2000
+max_client_conn = %d
+default_pool_size = %d
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits
 logfile = %s/pgbouncer.log
 pidfile =
 log_connections = 0
 log_disconnections = 0
-""" % (backend_port, self.port, self.dir, self.dir))
+""" % (backend_port, self.port, CONN_LIMIT, max(2000, CONN_LIMIT), self.dir, self.dir))
             if tls:
                 f.write("client_tls_sslmode = require\nclient_tls_cert_file = %s\n"
                         "client_tls_key_file = %s\nserver_tls_sslmode = disable\n" % tls)
@@ -142,8 +151,8 @@ class PgRouterTarget:
         self.tls = bool(tls)
         self.router = Router([s.addr for s in cluster.servers],
                              {"rw": {"target_session_attrs": "read-write"}}, workdir,
-                             workers=workers, log_level="warning", max_client_conn=5000,
-                             probe_interval="1s", **settings)
+                             workers=workers, log_level="warning",
+                             max_client_conn=CONN_LIMIT, probe_interval="1s", **settings)
 
     def start(self):
         old = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -237,10 +246,11 @@ def main():
                     help="clients use TLS (sslmode=require); see the top of this file")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     args = ap.parse_args()
+    global CONN_LIMIT
+    CONN_LIMIT = max(CONN_LIMIT, args.idle + 500)
     raise_nofile()
     clients = [int(c) for c in args.clients.split(",")]
     only = args.only.split(",")
-
     conf = {"max_connections": args.idle + 300}
     tls = None
     if args.tls:

@@ -12,6 +12,11 @@
  *      ▼ stream ends, error, canceled (compaction)
  *   BACKOFF (100 ms doubling to 2 s, next endpoint) ──▶ VERSION ...
  *
+ * While the watch is open, a heartbeat (a linearizable count of the keys,
+ * every 3 s, on the same member) must be answered within the request
+ * timeout: a member whose process hangs keeps its TCP connections, and the
+ * kernel answers keepalives for it, so only a request shows it is gone.
+ *
  * libcurl's multi-socket API runs on the main thread's event_base: curl tells
  * us which sockets and timeouts to watch, libevent tells curl when they fire.
  * No thread, no blocking call. While etcd cannot be read the last view stays,
@@ -49,6 +54,8 @@ struct disc_etcd {
 	bool stale;
 	char leader[128];  /* for "leader changed" log lines */
 	struct patroni_keys keys;
+	struct http_req beat;    /* the heartbeat under way */
+	struct event *beat_timer;
 
 	/* stolon_register: <prefix>proxies/info/<uid>, put with a lease of
 	 * 2 x proxyTimeout every proxyCheckInterval and at once when the
@@ -126,6 +133,13 @@ static void end_request(struct disc_etcd *e)
 	http_req_end(e->http, &e->req);
 }
 
+/* etcd's WithRequireLeader through the gateway: a member cut off from the
+ * quorum refuses the request, and ends a watch it serves within a few
+ * seconds of losing its leader ("etcdserver: no leader"), so that pgrouter
+ * goes on to another endpoint. Without it such a member keeps the watch open
+ * and silent: a switchover decided by the others would never be seen. */
+#define REQUIRE_LEADER "Grpc-Metadata-hasleader: true"
+
 /* Start one request: path under the endpoint, POST body (NULL: GET). */
 static int request(struct disc_etcd *e, enum etcd_step step, const char *path, char *post,
 		   bool stream)
@@ -134,7 +148,7 @@ static int request(struct disc_etcd *e, enum etcd_step step, const char *path, c
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s", endpoint(e), path);
 	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .stream = stream,
-			       .cacert = e->cfg.cacert };
+			       .cacert = e->cfg.cacert, .header = REQUIRE_LEADER };
 	return http_req_start(e->http, &e->req, url, e->token, post, &o);
 }
 
@@ -386,7 +400,8 @@ static void reg_request(struct disc_etcd *e, int step, const char *what, char *p
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s/%s", endpoint(e), e->api, what);
 	e->reg_step = step;
-	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert };
+	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
+			       .header = REQUIRE_LEADER };
 	if (!post || http_req_start(e->http, &e->reg, url, e->token, post, &o) != 0)
 		reg_end(e);
 }
@@ -456,12 +471,54 @@ static void reg_timer_cb(evutil_socket_t fd, short what, void *arg)
 	reg_round(arg);
 }
 
+/* ---- heartbeat ---- */
+
+#define BEAT_MS 3000
+
+static void beat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disc_etcd *e = arg;
+	if (e->step != E_WATCH || e->beat.easy)
+		return; /* no watch to vouch for; the last one still has its timeout */
+	char url[1024];
+	snprintf(url, sizeof(url), "%s%s/kv/range", endpoint(e), e->api);
+	json_t *j = json_pack("{s:s, s:s, s:b}", "key", e->key_b64, "range_end", e->end_b64,
+			      "count_only", 1);
+	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
+			       .header = REQUIRE_LEADER };
+	char *post = json_body(j);
+	if (post)
+		http_req_start(e->http, &e->beat, url, e->token, post, &o);
+}
+
+static void beat_answer(struct disc_etcd *e, CURLcode rc)
+{
+	long status = 0;
+	curl_easy_getinfo(e->beat.easy, CURLINFO_RESPONSE_CODE, &status);
+	json_error_t jerr;
+	json_t *j = rc == CURLE_OK ? json_loadb(e->beat.body.p ? e->beat.body.p : "",
+						e->beat.body.len, 0, &jerr)
+				   : NULL;
+	bool ok = status < 400 && header_revision(j) >= 0;
+	char why[300];
+	snprintf(why, sizeof(why), "%s%.200s", rc != CURLE_OK ? curl_easy_strerror(rc) : "",
+		 rc == CURLE_OK && e->beat.body.p ? e->beat.body.p : "");
+	json_decref(j);
+	http_req_end(e->http, &e->beat);
+	if (!ok && e->step == E_WATCH)
+		fail(e, "no answer to a heartbeat beside the watch: %s", why);
+}
+
 /* A request finished (or a stream ended). */
 static void done(void *arg, CURL *easy, CURLcode rc)
 {
 	struct disc_etcd *e = arg;
 	if (easy && easy == e->reg.easy) {
 		reg_answer(e, rc);
+		return;
+	}
+	if (easy && easy == e->beat.easy) {
+		beat_answer(e, rc);
 		return;
 	}
 	if (easy != e->req.easy)
@@ -501,6 +558,7 @@ static void fail(struct disc_etcd *e, const char *fmt, ...)
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	end_request(e);
+	http_req_end(e->http, &e->beat);
 	disc_count_error();
 	e->step = E_IDLE;
 	e->token[0] = 0;
@@ -571,6 +629,11 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 	e->end_b64 = b64_encode((const uint8_t *)end, pl);
 	e->http = http_new(base, done, activity, e);
 	e->backoff = evtimer_new(base, backoff_cb, e);
+	e->beat_timer = event_new(base, -1, EV_PERSIST, beat_cb, e);
+	if (e->beat_timer) {
+		struct timeval tv = { BEAT_MS / 1000, (BEAT_MS % 1000) * 1000 };
+		event_add(e->beat_timer, &tv);
+	}
 	e->cluster = disc_cluster_new(base, cfg->stolon_cluster ? "stolon" : "etcd", pc, false);
 	e->reg_generation = -1;
 	e->reg_timeout_ms = 15000;
@@ -591,7 +654,8 @@ struct disc_etcd *disc_etcd_start(struct event_base *base, const struct disc_etc
 			 e->uid, e->prefix);
 	}
 	e->probes_on = pc->interval_ms > 0;
-	if (!e->key_b64 || !e->end_b64 || !e->http || !e->backoff || !e->cluster) {
+	if (!e->key_b64 || !e->end_b64 || !e->http || !e->backoff || !e->beat_timer ||
+	    !e->cluster) {
 		snprintf(err, errlen, "out of memory");
 		disc_etcd_stop(e);
 		return NULL;
@@ -610,8 +674,11 @@ void disc_etcd_stop(struct disc_etcd *e)
 		return;
 	if (e->reg_timer)
 		event_free(e->reg_timer);
+	if (e->beat_timer)
+		event_free(e->beat_timer);
 	http_req_free(e->http, &e->req);
 	http_req_free(e->http, &e->reg);
+	http_req_free(e->http, &e->beat);
 	http_free(e->http);
 	if (e->backoff)
 		event_free(e->backoff);

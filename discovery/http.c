@@ -233,6 +233,8 @@ int http_req_start(struct http *h, struct http_req *r, const char *url, const ch
 			free(line);
 		}
 	}
+	if (o->header)
+		r->headers = curl_slist_append(r->headers, o->header);
 	struct http_opts opts = *o;
 	opts.headers = r->headers;
 	opts.post = post;

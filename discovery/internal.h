@@ -171,7 +171,8 @@ struct http_opts {
 	bool stream;         /* no transfer timeout (a watch) */
 	const char *cacert;
 	struct curl_slist *headers;
-	const char *post; /* body: POST; NULL: GET */
+	const char *header; /* one more header line (http_req_start) */
+	const char *post;   /* body: POST; NULL: GET */
 };
 typedef void (*http_done_fn)(void *arg, CURL *easy, CURLcode rc);
 struct http;

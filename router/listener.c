@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,46 @@ void sockaddr_describe(const struct sockaddr *sa, char *buf, size_t len)
 		port = ntohs(in6->sin6_port);
 	}
 	snprintf(buf, len, sa->sa_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+static int sysctl_int(const char *path, int fallback)
+{
+	FILE *f = fopen(path, "re");
+	int v = 0;
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v > 0 ? v : fallback;
+}
+
+/* No Nagle, and the keepalive and user timeout that find a peer that went
+ * away without a word (a partition, a frozen host): the kernel then fails
+ * the socket with ETIMEDOUT. Best effort: a Unix socket takes none of it.
+ * Set on a listening socket, Linux copies all of it to each socket accepted
+ * there (no system call per client). */
+void tcp_tune(int fd, const struct config *c)
+{
+	int one = 1, keep = c->tcp_keepalive;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keep, sizeof(keep));
+	if (keep) {
+		/* whole seconds, at least one, as the kernel counts them; 0: the
+		 * system's default, set explicitly (a listening socket may hold an
+		 * earlier configuration's value) */
+		int idle = (int)((c->tcp_keepidle_ms + 999) / 1000);
+		int intvl = (int)((c->tcp_keepintvl_ms + 999) / 1000);
+		int cnt = (int)c->tcp_keepcnt;
+		idle = idle ? idle : sysctl_int("/proc/sys/net/ipv4/tcp_keepalive_time", 7200);
+		intvl = intvl ? intvl : sysctl_int("/proc/sys/net/ipv4/tcp_keepalive_intvl", 75);
+		cnt = cnt ? cnt : sysctl_int("/proc/sys/net/ipv4/tcp_keepalive_probes", 9);
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	}
+	unsigned ut = c->tcp_user_timeout_ms; /* 0: the system's default */
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
 }
 
 static int bind_one(const struct addrinfo *ai, bool reuseport)

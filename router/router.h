@@ -549,6 +549,9 @@ unsigned workers_call(wcall_fn fn, struct wcall_arg *a, struct evbuffer *out, un
 /* "host:port" ("[v6]:port") of a peer's address, for logs and SHOW SESSIONS. */
 struct sockaddr;
 void sockaddr_describe(const struct sockaddr *sa, char *buf, size_t len);
+/* TCP_NODELAY, keepalive and user timeout as c says (sockets to servers, and
+ * listening sockets: inherited by the accepted ones). */
+void tcp_tune(int fd, const struct config *c);
 int listeners_bind(struct router *r, const struct config *c, const struct config *old, char *err,
 		   size_t errlen);
 void listeners_unbind_unclaimed(struct router *r);

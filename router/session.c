@@ -304,33 +304,6 @@ void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 static void server_failed(struct session *s, enum conn_err why, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* No Nagle, and the keepalive and user timeout that find a peer that went
- * away without a word (a partition, a frozen host): the kernel then fails
- * the socket with ETIMEDOUT. Best effort: a Unix socket takes none of it. */
-static void tcp_tune(int fd)
-{
-	const struct config *c = cur_cfg;
-	int one = 1, keep = c->tcp_keepalive;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keep, sizeof(keep));
-	if (keep) {
-		/* whole seconds, at least one, as the kernel counts them */
-		int idle = (int)((c->tcp_keepidle_ms + 999) / 1000);
-		int intvl = (int)((c->tcp_keepintvl_ms + 999) / 1000);
-		int cnt = (int)c->tcp_keepcnt;
-		if (idle)
-			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-		if (intvl)
-			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-		if (cnt)
-			setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-	}
-	if (c->tcp_user_timeout_ms) {
-		unsigned ut = c->tcp_user_timeout_ms;
-		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
-	}
-}
-
 static void connect_server(struct session *s, struct disc_server *srv)
 {
 	s->srv = srv;
@@ -343,7 +316,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 		server_failed(s, CONN_REFUSED, "socket: %s", strerror(errno));
 		return;
 	}
-	tcp_tune(fd);
+	tcp_tune(fd, cur_cfg);
 	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
 	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
@@ -1621,6 +1594,8 @@ static void lost_verdict(struct session *s)
 		return;
 	const char *why = move_reason(s);
 	if (why) {
+		if (move_from_server(s))
+			stat_add(&srv_stats(s, move_from_server(s))->shed[SHED_CANNOT_MOVE], 1);
 		session_fail(s, "57P01",
 			     "pgrouter: server %s went away and the session cannot move to another "
 			     "server: it %s; reconnect",
@@ -2298,7 +2273,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
 	/* evconnlistener accepts with SOCK_NONBLOCK: no fcntl here */
-	tcp_tune(fd);
+	/* TCP_NODELAY and the keepalive settings come from the listening socket */
 	sockaddr_describe(sa, s->peer, sizeof(s->peer));
 	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
 	evtimer_assign(&s->timer, w->base, timer_cb, s);

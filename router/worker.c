@@ -335,6 +335,9 @@ static int take_listeners(struct worker *w, struct config *c, char *err, size_t 
 		if (!live[k] && w->listeners[k]) {
 			evconnlistener_free(w->listeners[k]);
 			w->listeners[k] = NULL;
+		} else if (w->listeners[k]) {
+			/* the clients accepted from now on get c's settings */
+			tcp_tune(evconnlistener_get_fd(w->listeners[k]), c);
 		}
 	return 0;
 }

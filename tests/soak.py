@@ -1,6 +1,8 @@
 """The soak (issue 12): mixed load through pgrouter in front of a three-member
 Patroni cluster on etcd, with a Patroni switchover every --switchover-every
-seconds and an etcd restart half-way between two, for --minutes.
+seconds and an etcd member restart half-way between two, for --minutes
+(three etcd members, restarted in turn; --etcd-members 1 restarts the only
+one: Patroni then has no DCS for a few seconds).
 
 Load: writers that insert numbered rows and remember which commits they saw
 acknowledged (one connecting per transaction, two on persistent connections
@@ -10,7 +12,11 @@ its sessions move at a switchover instead of ending.
 
 Checks, at the end: every acknowledged row is on the final primary (a write
 acknowledged by a demoted primary would be rewound away and missing: none
-may be), pgrouter exited cleanly with no sanitizer report, and it prints
+may be; each missing row is printed with the server that acknowledged it,
+when, and the leader changes pgrouter read and Patroni recorded, so that a
+row lost by the cluster's own failover can be told from one pgrouter sent to
+a server that was no longer primary), pgrouter exited cleanly with no
+sanitizer report, and it prints
 pgrouter's RSS and open descriptors as a series (every 10 s) with the
 number of failed transactions per kind.
 
@@ -50,8 +56,9 @@ class Writer(threading.Thread):
                 if c is None:
                     c = psycopg2.connect(self.dsn + " connect_timeout=60")
                     c.autocommit = True
-                c.cursor().execute("insert into soak values (%s)", (i,))
-                self.acked.append(i)
+                cur = c.cursor()
+                cur.execute("insert into soak values (%s) returning port", (i,))
+                self.acked.append((i, time.time(), cur.fetchone()[0]))
                 if not self.persistent:
                     c.close()
                     c = None
@@ -70,9 +77,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--switchover-every", type=int, default=120)
+    ap.add_argument("--etcd-members", type=int, default=3)
     ap.add_argument("--pgrouter", required=True)
     args = ap.parse_args()
-    pc = PatroniCluster(3, hba=["host all app 127.0.0.1/32 scram-sha-256"]).start()
+    pc = PatroniCluster(3, hba=["host all app 127.0.0.1/32 scram-sha-256"],
+                        etcd_members=args.etcd_members).start()
+    etcds = pc.etcd.members if args.etcd_members > 1 else [pc.etcd]
     router = None
     try:
         leader = pc.leader()
@@ -92,7 +102,8 @@ def main():
         router = Router(None, {"rw": {"target_session_attrs": "read-write"},
                                "ro": {"target_session_attrs": "prefer-standby"}}, pc.dir,
                         pgrouter=args.pgrouter,
-                        cluster={"source": "etcd", "etcd_endpoints": pc.etcd.url,
+                        cluster={"source": "etcd",
+                                 "etcd_endpoints": ",".join(m.url for m in etcds),
                                  "scope": pc.scope},
                         auth="router", probe_interval="500ms", queue_timeout="40s",
                         drain_timeout="5s", log_level="info").start()
@@ -110,6 +121,7 @@ def main():
                                    stderr=subprocess.STDOUT, text=True)
                    for extra in ([], ["-C"])]
         series, events = [], []
+        restarts = 0
         start = time.monotonic()
         next_switch = start + args.switchover_every
         next_etcd = start + args.switchover_every / 2
@@ -124,10 +136,12 @@ def main():
                     events.append((round(now - start), "switchover failed: %s" % e))
                 next_switch += args.switchover_every
             elif now >= next_etcd:
-                pc.etcd.stop()
+                member = etcds[restarts % len(etcds)]
+                restarts += 1
+                member.stop()
                 time.sleep(3)
-                pc.etcd.start()
-                events.append((round(now - start), "etcd restarted"))
+                member.start()
+                events.append((round(now - start), "etcd %s restarted" % member.name))
                 next_etcd += args.switchover_every
             if not series or now - start - series[-1][0] >= 10:
                 series.append((round(now - start), rss_kb(pid), len(os.listdir("/proc/%d/fd" % pid))))
@@ -139,8 +153,8 @@ def main():
         outs = [b.communicate(timeout=120)[0] for b in benches]
         final = pc.wait_healthy(120)
         present = set(int(x) for x in final.sql("select i from soak").split())
-        acked = [i for w in writers for i in w.acked]
-        missing = [i for i in acked if i not in present]
+        missing = sorted((a for w in writers for a in w.acked if a[0] not in present),
+                         key=lambda a: a[1])
         print("pgrouter RSS kB / open descriptors, every 10 s:")
         print("  " + " ".join("%ds:%d/%d" % s for s in series))
         print("events: %s" % events)
@@ -154,9 +168,24 @@ def main():
             print("pgbench -S %s on the standby port: %s transactions, %s failed%s" % (
                 kind, t.group(1) if t else "?", m.group(1) if m else "?",
                 "" if m else ": " + (out or "")[-500:]))
-        print("acknowledged rows missing on the final primary: %d %s" % (len(missing),
-                                                                       missing[:10]))
+        print("acknowledged rows missing on the final primary: %d" % len(missing))
         log = router.stop_clean()
+        if missing:
+            def at(t):
+                return time.strftime("%H:%M:%S", time.gmtime(t)) + ".%03d" % (t % 1 * 1000)
+            by_port = {}
+            for i, t, port in missing:
+                by_port.setdefault(port, []).append((t, i))
+            for port, rows in sorted(by_port.items()):
+                print("  acknowledged by the server on port %d: %d rows, %s to %s UTC, e.g. %s"
+                      % (port, len(rows), at(rows[0][0]), at(rows[-1][0]),
+                         [i for _, i in rows[:5]]))
+            print("  servers: %s" % ", ".join("%s=%d" % (n.name, n.pg_port) for n in pc.nodes))
+            print("  pgrouter's leader changes:")
+            for line in log.splitlines():
+                if "leader key" in line or "keeping the last cluster state" in line:
+                    print("    " + line[:160])
+            print("  Patroni's history:\n" + pc.patronictl("history").stdout)
         print("pgrouter exited 0, no sanitizer report; %d moves, %d sheds logged" % (
             log.count("moved from"), log.count("FATAL 57P01")))
         rss = [s[1] for s in series]

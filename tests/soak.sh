@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The soak (issue 12), outside tests/run: 20 minutes of mixed load through
-# pgrouter with a Patroni switchover every 2 minutes and an etcd restart in
+# pgrouter with a Patroni switchover every 2 minutes and an etcd member restart in
 # between. Prints pgrouter's RSS and descriptors as a series and what failed.
 # Usage: tests/soak.sh [--minutes N] [--asan] [--switchover-every S]
 set -euo pipefail

@@ -28,35 +28,46 @@ def http_json(url, timeout=2):
 
 
 class Etcd:
-    def __init__(self, workdir, tls=None):
-        """tls: (cert, key, ca) files: serve https with cert/key, signed by ca."""
+    def __init__(self, workdir, tls=None, name="n1"):
+        """tls: (cert, key, ca) files: serve https with cert/key, signed by ca.
+        A member of several: see etcd_cluster()."""
         self.dir = os.path.join(workdir, "etcd-%d" % free_port())
         os.makedirs(self.dir, exist_ok=True)
         chown_postgres(self.dir)
         self.port = free_port()
         self.peer = free_port()
         self.tls = tls
+        self.name = name
+        self.initial_cluster = "%s=%s" % (name, self.peer_url)
+        self.endpoints = self.url  # what etcdctl is pointed at (all members of a cluster)
         self.proc = None
 
     @property
     def url(self):
         return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
-    def start(self):
+    @property
+    def peer_url(self):
+        return "http://127.0.0.1:%d" % self.peer
+
+    def start(self, wait=True):
+        """wait=False: a member of several, healthy only once a quorum runs."""
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = track(subprocess.Popen(
-            as_postgres() + ["etcd", "--name", "n1", "--data-dir", os.path.join(self.dir, "data"),
+            as_postgres() + ["etcd", "--name", self.name,
+                             "--data-dir", os.path.join(self.dir, "data"),
                              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                             "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                             "--initial-cluster", "n1=http://127.0.0.1:%d" % self.peer,
+                             "--listen-peer-urls", self.peer_url,
+                             "--initial-advertise-peer-urls", self.peer_url,
+                             "--initial-cluster", self.initial_cluster,
                              "--initial-cluster-state", "new" if not os.path.exists(
                                  os.path.join(self.dir, "data")) else "existing",
                              "--log-level", "warn"] +
             (["--cert-file", self.tls[0], "--key-file", self.tls[1]] if self.tls else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
-        wait_for(self.healthy, 20, "etcd healthy")
+        if wait:
+            wait_for(self.healthy, 20, "etcd healthy")
         return self
 
     def healthy(self):
@@ -69,7 +80,7 @@ class Etcd:
             return False
 
     def etcdctl(self, *args, user=None):
-        cmd = ["etcdctl", "--endpoints", self.url, "--dial-timeout", "1s"]
+        cmd = ["etcdctl", "--endpoints", self.endpoints, "--dial-timeout", "1s"]
         if self.tls:
             cmd += ["--cacert", self.tls[2]]
         if user:
@@ -82,7 +93,7 @@ class Etcd:
 
     def get_prefix(self, prefix):
         """{key: value} under prefix, through etcdctl (v3)."""
-        r = subprocess.run(["etcdctl", "--endpoints", self.url, "get", "--prefix", prefix,
+        r = subprocess.run(["etcdctl", "--endpoints", self.endpoints, "get", "--prefix", prefix,
                             "-w", "json"], capture_output=True, text=True, check=True,
                            env=dict(os.environ, ETCDCTL_API="3"))
         import base64
@@ -90,6 +101,37 @@ class Etcd:
         for kv in json.loads(r.stdout).get("kvs", []):
             out[base64.b64decode(kv["key"]).decode()] = base64.b64decode(kv["value"]).decode()
         return out
+
+
+class EtcdCluster:
+    """Several etcd members on loopback, one Raft cluster. Members are Etcd
+    objects (stop and start one to restart it; etcdctl through any)."""
+
+    def __init__(self, workdir, members=3):
+        self.members = [Etcd(workdir, name="n%d" % (i + 1)) for i in range(members)]
+        initial = ",".join("%s=%s" % (m.name, m.peer_url) for m in self.members)
+        urls = ",".join(m.url for m in self.members)
+        for m in self.members:
+            m.initial_cluster, m.endpoints = initial, urls
+
+    def __getattr__(self, name):  # etcdctl, get_prefix, url: the first member's
+        return getattr(self.members[0], name)
+
+    @property
+    def urls(self):
+        return [m.url for m in self.members]
+
+    def start(self):
+        for m in self.members:
+            if not (m.proc and m.proc.poll() is None):
+                m.start(wait=False)
+        for m in self.members:
+            wait_for(m.healthy, 30, "etcd member %s healthy" % m.name)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        for m in self.members:
+            m.stop(sig)
 
 
 class ZooKeeper:
@@ -281,7 +323,8 @@ tags:
 
 
 class PatroniCluster:
-    def __init__(self, nodes=3, scope=None, workdir=None, tags=None, dcs="etcd", hba=()):
+    def __init__(self, nodes=3, scope=None, workdir=None, tags=None, dcs="etcd", hba=(),
+                 etcd_members=1):
         self.dir = workdir or tempfile.mkdtemp(prefix="pgrouter-patroni-")
         os.chmod(self.dir, 0o755)
         chown_postgres(self.dir)
@@ -289,7 +332,9 @@ class PatroniCluster:
         self.tags = tags or {}
         self.hba = list(hba)  # pg_hba.conf lines before the final "host all all trust"
         self.dcs = dcs
-        self.etcd = Etcd(self.dir) if dcs == "etcd" else None
+        self.etcd = None
+        if dcs == "etcd":
+            self.etcd = Etcd(self.dir) if etcd_members == 1 else EtcdCluster(self.dir, etcd_members)
         self.zk = ZooKeeper(self.dir) if dcs == "zookeeper" else None
         self.nodes = [PatroniNode(self, "pg%d" % (i + 1)) for i in range(nodes)]
 
@@ -300,7 +345,9 @@ class PatroniCluster:
     def dcs_yaml(self):
         if self.zk:
             return "zookeeper:\n  hosts:\n  - %s" % self.zk.hostport
-        return "etcd3:\n  hosts: 127.0.0.1:%d\n  protocol: http" % self.etcd.port
+        hosts = self.etcd.members if isinstance(self.etcd, EtcdCluster) else [self.etcd]
+        return "etcd3:\n  hosts: %s\n  protocol: http" % ",".join(
+            "127.0.0.1:%d" % m.port for m in hosts)
 
     def start(self, timeout=90):
         try:

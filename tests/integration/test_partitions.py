@@ -5,6 +5,7 @@ rule for uid 0 cuts pgrouter alone off a port and the cluster still sees
 itself. Checks on the servers during a cut go through their Unix sockets."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psycopg2  # noqa: E402
 
 import netfault  # noqa: E402
-from cluster import Router, free_port, log_time, wait_for  # noqa: E402
+from cluster import Router, free_port, log_time, port_of, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 from wire import Wire, cstr, error_fields, msg, startup_packet  # noqa: E402
@@ -219,6 +220,124 @@ class IsolatedPrimaryTest(unittest.TestCase):
               "the last commit on the old primary was %.1fs before that; %d writes "
               "acknowledged" % (new.name, t_seen - t_cut, t_seen - float(last_old), len(acked)),
               file=sys.stderr)
+
+
+@unittest.skipUnless(netfault.available(owner=True),
+                     "needs root and iptables-legacy with the owner match")
+class EtcdMembersTest(unittest.TestCase):
+    """Patroni on a three-member etcd cluster; pgrouter is given all three
+    endpoints and watches the first."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pc = PatroniCluster(2, etcd_members=3).start()
+        cls.addClassCleanup(cls.pc.cleanup)
+        cls.members = cls.pc.etcd.members
+        cls.http = free_port()
+        cls.router = Router(None, {"rw": {"target_session_attrs": "read-write"}}, cls.pc.dir,
+                            cluster={"source": "etcd", "scope": cls.pc.scope,
+                                     "etcd_endpoints": ",".join(cls.pc.etcd.urls)},
+                            probe_interval="500ms", http_listen="127.0.0.1:%d" % cls.http,
+                            ready_max_stale="2s", queue_timeout="20s").start()
+        cls.addClassCleanup(cls.router.stop_clean)
+
+    def readyz(self):
+        return get("http://127.0.0.1:%d/readyz" % self.http)[0]
+
+    def watched(self):
+        """The member pgrouter last started to read from."""
+        urls = re.findall(r"etcd: (?:watching \S+ on|read \d+ key\(s\) under \S+ from) (\S+)",
+                          self.router.log_text())
+        return [m for m in self.members if m.url == urls[-1]][0]
+
+    def test_a_watched_member_vanishes(self):
+        """pgrouter's packets to the member it watches vanish (no RST, no FIN:
+        a host gone dark): the idle watch is given up by TCP keepalive and read
+        again from another member, and a switchover after that is seen in
+        etcd, not only by the probes."""
+        wait_for(lambda: self.readyz() == 200, 30, "pgrouter ready")
+        first = self.watched()
+        self.assertIs(first, self.members[0])
+        mark = len(self.router.log_text())
+        t_cut = time.time()
+        cut = netfault.cut(first.port)
+        self.addCleanup(cut.heal)
+        again = re.compile(r"etcd: read \d+ key\(s\) under \S+ from (\S+)")
+        wait_for(lambda: again.search(self.router.log_text()[mark:]), 30,
+                 "the watch read again from another member")
+        line = again.search(self.router.log_text()[mark:])
+        self.assertNotEqual(line.group(1), first.url)
+        took = log_time(self.router.log_text()[mark:], line.group(0)) - t_cut
+        self.assertLess(took, 15)
+        old = self.pc.leader()
+        candidate = self.pc.replicas()[0]
+        mark = len(self.router.log_text())
+        self.pc.switchover(candidate)
+        wait_for(lambda: "etcd: leader key now names %s" % candidate.name
+                 in self.router.log_text()[mark:], 30, "the new leader key read through etcd")
+        wait_for(lambda: self.write_port() == candidate.pg_port, 30, "writes on the new leader")
+        self.assertNotEqual(old, candidate)
+        cut.heal()
+        print("\n  etcd member cut: pgrouter read again from another member %.1fs after the "
+              "cut and followed a switchover there" % took, file=sys.stderr)
+
+    def test_b_watched_member_hangs(self):
+        """The member pgrouter watches stops (SIGSTOP: a process hung on its
+        disk, say): its kernel still answers keepalives, so only a request
+        shows it: the heartbeat beside the watch gets no answer and pgrouter
+        reads from another member."""
+        wait_for(lambda: self.readyz() == 200, 30, "pgrouter ready")
+        hung = self.watched()
+        mark = len(self.router.log_text())
+        t_stop = time.time()
+        os.kill(hung.proc.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, hung.proc.pid, signal.SIGCONT)
+        again = re.compile(r"etcd: read \d+ key\(s\) under \S+ from (\S+)")
+        wait_for(lambda: again.search(self.router.log_text()[mark:]), 30,
+                 "the watch read again from another member")
+        line = again.search(self.router.log_text()[mark:])
+        self.assertNotEqual(line.group(1), hung.url)
+        self.assertIn("no answer to a heartbeat", self.router.log_text()[mark:])
+        took = log_time(self.router.log_text()[mark:], line.group(0)) - t_stop
+        os.kill(hung.proc.pid, signal.SIGCONT)
+        wait_for(hung.healthy, 30, "the member back")
+        self.pc.wait_healthy(120)
+        print("\n  etcd member hung: pgrouter read again from another member %.1fs after "
+              "it stopped" % took, file=sys.stderr)
+
+    def test_c_member_without_quorum(self):
+        """The other two members stop: the member pgrouter watches is alive and
+        its TCP connection well, but it has no leader. Its answers could be
+        arbitrarily old, so pgrouter asks for a leader (etcd's
+        WithRequireLeader): the watch ends ("no leader") and the view is
+        marked stale; before, the watch stayed open and silent and pgrouter
+        called a frozen view current."""
+        wait_for(lambda: self.readyz() == 200, 30, "pgrouter ready")
+        watched = self.watched()
+        others = [m for m in self.members if m is not watched]
+        mark = len(self.router.log_text())
+        t_stop = time.time()
+        for m in others:
+            m.stop()
+        self.addCleanup(self.heal_quorum)
+        wait_for(lambda: "no leader" in self.router.log_text()[mark:], 30,
+                 "the watch ended: no leader")
+        took = log_time(self.router.log_text()[mark:], "no leader") - t_stop
+        wait_for(lambda: self.readyz() == 503, 15, "/readyz to say stale")
+        self.heal_quorum()
+        wait_for(lambda: self.readyz() == 200, 60, "/readyz ready again")
+        print("\n  etcd quorum lost: the watch on the surviving member ended %.1fs after "
+              "the others stopped" % took, file=sys.stderr)
+
+    def heal_quorum(self):
+        self.pc.etcd.start()
+        self.pc.wait_healthy(120)
+
+    def write_port(self):
+        try:
+            return port_of(self.router.dsn("rw", connect_timeout=5))
+        except psycopg2.Error:
+            return None
 
 
 if __name__ == "__main__":

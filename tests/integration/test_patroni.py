@@ -1,6 +1,7 @@
 """pgrouter following a real Patroni cluster (3 nodes, PostgreSQL 15) through
 its DCS. One suite, parameterised by the source: SOURCE = "etcd" here; the
 ZooKeeper and REST sources reuse it with their own cluster factory."""
+import collections
 import json
 import os
 import re
@@ -194,6 +195,26 @@ class PatroniSuite:
         self.assertEqual(out[-1][0], b"Z", out)
         return w
 
+    def metric_sums(self):
+        """pgrouter_primary_changes_total, and the moved and shed counters
+        summed by server (and reason for shed), from mrouter's /metrics."""
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.mhttp, timeout=5) as r:
+            text = r.read().decode()
+        sums = collections.defaultdict(float)
+        for line in text.splitlines():
+            m = re.match(r'pgrouter_(primary_changes|sessions_moved|sessions_shed)_total'
+                         r'(?:\{server="([^"]+)",reason="([^"]+)"\})? (\S+)$', line)
+            if not m:
+                continue
+            kind, server, reason, value = m.groups()
+            if kind == "primary_changes":
+                sums["primary_changes"] += float(value)
+            elif kind == "sessions_moved":
+                sums["moved", server] += float(value)
+            else:
+                sums["shed", server, reason] += float(value)
+        return sums
+
     def assert_shed(self, w, reason):
         """pgrouter's FATAL 57P01 naming why the session could not move."""
         t, body = w.read_msg()
@@ -237,6 +258,7 @@ class PatroniSuite:
             self.assertEqual(u.read_until_ready()[-1], (b"Z", b"I"))
             unmovable[reason] = u
         time.sleep(1.5)  # idle long enough for pgrouter to have read their state
+        before = self.metric_sums()
         self.pc.switchover(candidate)
         new = self.pc.wait_healthy(60)
         self.assertIs(new, candidate)
@@ -268,6 +290,14 @@ class PatroniSuite:
         log = self.mrouter.log_text()
         moved = re.findall(r"moved from %s to %s after (\d+) ms" % (old.pg_addr, new.pg_addr), log)
         self.assertEqual(len(moved), 3, log[-3000:])
+        # the same told by /metrics: the primary changed, three sessions moved
+        # (reason switchover, from the old primary), three shed as unmovable
+        after = self.metric_sums()
+        self.assertGreaterEqual(after["primary_changes"] - before["primary_changes"], 1)
+        old_srv = old.pg_addr
+        self.assertGreaterEqual(after["moved", old_srv] - before["moved", old_srv], 3, after)
+        self.assertEqual(after["shed", old_srv, "cannot_move"]
+                         - before["shed", old_srv, "cannot_move"], 3, after)
         print("\n  switchover: idle sessions moved after %s ms" % ", ".join(moved), file=sys.stderr)
         for conn in (c, pc_, ro):
             conn.close()

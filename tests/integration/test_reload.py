@@ -4,6 +4,7 @@ file (the running configuration stays), settings that need a restart; against
 a real PostgreSQL 15 primary and replica."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,36 @@ class ReloadTest(unittest.TestCase):
         st = self.status()
         self.assertEqual(st["config_generation"], 3)
         self.assertTrue(st["last_reload_ok"])
+
+    def keepalive_timers(self, listener):
+        """Seconds left on the keepalive timer of each of pgrouter's sockets
+        accepted on listener (from ss: pgrouter's own side of each client)."""
+        out = subprocess.run(["ss", "-tnoH", "state", "established",
+                              "( sport = :%d )" % self.router.port(listener)],
+                             capture_output=True, text=True, check=True).stdout
+        timers = []
+        for m in re.finditer(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)ms)?", out):
+            mins, secs, ms = (int(x or 0) for x in m.groups())
+            timers.append(mins * 60 + secs + ms / 1000)
+        return timers
+
+    def test_keepalive_of_new_clients(self):
+        """tcp_keep* are set on the listening sockets and inherited by each
+        client socket: a reload changes them for clients accepted after it."""
+        first = psycopg2.connect(self.router.dsn("rw"))
+        wait_for(lambda: len(self.keepalive_timers("rw")) == 1, 5, "the client's socket")
+        (t,) = self.keepalive_timers("rw")
+        self.assertTrue(5 < t <= 20, t)  # the default tcp_keepidle, 20 s
+        self.router.settings["tcp_keepidle"] = "300s"
+        self.reload()
+        second = psycopg2.connect(self.router.dsn("rw"))
+        # (ss shows the retransmission timer instead until the client's delayed
+        # ACK of the login's last bytes arrives)
+        wait_for(lambda: len(self.keepalive_timers("rw")) == 2, 5, "both sockets idle")
+        timers = sorted(self.keepalive_timers("rw"))
+        self.assertTrue(timers[0] <= 20 and 200 < timers[1] <= 300, timers)
+        first.close()
+        second.close()
 
     def test_log_level_and_format_by_sighup(self):
         psycopg2.connect(self.router.dsn("rw")).close()
