@@ -94,7 +94,7 @@ listen pg
     bind 127.0.0.1:%d
     maxconn %d
     server primary 127.0.0.1:%d check inter 1s fall 2 rise 1
-""" % (CONN_LIMIT + 3000, self.port, CONN_LIMIT + 3000, backend_port))
+""" % (CONN_LIMIT + 300, self.port, CONN_LIMIT + 300, backend_port))
 
     def start(self):
         return self.spawn(["haproxy", "-f", self.conf, "-db"])
@@ -129,7 +129,7 @@ logfile = %s/pgbouncer.log
 pidfile =
 log_connections = 0
 log_disconnections = 0
-""" % (backend_port, self.port, CONN_LIMIT, max(2000, CONN_LIMIT), self.dir, self.dir))
+""" % (backend_port, self.port, self.dir, CONN_LIMIT, max(2000, CONN_LIMIT), self.dir))
             if tls:
                 f.write("client_tls_sslmode = require\nclient_tls_cert_file = %s\n"
                         "client_tls_key_file = %s\nserver_tls_sslmode = disable\n" % tls)

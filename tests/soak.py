@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "har
 
 import psycopg2  # noqa: E402
 
-from cluster import PG_BIN, Router, rss_kb, wait_for  # noqa: E402
+from cluster import PG_BIN, Router, log_time, rss_kb, wait_for  # noqa: E402
 from patroni import PatroniCluster  # noqa: E402
 
 PGBENCH = os.path.join(PG_BIN, "pgbench")
@@ -170,6 +170,17 @@ def main():
                 "" if m else ": " + (out or "")[-500:]))
         print("acknowledged rows missing on the final primary: %d" % len(missing))
         log = router.stop_clean()
+        failures = sorted(f for w in writers for f in w.failed)
+        if failures:
+            # what pgrouter logged in the seconds before each failure
+            wall0 = time.time() - (time.monotonic() - start)
+            print("failed writes, at seconds into the run, with pgrouter's log before them:")
+            for t, i, err in failures[:10]:
+                print("  %.1fs row %d: %s" % (t - wall0, i, err))
+                for line in log.splitlines():
+                    lt = log_time(line, "")
+                    if lt is not None and t - 3 <= lt <= t + 0.5:
+                        print("    " + line[:220])
         if missing:
             def at(t):
                 return time.strftime("%H:%M:%S", time.gmtime(t)) + ".%03d" % (t % 1 * 1000)
