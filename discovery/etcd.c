@@ -395,14 +395,33 @@ static void reg_end(struct disc_etcd *e)
 	e->reg_step = R_IDLE;
 }
 
-static void reg_request(struct disc_etcd *e, int step, const char *what, char *post)
+/* Start r beside the main request, on the same endpoint: POST post (taken
+ * over) to <api>/what. 0, or -1 (nothing under way). */
+static int side_request(struct disc_etcd *e, struct http_req *r, const char *what, char *post)
 {
+	if (!post)
+		return -1;
 	char url[1024];
 	snprintf(url, sizeof(url), "%s%s/%s", endpoint(e), e->api, what);
-	e->reg_step = step;
 	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
 			       .header = REQUIRE_LEADER };
-	if (!post || http_req_start(e->http, &e->reg, url, e->token, post, &o) != 0)
+	return http_req_start(e->http, r, url, e->token, post, &o);
+}
+
+/* A finished request's HTTP status, and its body as JSON (NULL when the
+ * transfer failed or the body is not JSON). */
+static json_t *answer(struct http_req *r, CURLcode rc, long *status)
+{
+	*status = 0;
+	curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, status);
+	json_error_t jerr;
+	return rc == CURLE_OK ? json_loadb(r->body.p ? r->body.p : "", r->body.len, 0, &jerr) : NULL;
+}
+
+static void reg_request(struct disc_etcd *e, int step, const char *what, char *post)
+{
+	e->reg_step = step;
+	if (side_request(e, &e->reg, what, post) != 0)
 		reg_end(e);
 }
 
@@ -418,12 +437,8 @@ static void reg_round(struct disc_etcd *e)
 
 static void reg_answer(struct disc_etcd *e, CURLcode rc)
 {
-	long status = 0;
-	curl_easy_getinfo(e->reg.easy, CURLINFO_RESPONSE_CODE, &status);
-	json_error_t jerr;
-	json_t *j = rc == CURLE_OK ? json_loadb(e->reg.body.p ? e->reg.body.p : "",
-						e->reg.body.len, 0, &jerr)
-				   : NULL;
+	long status;
+	json_t *j = answer(&e->reg, rc, &status);
 	int step = e->reg_step;
 	const char *lease = json_string_value(json_object_get(j, "ID"));
 	char *post = NULL;
@@ -480,25 +495,15 @@ static void beat_cb(evutil_socket_t fd, short what, void *arg)
 	struct disc_etcd *e = arg;
 	if (e->step != E_WATCH || e->beat.easy)
 		return; /* no watch to vouch for; the last one still has its timeout */
-	char url[1024];
-	snprintf(url, sizeof(url), "%s%s/kv/range", endpoint(e), e->api);
 	json_t *j = json_pack("{s:s, s:s, s:b}", "key", e->key_b64, "range_end", e->end_b64,
 			      "count_only", 1);
-	struct http_opts o = { .timeout_ms = e->cfg.timeout_ms, .cacert = e->cfg.cacert,
-			       .header = REQUIRE_LEADER };
-	char *post = json_body(j);
-	if (post)
-		http_req_start(e->http, &e->beat, url, e->token, post, &o);
+	side_request(e, &e->beat, "kv/range", json_body(j));
 }
 
 static void beat_answer(struct disc_etcd *e, CURLcode rc)
 {
-	long status = 0;
-	curl_easy_getinfo(e->beat.easy, CURLINFO_RESPONSE_CODE, &status);
-	json_error_t jerr;
-	json_t *j = rc == CURLE_OK ? json_loadb(e->beat.body.p ? e->beat.body.p : "",
-						e->beat.body.len, 0, &jerr)
-				   : NULL;
+	long status;
+	json_t *j = answer(&e->beat, rc, &status);
 	bool ok = status < 400 && header_revision(j) >= 0;
 	char why[300];
 	snprintf(why, sizeof(why), "%s%.200s", rc != CURLE_OK ? curl_easy_strerror(rc) : "",
@@ -523,9 +528,10 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 	}
 	if (easy != e->req.easy)
 		return;
-	long status = 0;
-	curl_easy_getinfo(e->req.easy, CURLINFO_RESPONSE_CODE, &status);
+	long status;
+	json_t *j = answer(&e->req, rc, &status);
 	if (e->step == E_WATCH) {
+		json_decref(j);
 		fail(e, "watch stream ended: %s", rc == CURLE_OK ? "closed by etcd" :
 			curl_easy_strerror(rc));
 		return;
@@ -534,8 +540,6 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 		fail(e, "%s", curl_easy_strerror(rc));
 		return;
 	}
-	json_error_t jerr;
-	json_t *j = json_loadb(e->req.body.p ? e->req.body.p : "", e->req.body.len, 0, &jerr);
 	if (!j || status >= 400) {
 		fail(e, "HTTP %ld: %.200s", status, e->req.body.p ? e->req.body.p : "");
 		json_decref(j);

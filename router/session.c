@@ -1807,7 +1807,8 @@ static void check_fit(struct session *s)
 /* The server connection broke under a relaying session. A transport error
  * (a peer gone silent — keepalive or tcp_user_timeout —, a reset) gets a
  * FATAL naming the server where the stream allows one; a clean close passes
- * on what the server said last (its own FATAL, as a rule). */
+ * on what the server said last (its own FATAL, as a rule), or says so itself
+ * when the server left a request unanswered without a word. */
 static void server_lost(struct session *s, int err)
 {
 	if (s->move_wanted)
@@ -1816,9 +1817,15 @@ static void server_lost(struct session *s, int err)
 		slog(LOG_INFO, s, "server %s ended the session during a statement, before "
 		     "its transaction boundary: the session could not move (%s)", s->srv->name,
 		     err ? strerror(err) : "connection closed");
-	if (!err) {
+	if (!err && (streams_settled(s) || s->s.scan.last_type == PGW_MSG_ERROR)) {
 		slog(LOG_DEBUG, s, "server closed the connection");
 		session_close(s, false);
+	} else if (!err) {
+		/* closed with a request in flight and no error for it (an immediate
+		 * shutdown, a backend killed): say which server, and that nobody
+		 * knows whether the request ran */
+		session_fail(s, "08006", "pgrouter: server %s closed the connection with a request "
+			     "in flight; whether it ran is unknown", s->srv->name);
 	} else if (err == ETIMEDOUT) {
 		session_fail(s, "08006", "pgrouter: server %s went silent: no answer to TCP "
 			     "keepalives or retransmissions (tcp_keepalive, tcp_user_timeout)",

@@ -111,6 +111,17 @@ class TcpProxy:
         else:
             self.open.set()
 
+    def close_all(self):
+        """End every connection open now with a FIN both ways, as a server that
+        closes without a word would (new connections still pass)."""
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def stop(self):
         self.running = False
         self.open.set()

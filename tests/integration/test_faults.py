@@ -312,5 +312,38 @@ class RetryTest(unittest.TestCase):
         self.assertIn("server attempt failed", r.log_text())
 
 
+class ServerClosesTest(unittest.TestCase):
+    def test_request_in_flight_told_idle_session_closed(self):
+        """The server's connection ends without an error message (an immediate
+        shutdown, a killed backend, a middlebox): a client with a request in
+        flight gets FATAL 08006 naming the server and saying the request's
+        outcome is unknown; an idle one sees the connection close, as it would
+        with PostgreSQL itself."""
+        cluster = PgCluster(0).start()
+        self.addCleanup(cluster.cleanup)
+        proxy = TcpProxy(cluster.primary.port)
+        self.addCleanup(proxy.stop)
+        r = Router([proxy.addr], {"rw": {}}, cluster.dir).start()
+        self.addCleanup(r.stop_clean)
+        busy, idle = Wire(r.port("rw")), Wire(r.port("rw"))
+        busy.login()
+        idle.login()
+        busy.send(msg(b"Q", cstr("select pg_sleep(30)")))
+        wait_for(lambda: cluster.primary.sql("select count(*) from pg_stat_activity where "
+                                             "query = 'select pg_sleep(30)'") == "1",
+                 10, "the sleep running")
+        proxy.close_all()
+        t, body = busy.read_msg()
+        f = error_fields(body)
+        self.assertEqual((t, f.get("S"), f.get("C")), (b"E", "FATAL", "08006"), f)
+        self.assertIn("server %s closed the connection with a request in flight" % proxy.addr,
+                      f["M"])
+        self.assertTrue(busy.closed())
+        idle.sock.settimeout(5)
+        self.assertEqual(idle.sock.recv(65536), b"")  # closed, nothing said
+        busy.close()
+        idle.close()
+
+
 if __name__ == "__main__":
     unittest.main()
