@@ -1,0 +1,103 @@
+"""System calls per transaction of each proxy (issue 13's first profile).
+
+One PostgreSQL 15 server (pgbench scale 10); pgrouter (each --workers value),
+HAProxy and PgBouncer in front of it as bench/run.py configures them. For
+each, `strace -c -f` is attached to the proxy while pgbench -S runs through it,
+and the calls are divided by the transactions pgbench completed. strace slows
+the proxy down a lot: the counts are what this measures, not the speed.
+
+Usage: /usr/bin/python3 bench/syscalls.py [--clients 8] [--seconds 5]
+                                          [--workers 2,1] [--only pgrouter,haproxy,pgbouncer]
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "harness"))
+
+import run as bench  # noqa: E402
+from cluster import PG_BIN, PgCluster  # noqa: E402
+
+PGBENCH = os.path.join(PG_BIN, "pgbench")
+
+
+def per_transaction(proc_pid, port, clients, seconds, workdir, name):
+    """{syscall: calls per transaction} while pgbench -S runs through port."""
+    out_file = os.path.join(workdir, name + ".strace")
+    st = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc_pid), "-o", out_file],
+                          stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached to every thread
+    r = subprocess.run([PGBENCH, "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)),
+                        "-T", str(seconds), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "postgres", "postgres"], capture_output=True, text=True)
+    st.terminate()
+    st.wait()
+    m = re.search(r"transactions actually processed: (\d+)", r.stdout)
+    if not m or int(m.group(1)) == 0:
+        raise RuntimeError("pgbench through %s: %s" % (name, r.stdout[-500:] + r.stderr[-500:]))
+    txns = int(m.group(1))
+    calls = {}
+    with open(out_file) as f:
+        for line in f:
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
+            if m and m.group(2) != "total":
+                calls[m.group(2)] = int(m.group(1)) / txns
+    return txns, calls
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--workers", default="2,1", help="pgrouter worker counts to try")
+    ap.add_argument("--only", default="pgrouter,haproxy,pgbouncer")
+    args = ap.parse_args()
+    only = args.only.split(",")
+    workdir = tempfile.mkdtemp(prefix="pgrouter-syscalls-")
+    cluster = PgCluster(0, conf={"max_connections": 300}).start()
+    rows = []
+    try:
+        subprocess.run([PGBENCH, "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p",
+                        str(cluster.primary.port), "-U", "postgres", "postgres"],
+                       check=True, capture_output=True)
+        targets = []
+        if "pgrouter" in only:
+            targets += [("pgrouter w=%s" % w, lambda w=w: bench.PgRouterTarget(
+                cluster.dir, cluster, int(w)).start()) for w in args.workers.split(",")]
+        if "haproxy" in only:
+            targets.append(("haproxy", lambda: bench.HAProxy(cluster.dir,
+                                                            cluster.primary.port).start()))
+        if "pgbouncer" in only:
+            targets.append(("pgbouncer", lambda: bench.PgBouncer(cluster.dir,
+                                                                cluster.primary.port).start()))
+        for name, start in targets:
+            t = start()
+            try:
+                txns, calls = per_transaction(t.proc.pid, t.port, args.clients, args.seconds,
+                                              workdir, name.replace(" ", "_").replace("=", ""))
+            finally:
+                t.stop()
+            rows.append((name, txns, calls))
+            print("%-14s %d transactions" % (name, txns), flush=True)
+    finally:
+        cluster.cleanup()
+    names = sorted({k for _, _, c in rows for k, v in c.items() if v >= 0.01},
+                   key=lambda k: -max(c.get(k, 0) for _, _, c in rows))
+    print("\nsystem calls per transaction, pgbench -S -c%d (strace -c -f on the proxy)"
+          % args.clients)
+    print("| call | " + " | ".join(n for n, _, _ in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for k in names:
+        print("| %s | " % k + " | ".join("%.2f" % c.get(k, 0) for _, _, c in rows) + " |")
+    print("| total | " + " | ".join("%.2f" % sum(c.values()) for _, _, c in rows) + " |")
+
+
+if __name__ == "__main__":
+    main()
