@@ -6,12 +6,14 @@ each, `strace -c -f` is attached to the proxy while pgbench -S runs through it,
 and the calls are divided by the transactions pgbench completed. strace slows
 the proxy down a lot: the counts are what this measures, not the speed.
 
+Needs strace (tests/deps.sh strace installs it).
 Usage: /usr/bin/python3 bench/syscalls.py [--clients 8] [--seconds 5]
                                           [--workers 2,1] [--only pgrouter,haproxy,pgbouncer]
 """
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,8 @@ def main():
     ap.add_argument("--workers", default="2,1", help="pgrouter worker counts to try")
     ap.add_argument("--only", default="pgrouter,haproxy,pgbouncer")
     args = ap.parse_args()
+    if not shutil.which("strace"):
+        sys.exit("needs strace: tests/deps.sh strace")
     only = args.only.split(",")
     workdir = tempfile.mkdtemp(prefix="pgrouter-syscalls-")
     cluster = PgCluster(0, conf={"max_connections": 300}).start()
