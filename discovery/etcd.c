@@ -528,10 +528,7 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 	}
 	if (easy != e->req.easy)
 		return;
-	long status;
-	json_t *j = answer(&e->req, rc, &status);
 	if (e->step == E_WATCH) {
-		json_decref(j);
 		fail(e, "watch stream ended: %s", rc == CURLE_OK ? "closed by etcd" :
 			curl_easy_strerror(rc));
 		return;
@@ -540,6 +537,8 @@ static void done(void *arg, CURL *easy, CURLcode rc)
 		fail(e, "%s", curl_easy_strerror(rc));
 		return;
 	}
+	long status;
+	json_t *j = answer(&e->req, rc, &status);
 	if (!j || status >= 400) {
 		fail(e, "HTTP %ld: %.200s", status, e->req.body.p ? e->req.body.p : "");
 		json_decref(j);
