@@ -1,20 +1,27 @@
 """pgrouter benchmark: the same PostgreSQL cluster reached four ways in one run —
 direct, through pgrouter, through HAProxy (TCP mode) and through PgBouncer
-(session mode) — with pgbench select-only at several client counts, with and
-without -C (a new connection per transaction).
+(session mode) — row by row (ROWS below: pgbench select-only at 1, 8 and 32
+clients, TPC-B, a new connection per transaction (-C), and the same over TLS),
+the ways interleaved within each row so that drift on a shared machine hits
+all alike.
 
-Reports TPS and each proxy's ratio to direct, the CPU time each proxy process
-used per transaction (utime+stime from /proc/PID/stat), and its memory per idle
-session (RSS growth with N idle sessions open / N).
+Reports, per row and way, the median of --repeat runs and their spread: TPS
+and its ratio to direct, and the CPU time each proxy process used per
+transaction (utime+stime from /proc/PID/stat); then memory per idle session
+(RSS growth with N logged-in sessions held / N), plaintext and TLS; and
+pgrouter's CPU against the cheaper peer's and its TPS against the best peer's.
+--out writes every sample as JSON, for comparison between commits.
 
-With --tls every client connects with sslmode=require: PostgreSQL runs with
-ssl=on (a test CA's certificate), pgrouter and PgBouncer terminate the
-client's TLS and reach the server in plaintext, and HAProxy, which cannot
-terminate PostgreSQL's TLS (it starts with an SSLRequest), passes it through in
-TCP mode to the TLS-enabled server; "direct" is TLS to PostgreSQL itself.
+pgrouter and PgBouncer are configured alike: they authenticate the client
+themselves (trust), pool server connections in session mode, and terminate
+the client's TLS (reaching the server in plaintext). HAProxy cannot terminate
+PostgreSQL's TLS (it starts with an SSLRequest, not a ClientHello), so it passes
+it through in TCP mode to PostgreSQL, which runs with ssl=on; "direct" on a TLS
+row is TLS to PostgreSQL itself. Every TLS endpoint has the same certificate
+(--cert: ECDSA P-256 by default, or RSA 2048).
 
-Usage: /usr/bin/python3 bench/run.py [--duration 10] [--clients 1,8,32]
-                                     [--idle 1000] [--workers 1] [--tls] [--out FILE]
+Usage: /usr/bin/python3 bench/run.py [--duration 8] [--repeat 3] [--rows S-c8,tls-S-c8]
+                                     [--idle 1000] [--workers N] [--cert ec|rsa] [--out FILE]
 """
 import argparse
 import json
@@ -131,7 +138,7 @@ log_connections = 0
 log_disconnections = 0
 """ % (backend_port, self.port, self.dir, CONN_LIMIT, max(2000, CONN_LIMIT), self.dir))
             if tls:
-                f.write("client_tls_sslmode = require\nclient_tls_cert_file = %s\n"
+                f.write("client_tls_sslmode = allow\nclient_tls_cert_file = %s\n"
                         "client_tls_key_file = %s\nserver_tls_sslmode = disable\n" % tls)
         for p in ("users.txt", "pgbouncer.ini"):
             chown_postgres(os.path.join(self.dir, p))
@@ -143,14 +150,23 @@ log_disconnections = 0
 class PgRouterTarget:
     name = "pgrouter"
 
-    def __init__(self, workdir, cluster, workers, tls=None):
+    def __init__(self, workdir, cluster, workers, tls=None, pool=True):
+        # configured as PgBouncer is below: it authenticates the client itself
+        # (trust), pools server connections in session mode, and takes
+        # plaintext and TLS clients alike
         settings = {}
         if tls:
-            settings = {"client_tls": "require", "client_tls_cert": tls[0],
+            settings = {"client_tls": "allow", "client_tls_cert": tls[0],
                         "client_tls_key": tls[1]}
-        self.tls = bool(tls)
-        self.router = Router([s.addr for s in cluster.servers],
-                             {"rw": {"target_session_attrs": "read-write"}}, workdir,
+        # A second listener in the default configuration (the server
+        # authenticates the client through pgrouter; no pool), for memory.
+        listener = {"target_session_attrs": "read-write"}
+        listeners = {"rw": dict(listener), "passthrough": listener}
+        if pool:
+            listeners["rw"].update(auth="router", pool_mode="session", pool_size=CONN_LIMIT)
+            settings["auth_trust_users"] = "postgres"
+        self.tls = False
+        self.router = Router([s.addr for s in cluster.servers], listeners, workdir,
                              workers=workers, log_level="warning",
                              max_client_conn=CONN_LIMIT, probe_interval="1s", **settings)
 
@@ -182,7 +198,8 @@ class PgRouterTarget:
 
 def pgbench(port, clients, duration, connect_each, extra=(), tls=False):
     threads = min(clients, 2)
-    cmd = [os.path.join(PG_BIN, "pgbench"), "-n", "-S", "-T", str(duration), "-c", str(clients),
+    """pgbench's default script unless extra says otherwise ("-S": select-only)."""
+    cmd = [os.path.join(PG_BIN, "pgbench"), "-n", "-T", str(duration), "-c", str(clients),
            "-j", str(threads), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     if connect_each:
         cmd.append("-C")
@@ -231,143 +248,207 @@ def idle_rss_per_session(port, pid, n, tls=False, login=None):
     return (after - before) * 1024.0 / n
 
 
+# The rows of the comparison: (key, label, clients, connect_each, tls, script).
+# "-S" is pgbench's select-only script, "tpcb" its default TPC-B-like one (seven
+# statements per transaction, writes).
+ROWS = [
+    ("S-c1", "-S -c1", 1, False, False, "-S"),
+    ("S-c8", "-S -c8", 8, False, False, "-S"),
+    ("S-c32", "-S -c32", 32, False, False, "-S"),
+    ("tpcb-c8", "TPC-B -c8", 8, False, False, "tpcb"),
+    ("C-c1", "-C -S -c1", 1, True, False, "-S"),
+    ("C-c8", "-C -S -c8", 8, True, False, "-S"),
+    ("tls-S-c8", "TLS -S -c8", 8, False, True, "-S"),
+    ("tls-C-c8", "TLS -C -S -c8", 8, True, True, "-S"),
+]
+
+
+def spread(xs):
+    """(max - min) / median, as a fraction: how far the repeats of a cell disagree."""
+    m = median(xs)
+    return (max(xs) - min(xs)) / m if m else 0.0
+
+
+def run_row(row, ways, args):
+    key, label, c, connect_each, tls, script = row
+    samples = {name: [] for name, _, _ in ways}
+    extra = ["-S"] if script == "-S" else []
+    # interleave the ways so drift on this shared machine hits all alike
+    for _ in range(args.repeat):
+        for name, port, pid in ways:
+            cpu0 = cpu_seconds(pid) if pid else 0
+            tps, txns, failed = pgbench(port, c, args.duration, connect_each, extra, tls)
+            cpu = (cpu_seconds(pid) - cpu0) if pid else 0
+            samples[name].append((tps, txns, failed, cpu))
+    out = {"row": key, "label": label, "clients": c, "connect_each": connect_each,
+           "tls": tls, "script": script, "ways": {}}
+    for name, port, pid in ways:
+        ss = samples[name]
+        tps = [x[0] for x in ss]
+        cell = {"tps": median(tps), "tps_samples": tps, "tps_spread": spread(tps),
+                "failed": sum(x[2] for x in ss)}
+        if pid:
+            cpu = [x[3] * 1e6 / x[1] for x in ss if x[1]]
+            cell.update(cpu_us_per_txn=median(cpu), cpu_samples=cpu, cpu_spread=spread(cpu))
+        out["ways"][name] = cell
+        print("%-14s %-10s tps=%9.1f ±%4.1f%%  cpu/txn=%s" % (
+            label, name, cell["tps"], 50 * cell["tps_spread"],
+            "%.2f us ±%.1f%%" % (cell["cpu_us_per_txn"], 50 * cell["cpu_spread"])
+            if pid else "-"), flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--clients", default="1,8,32")
-    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--duration", type=int, default=8, help="seconds per pgbench run")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per cell, interleaved; the median is reported")
+    ap.add_argument("--rows", default=",".join(r[0] for r in ROWS),
+                    help="which rows (default all): " + ", ".join(r[0] for r in ROWS))
+    ap.add_argument("--idle", type=int, default=1000,
+                    help="idle sessions held for the memory rows (0: skip them)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(),
                     help="pgrouter worker threads (default: CPUs, as HAProxy's nbthread)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="runs per cell; the median is reported (this machine is noisy)")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--only", default="direct,pgrouter,haproxy,pgbouncer")
-    ap.add_argument("--tls", action="store_true",
-                    help="clients use TLS (sslmode=require); see the top of this file")
-    ap.add_argument("--out", default=None, help="write results as JSON here")
+    ap.add_argument("--cert", choices=("ec", "rsa"), default="ec",
+                    help="key of the certificate every TLS endpoint uses (default ec: P-256)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
+    rows = [r for r in ROWS if r[0] in args.rows.split(",")]
     global CONN_LIMIT
     CONN_LIMIT = max(CONN_LIMIT, args.idle + 500)
     raise_nofile()
-    clients = [int(c) for c in args.clients.split(",")]
     only = args.only.split(",")
-    conf = {"max_connections": args.idle + 300}
-    tls = None
-    if args.tls:
-        tlsdir = tempfile.mkdtemp(prefix="pgrouter-bench-tls-")
-        os.chmod(tlsdir, 0o755)
-        chown_postgres(tlsdir)
-        tls = TestCA(tlsdir).issue("server", "127.0.0.1", ["IP:127.0.0.1"])
-        conf.update(ssl="on", ssl_cert_file="'%s'" % tls[0], ssl_key_file="'%s'" % tls[1])
+    tlsdir = tempfile.mkdtemp(prefix="pgrouter-bench-tls-")
+    os.chmod(tlsdir, 0o755)
+    chown_postgres(tlsdir)
+    tls = TestCA(tlsdir, key=args.cert).issue("server", "127.0.0.1", ["IP:127.0.0.1"])
+    # one cluster and one proxy of each kind for every row: plaintext and TLS
+    # clients alike (PostgreSQL with ssl=on takes both; the proxies allow both)
+    conf = {"max_connections": args.idle + 300, "ssl": "on",
+            "ssl_cert_file": "'%s'" % tls[0], "ssl_key_file": "'%s'" % tls[1]}
     cluster = PgCluster(2, conf=conf).start()
     targets = []
-    results = {"runs": [], "idle_bytes": {}, "config": vars(args)}
+    results = {"rows": [], "idle_bytes": {}, "config": vars(args),
+               "commit": git_commit(), "versions": versions()}
     try:
         subprocess.run([os.path.join(PG_BIN, "pgbench"), "-i", "-q", "-s", str(args.scale),
                         "-h", "127.0.0.1", "-p", str(cluster.primary.port), "-U", "postgres",
                         "postgres"], check=True, capture_output=True)
         cluster.primary.sql("vacuum analyze")
         backend = cluster.primary.port
+        starts = []
         if "pgrouter" in only:
-            targets.append(PgRouterTarget(cluster.dir, cluster, args.workers, tls).start())
+            starts.append(("pgrouter", lambda: PgRouterTarget(cluster.dir, cluster, args.workers,
+                                                              tls).start()))
         if "haproxy" in only and shutil.which("haproxy"):
-            targets.append(HAProxy(cluster.dir, backend).start())
+            starts.append(("haproxy", lambda: HAProxy(cluster.dir, backend).start()))
         if "pgbouncer" in only and shutil.which("pgbouncer"):
-            targets.append(PgBouncer(cluster.dir, backend, tls).start())
+            starts.append(("pgbouncer", lambda: PgBouncer(cluster.dir, backend, tls).start()))
+        targets = [start() for _, start in starts]
         ways = ([("direct", backend, None)] if "direct" in only else []) + \
             [(t.name, t.port, t.proc.pid) for t in targets]
-
-        for connect_each in (False, True):
-            for c in clients:
-                samples = {name: [] for name, _, _ in ways}
-                # interleave the ways so drift on this shared machine hits all alike
-                for _ in range(args.repeat):
-                    for name, port, pid in ways:
-                        cpu0 = cpu_seconds(pid) if pid else 0
-                        tps, txns, failed = pgbench(port, c, args.duration, connect_each,
-                                                    tls=args.tls)
-                        cpu = (cpu_seconds(pid) - cpu0) if pid else 0
-                        samples[name].append((tps, txns, failed, cpu))
-                for name, port, pid in ways:
-                    ss = samples[name]
-                    tps = median([x[0] for x in ss])
-                    cpu_per = median([x[3] * 1e6 / x[1] for x in ss if x[1]]) if pid else None
-                    run = {"way": name, "clients": c, "connect_each": connect_each,
-                           "tps": tps, "tps_samples": [x[0] for x in ss],
-                           "failed": sum(x[2] for x in ss), "cpu_us_per_txn": cpu_per}
-                    results["runs"].append(run)
-                    print("%-10s c=%-3d %-3s tps=%10.1f  cpu/txn=%s" % (
-                        name, c, "-C" if connect_each else "", tps,
-                        "%.2f us" % run["cpu_us_per_txn"] if run["cpu_us_per_txn"] else "-"),
-                        flush=True)
+        for row in rows:
+            results["rows"].append(run_row(row, ways, args))
+        while targets:
+            targets.pop().stop()
         if args.idle:
-            for t in targets:
-                results["idle_bytes"][t.name] = idle_rss_per_session(t.port, t.proc.pid,
-                                                                     args.idle, args.tls)
-                print("%-10s %.0f bytes RSS per idle session (%d open)" % (
-                    t.name, results["idle_bytes"][t.name], args.idle), flush=True)
+            # each measured in a process of its own: memory the last sessions
+            # freed would otherwise be reused by the next (and a pool's
+            # server connections would be held)
+            for name, start in starts:
+                variants = [(name, None)]
+                if name == "pgrouter":
+                    variants.append(("pgrouter-passthrough", "passthrough"))
+                for label, listener in variants:
+                    for tls_on in (False, True):
+                        t = start()
+                        targets.append(t)
+                        port = t.router.port(listener) if listener else t.port
+                        b = idle_rss_per_session(port, t.proc.pid, args.idle, tls_on)
+                        targets.pop().stop()
+                        results["idle_bytes"][("tls-" if tls_on else "") + label] = b
+                        print("%-20s %.0f bytes RSS per idle %ssession (%d open)" % (
+                            label, b, "TLS " if tls_on else "", args.idle), flush=True)
     finally:
         for t in targets:
             t.stop()
         cluster.cleanup()
-        if tls:
-            shutil.rmtree(os.path.dirname(tls[0]), ignore_errors=True)
+        shutil.rmtree(tlsdir, ignore_errors=True)
 
-    report(results, clients)
+    report(results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
 
 
-def report(results, clients):
-    runs = results["runs"]
-    ways = []
-    for r in runs:
-        if r["way"] not in ways:
-            ways.append(r["way"])
+def git_commit():
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
+    return r.stdout.strip() or None
 
-    def get(way, c, ce):
-        for r in runs:
-            if r["way"] == way and r["clients"] == c and r["connect_each"] == ce:
-                return r
-        return None
 
-    print()
-    print("pgbench -S (select-only)%s, TPS and ratio to direct" % (
-        ", clients on TLS (sslmode=require)" if results["config"].get("tls") else ""))
-    hdr = "| mode | clients | " + " | ".join(ways) + " |"
-    print(hdr)
-    print("|" + "---|" * (2 + len(ways)))
-    for ce in (False, True):
-        for c in clients:
-            d = get("direct", c, ce)
-            cells = []
-            for w in ways:
-                r = get(w, c, ce)
-                if not r:
-                    cells.append("-")
-                elif w == "direct" or not d:
-                    cells.append("%.0f" % r["tps"])
-                else:
-                    cells.append("%.0f (%.2f)" % (r["tps"], r["tps"] / d["tps"]))
-            print("| %s | %d | %s |" % ("-C" if ce else "persistent", c, " | ".join(cells)))
-    print()
-    print("proxy CPU per transaction (µs, utime+stime of the proxy process)")
+def versions():
+    v = {}
+    for name, cmd in (("haproxy", ["haproxy", "-v"]), ("pgbouncer", ["pgbouncer", "--version"]),
+                      ("pgbench", [os.path.join(PG_BIN, "pgbench"), "--version"])):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            v[name] = (r.stdout or r.stderr).splitlines()[0]
+        except (OSError, IndexError):
+            pass
+    return v
+
+
+def report(results):
+    """The comparison as a table: per row, TPS (ratio to direct) and proxy CPU
+    per transaction, medians with their spread; then pgrouter against the
+    cheaper peer's CPU and the best peer's TPS."""
+    rows = results["rows"]
+    if not rows:
+        return
+    ways = list(rows[0]["ways"])
     proxies = [w for w in ways if w != "direct"]
-    print("| mode | clients | " + " | ".join(proxies) + " |")
-    print("|" + "---|" * (2 + len(proxies)))
-    for ce in (False, True):
-        for c in clients:
-            cells = []
-            for w in proxies:
-                r = get(w, c, ce)
-                cells.append("%.2f" % r["cpu_us_per_txn"] if r and r["cpu_us_per_txn"] else "-")
-            print("| %s | %d | %s |" % ("-C" if ce else "persistent", c, " | ".join(cells)))
+    peers = [w for w in proxies if w != "pgrouter"]
+    print()
+    print("TPS (ratio to direct) / proxy CPU µs per transaction (utime+stime); medians of %d,"
+          " ±half the spread in %%" % results["config"]["repeat"])
+    print("| row | " + " | ".join(ways) + (" | pgrouter CPU / cheaper peer | pgrouter TPS /"
+                                            " best peer |" if peers and "pgrouter" in ways
+                                            else " |"))
+    print("|---|" + "---|" * (len(ways) + (2 if peers and "pgrouter" in ways else 0)))
+    for r in rows:
+        d = r["ways"].get("direct")
+        cells = []
+        for w in ways:
+            x = r["ways"][w]
+            s = "%.0f" % x["tps"]
+            if w != "direct" and d:
+                s += " (%.2f)" % (x["tps"] / d["tps"])
+            s += " ±%.0f%%" % (50 * x["tps_spread"])
+            if "cpu_us_per_txn" in x:
+                s += " / %.1f ±%.0f%%" % (x["cpu_us_per_txn"], 50 * x["cpu_spread"])
+            cells.append(s)
+        if peers and "pgrouter" in ways:
+            pr = r["ways"]["pgrouter"]
+            cheap = min(peers, key=lambda p: r["ways"][p]["cpu_us_per_txn"])
+            best = max(peers, key=lambda p: r["ways"][p]["tps"])
+            cells.append("%.2f (%s)" % (pr["cpu_us_per_txn"] / r["ways"][cheap]["cpu_us_per_txn"],
+                                        cheap))
+            cells.append("%.2f (%s)" % (pr["tps"] / r["ways"][best]["tps"], best))
+        print("| %s | %s |" % (r["label"], " | ".join(cells)))
     if results["idle_bytes"]:
         print()
-        print("memory per idle session (RSS growth / sessions)")
-        for w, b in results["idle_bytes"].items():
-            print("| %s | %.0f bytes |" % (w, b))
+        print("memory per idle session (RSS growth / %d sessions held)" %
+              results["config"]["idle"])
+        print("| proxy | plaintext | TLS |")
+        print("|---|---|---|")
+        for w in proxies + (["pgrouter-passthrough"] if "pgrouter" in proxies else []):
+            p = results["idle_bytes"].get(w)
+            t = results["idle_bytes"].get("tls-" + w)
+            print("| %s | %s | %s |" % (w, "%.0f B" % p if p is not None else "-",
+                                        "%.0f B" % t if t is not None else "-"))
 
 
 if __name__ == "__main__":

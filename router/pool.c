@@ -583,9 +583,7 @@ void pool_give_back(struct session *s, bool reusable)
 		conn_free(sc);
 		return;
 	}
-	event_assign(&sc->e.rd, sc->w->base, sc->e.fd, EV_READ | EV_PERSIST, conn_rd_cb, sc);
-	event_assign(&sc->e.wr, sc->w->base, sc->e.fd, EV_WRITE | EV_PERSIST, conn_wr_cb, sc);
-	sc->e.rd_on = sc->e.wr_on = sc->e.paused = false;
+	end_setup(&sc->e, sc->w->base, sc->e.fd, conn_rd_cb, conn_wr_cb, sc);
 	if (!reusable) {
 		conn_close(sc, "the client left mid-transaction or the session failed");
 		return;

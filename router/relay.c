@@ -30,13 +30,59 @@
 
 #include "router/router.h"
 
+/* The one event of e's socket: at most one of its callbacks per call, since
+ * either may free the session (and e with it, after event_del). When the
+ * socket is both readable and writable, the read is activated again for
+ * later in this loop turn — what two separate events would have done. */
+static void end_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct end *e = arg;
+	short rd = e->rd_on ? (short)(what & (EV_READ | EV_CLOSED)) : 0;
+	if (e->wr_on && (what & EV_WRITE)) {
+		if (rd)
+			event_active(&e->ev, rd, 0);
+		e->wr(fd, EV_WRITE, e->arg);
+	} else if (rd) {
+		e->rd(fd, rd, e->arg);
+	}
+}
+
+void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn rd,
+	       event_callback_fn wr, void *arg)
+{
+	e->fd = fd;
+	e->rd = rd;
+	e->wr = wr;
+	e->arg = arg;
+	e->rd_what = EV_READ;
+	e->armed = 0;
+	event_assign(&e->ev, base, fd, EV_READ | EV_PERSIST, end_event_cb, e);
+	e->rd_on = e->wr_on = e->paused = false;
+}
+
 void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
 	      event_callback_fn wr)
 {
-	e->fd = fd;
-	event_assign(&e->rd, s->w->base, fd, EV_READ | EV_PERSIST, rd, s);
-	event_assign(&e->wr, s->w->base, fd, EV_WRITE | EV_PERSIST, wr, s);
-	e->rd_on = e->wr_on = e->paused = false;
+	end_setup(e, s->w->base, fd, rd, wr, s);
+}
+
+/* Register e's event for what rd_on and wr_on ask (the worker's changelist
+ * makes a delete and an add in one loop turn a single epoll_ctl). */
+static void end_arm(struct end *e)
+{
+	short want = (short)((e->rd_on ? e->rd_what : 0) | (e->wr_on ? EV_WRITE : 0));
+	if (want == e->armed)
+		return;
+	struct event_base *base = event_get_base(&e->ev);
+	event_del(&e->ev);
+	e->armed = want;
+	if (!want)
+		return;
+	event_assign(&e->ev, base, e->fd, want | EV_PERSIST, end_event_cb, e);
+	event_add(&e->ev, NULL);
+	/* records OpenSSL already holds will not make the socket readable */
+	if (e->rd_on && e->ssl && SSL_has_pending(e->ssl))
+		event_active(&e->ev, EV_READ, 0);
 }
 
 void end_read(struct end *e, bool on)
@@ -44,14 +90,21 @@ void end_read(struct end *e, bool on)
 	if (e->fd < 0 || e->rd_on == on)
 		return;
 	e->rd_on = on;
-	if (!on) {
-		event_del(&e->rd);
+	end_arm(e);
+}
+
+void end_read_what(struct end *e, short what)
+{
+	if (e->fd < 0 || e->rd_what == what)
 		return;
-	}
-	event_add(&e->rd, NULL);
-	/* records OpenSSL already holds will not make the socket readable */
-	if (e->ssl && SSL_has_pending(e->ssl))
-		event_active(&e->rd, EV_READ, 0);
+	e->rd_what = what;
+	end_arm(e);
+}
+
+void end_kick_read(struct end *e)
+{
+	if (e->rd_on && e->fd >= 0)
+		event_active(&e->ev, EV_READ, 0);
 }
 
 void end_write(struct end *e, bool on)
@@ -59,17 +112,14 @@ void end_write(struct end *e, bool on)
 	if (e->fd < 0 || e->wr_on == on)
 		return;
 	e->wr_on = on;
-	if (on)
-		event_add(&e->wr, NULL);
-	else
-		event_del(&e->wr);
+	end_arm(e);
 }
 
 void end_close(struct end *e)
 {
 	if (e->fd >= 0) {
-		end_read(e, false);
-		end_write(e, false);
+		e->rd_on = e->wr_on = false;
+		end_arm(e);
 		close(e->fd);
 		e->fd = -1;
 	}
@@ -117,8 +167,7 @@ ssize_t end_flush(struct end *e)
 	if (e->rd_wants_wr) {
 		/* the socket a TLS read waited for is writable: read again */
 		e->rd_wants_wr = false;
-		if (e->rd_on)
-			event_active(&e->rd, EV_READ, 0);
+		end_kick_read(e);
 	}
 	if (!e->out) {
 		end_write(e, false);
@@ -135,6 +184,10 @@ ssize_t end_flush(struct end *e)
 				return -1;
 		}
 		len = evbuffer_get_length(e->out);
+	}
+	if (!len) { /* an idle session keeps no buffer */
+		evbuffer_free(e->out);
+		e->out = NULL;
 	}
 	end_write(e, len > 0);
 	return (ssize_t)len;

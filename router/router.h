@@ -596,15 +596,22 @@ enum sess_state {
 };
 const char *sess_state_name(enum sess_state st);
 
-/* One side of a session. `out` holds what could not be written to fd yet. */
+/* One side of a session. `out` holds what could not be written to fd yet.
+ * One event per socket (relay.c: end_event_cb calls rd or wr): it is
+ * registered for what rd_on and wr_on ask, and is not in epoll at all while
+ * neither does. */
 struct end {
 	int fd;
-	struct event rd, wr;
+	short rd_what;            /* what a read watch waits for: EV_READ and/or EV_CLOSED */
+	short armed;              /* what ev is registered for (0: not added) */
+	bool rd_on, wr_on, paused;
+	bool rd_wants_wr, wr_wants_rd; /* TLS: a read waits for writability, or the reverse */
+	struct event ev;
+	event_callback_fn rd, wr; /* called with (fd, what, arg) */
+	void *arg;
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
 	SSL *ssl;                 /* TLS on fd, or NULL (tls.c) */
-	bool rd_on, wr_on, paused;
-	bool rd_wants_wr, wr_wants_rd; /* TLS: a read waits for writability, or the reverse */
 };
 
 struct session {
@@ -615,7 +622,7 @@ struct session {
 	struct listener_config *l;
 	struct config *gen;  /* the generation l belongs to (a reference) */
 	struct end c, s;
-	struct event timer; /* startup, queue, connect or linger deadline, by state */
+	struct event *timer; /* startup, queue, connect or linger deadline, by state */
 	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
 	struct evbuffer *replay; /* client bytes its dead server never took: for the next */
 	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays */
@@ -664,9 +671,8 @@ struct session {
 	unsigned srv_counted : 1;      /* metrics: counted in its server's sessions */
 	unsigned move_cause : 3;       /* enum move_cause of the move wanted or under way */
 	unsigned held : 1;             /* PAUSE: its client is not read until RESUME */
-	char peer[48];
-	char who[96]; /* user@database */
-	char user[64];
+	const char *peer, *user, *who; /* who: user@database (session_name) */
+	char *names;                   /* where the three are */
 };
 
 /* session.c */
@@ -679,6 +685,10 @@ void session_refuse(struct worker *w, struct listener_config *l, int fd, enum re
 void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
 		   int salen);
 void session_set_state(struct session *s, enum sess_state st);
+/* PostgreSQL's NAMEDATALEN: a user name is shorter */
+#define NAME_MAX_LEN 64
+/* The session's names: peer and who (NULL: unchanged), user. */
+void session_name(struct session *s, const char *peer, const char *user, const char *who);
 /* Send FATAL sqlstate + message to the client (when the stream allows it) and close. */
 void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -800,9 +810,17 @@ void login_free(struct session *s);
 #define RELAY_LOW_WATERMARK (64 * 1024)
 void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
 	      event_callback_fn wr);
+/* e's socket fd is watched on base for rd and wr, called with arg; nothing
+ * watched yet. e's event must not be added. */
+void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn rd,
+	       event_callback_fn wr, void *arg);
 void end_close(struct end *e);
 void end_read(struct end *e, bool on);
 void end_write(struct end *e, bool on);
+/* What a read watch waits for: EV_READ, EV_CLOSED (only the peer's close), or both. */
+void end_read_what(struct end *e, short what);
+/* Run e's read callback in this loop turn (bytes OpenSSL holds). */
+void end_kick_read(struct end *e);
 /* Queue bytes (copied) for e. Returns false on out of memory. */
 bool end_queue(struct end *e, const void *p, size_t n);
 /* The next whole message at the head of in: its bytes (header and body, not

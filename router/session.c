@@ -65,15 +65,64 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg);
 static void route(struct session *s);
 static void release_pooled(struct session *s);
 
+/*
+ * The session's names, in one allocation: peer and who (NULL: unchanged),
+ * user (cut to what PostgreSQL allows). A session out of memory keeps the
+ * names it had.
+ */
+void session_name(struct session *s, const char *peer, const char *user, const char *who)
+{
+	char u[NAME_MAX_LEN], w[96], p[48];
+	snprintf(p, sizeof(p), "%s", peer ? peer : s->peer);
+	snprintf(u, sizeof(u), "%s", user);
+	snprintf(w, sizeof(w), "%s", who ? who : s->who);
+	size_t lp = strlen(p) + 1, lu = strlen(u) + 1, lw = strlen(w) + 1;
+	char *b = malloc(lp + lu + lw);
+	if (!b)
+		return;
+	memcpy(b, p, lp);
+	memcpy(b + lp, u, lu);
+	memcpy(b + lp + lu, w, lw);
+	free(s->names);
+	s->names = b;
+	s->peer = b;
+	s->user = b + lp;
+	s->who = b + lp + lu;
+}
+
+/* who is user@database */
+static void name_user(struct session *s, const char *user, const char *database)
+{
+	char w[96];
+	snprintf(w, sizeof(w), "%s@%s", user, database);
+	session_name(s, NULL, user, w);
+}
+
+/* The session's one deadline (startup, queue, connect, linger, ... by
+ * state). Its event exists only while a deadline is set: a relaying session
+ * has none, and carries no timer. */
 static void timer_set(struct session *s, uint64_t ms)
 {
 	struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
-	evtimer_add(&s->timer, &tv);
+	if (!s->timer && !(s->timer = evtimer_new(s->w->base, timer_cb, s))) {
+		/* 128 bytes: a process that cannot have them cannot go on */
+		slog(LOG_ERROR, s, "out of memory for a timer");
+		abort();
+	}
+	evtimer_add(s->timer, &tv);
+}
+
+static void timer_stop(struct session *s)
+{
+	if (s->timer) {
+		event_free(s->timer);
+		s->timer = NULL;
+	}
 }
 
 void session_timer(struct session *s, uint64_t ms)
 {
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, ms);
 }
 
@@ -109,14 +158,8 @@ void session_set_state(struct session *s, enum sess_state st)
  * can take it. */
 static void client_watch(struct session *s, short what)
 {
-	struct end *c = &s->c;
-	if (c->fd < 0)
-		return;
-	if (c->rd_on && (event_get_events(&c->rd) & (EV_READ | EV_CLOSED)) == what)
-		return; /* no epoll_ctl for nothing */
-	end_read(c, false);
-	event_assign(&c->rd, s->w->base, c->fd, what | EV_PERSIST, client_rd_cb, s);
-	end_read(c, true);
+	end_read_what(&s->c, what);
+	end_read(&s->c, true);
 }
 
 void session_watch_client(struct session *s, short what)
@@ -147,7 +190,7 @@ static void session_free(struct session *s)
 	pool_unwait(s);
 	gauge_add(&lstats(s)->clients, -1);
 	TAILQ_REMOVE(&w->sessions, s, link);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	release_pooled(s);
 	end_close(&s->c);
 	end_close(&s->s);
@@ -169,6 +212,7 @@ static void session_free(struct session *s)
 	w->nsessions--;
 	slog(LOG_DEBUG, s, "closed");
 	config_unref(s->gen);
+	free(s->names); /* after the last log line, which names the session */
 	free(s);
 	if (w->draining && w->nsessions == 0)
 		event_base_loopexit(w->base, NULL);
@@ -239,7 +283,7 @@ static void enter_closing(struct session *s)
 	say_goodbye(s);
 	session_set_state(s, SS_CLOSING);
 	detach_server(s);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, LINGER_MS);
 	/* flush what the client is owed, then half-close and wait for its EOF so
 	 * the final message is not destroyed by a reset */
@@ -327,7 +371,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	if (s->state != SS_QUEUED)
 		client_watch(s, EV_CLOSED);
 	session_set_state(s, SS_CONNECTING);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_write(&s->s, true);
 }
@@ -351,9 +395,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 	srv_count(s);
 	struct end *e = &s->s;
 	pool_adopt(s, e);
-	event_assign(&e->rd, s->w->base, e->fd, EV_READ | EV_PERSIST, server_rd_cb, s);
-	event_assign(&e->wr, s->w->base, e->fd, EV_WRITE | EV_PERSIST, server_wr_cb, s);
-	e->rd_on = e->wr_on = e->paused = false;
+	end_setup(e, s->w->base, e->fd, server_rd_cb, server_wr_cb, s);
 	s->s_phase = PH_UP;
 	s->server_spoke = true;
 	s->client_saw = false;
@@ -400,7 +442,7 @@ static void route(struct session *s)
 				client_watch(s, EV_CLOSED);
 			session_set_state(s, SS_QUEUED);
 		}
-		evtimer_del(&s->timer);
+		timer_stop(s);
 		return;
 	}
 	/* The newest snapshot, not the worker's cached one: the worker learns of a
@@ -442,7 +484,7 @@ static void route(struct session *s)
 			client_watch(s, EV_CLOSED);
 		session_set_state(s, SS_QUEUED);
 	}
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	/* servers refused it (57P03 while starting, a full backend, no descriptor
 	 * left): they are tried again in a moment, not in a loop, not never */
 	uint64_t wait = s->deadline_ms - now;
@@ -468,7 +510,7 @@ static void server_failed(struct session *s, enum conn_err reason, const char *f
 	if (!room) {
 		/* TRIED_MAX servers refused it in a row: wait and start over (the
 		 * bound also keeps connect → fail → route from recursing) */
-		evtimer_del(&s->timer);
+		timer_stop(s);
 		if (s->state != SS_CONNECTING)
 			client_watch(s, EV_CLOSED);
 		session_set_state(s, SS_QUEUED);
@@ -501,13 +543,12 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 		return;
 	}
 	s->pipelined_len = (uint32_t)extra;
-	snprintf(s->who, sizeof(s->who), "%s@%s", f->user, f->database);
-	snprintf(s->user, sizeof(s->user), "%s", f->user);
-	evtimer_del(&s->timer);
+	name_user(s, f->user, f->database);
+	timer_stop(s);
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	slog(LOG_DEBUG, s, "startup: protocol %u.%u%s", PGW_PROTO_MAJOR(f->version),
 	     PGW_PROTO_MINOR(f->version), f->replication ? " replication" : "");
-	bool user_fits = strlen(f->user) < sizeof(s->user), f_replication = f->replication;
+	bool user_fits = strlen(f->user) < NAME_MAX_LEN, f_replication = f->replication;
 	if (s->in)
 		evbuffer_drain(s->in, len); /* p and f pointed into s->in; not used from here */
 	if (s->l->auth == AUTH_ROUTER) {
@@ -534,7 +575,7 @@ void session_authenticated(struct session *s)
 {
 	/* queue_timeout counts from here: typing a password is not waiting for a server */
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	if (s->in && evbuffer_get_length(s->in)) {
 		/* the client may speak once it has its ReadyForQuery */
 		session_fail(s, "08P01", "pgrouter: message sent before ReadyForQuery");
@@ -759,7 +800,7 @@ static void startup_read(struct session *s)
 			return;
 		case PGW_FIRST_STARTUP:
 			if (s->over_limit) {
-				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
+				name_user(s, f.user, f.database);
 				if (s->past_room) {
 					stat_reject(s, REJ_OPEN_FILES);
 					session_fail(s, "53300", "sorry, too many clients already "
@@ -775,7 +816,7 @@ static void startup_read(struct session *s)
 			}
 			if (!s->c.ssl && s->l->tls.mode == CLIENT_TLS_REQUIRE) {
 				stat_reject(s, REJ_TLS_REQUIRED);
-				snprintf(s->who, sizeof(s->who), "%s@%s", f.user, f.database);
+				name_user(s, f.user, f.database);
 				session_fail(s, "28000",
 					     "pgrouter: listener \"%s\" requires TLS (client_tls = require); "
 					     "connect with sslmode=require",
@@ -796,14 +837,18 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 	uint8_t req[12 + PGW_CANCEL_KEY_MAX];
 	size_t n = cancel_lookup(f->cancel_pid, f->cancel_key, f->cancel_key_len, &srv, req,
 				 sizeof(req));
-	snprintf(s->who, sizeof(s->who), "cancel pid %u", f->cancel_pid);
+	{
+		char who[32];
+		snprintf(who, sizeof(who), "cancel pid %u", f->cancel_pid);
+		session_name(s, NULL, "", who);
+	}
 	if (!n) {
 		/* PostgreSQL answers an unknown key with silence, and so do we */
 		slog(LOG_INFO, s, "cancel request for a key no live session holds; ignored");
 		s->dead = true;
 		return;
 	}
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	session_set_state(s, SS_CANCEL);
 	end_read(&s->c, false);
 	s->srv = srv;
@@ -881,7 +926,7 @@ static void enter_relay(struct session *s, char txn_status)
 		free(s->startup);
 		s->startup = NULL;
 	}
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	/* the server stream now sits right after a ReadyForQuery; the client's
 	 * requests are counted from here */
 	pgw_scanner_init(&s->s.scan, 0, false);
@@ -1088,7 +1133,7 @@ static void handover_done(struct session *s);
 static void handover_start(struct session *s)
 {
 	session_set_state(s, SS_HANDOVER);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	struct pgw_first f, mine;
 	uint32_t clen;
 	const uint8_t *cpkt = pool_conn_startup(s, &clen);
@@ -1442,7 +1487,7 @@ static void leave_server(struct session *s, const char *lost);
  * before a move, or (only) to know it. */
 static void inspect(struct session *s, bool only)
 {
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	client_watch(s, EV_CLOSED); /* its next request waits in its socket */
 	if (!move_inspect_send(s)) {
 		session_fail(s, "53200", "pgrouter: out of memory");
@@ -1500,7 +1545,7 @@ static void want_move(struct session *s, const struct topo_entry *e)
 	describe_entry(e, now, sizeof(now));
 	slog(LOG_INFO, s, "server now %s: moving at the next transaction boundary (or shed in %u ms)",
 	     now, cur_cfg->drain_timeout_ms);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, cur_cfg->drain_timeout_ms);
 }
 
@@ -1509,7 +1554,7 @@ static void back_to_relay(struct session *s);
 /* The old server answered: move, or say why not. */
 static void inspected(struct session *s)
 {
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	s->known = true;
 	s->known_at = s->c.scan.messages;
 	if (s->inspect_only) {
@@ -1560,7 +1605,7 @@ static void leave_server(struct session *s, const char *lost)
 	}
 	slog(LOG_DEBUG, s, "leaving %s (%u prepared statements to re-create)", s->srv->name,
 	     move_plan_statements(s));
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	client_watch(s, EV_CLOSED);
 	s->moving = true;
 	say_goodbye(s);
@@ -1621,7 +1666,7 @@ static void lost_at_idle(struct session *s, const char *lost)
 	client_watch(s, EV_CLOSED);
 	session_set_state(s, SS_LOST); /* first: a pooled connection is not reusable */
 	detach_server(s);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, LOST_VERDICT_MS(cur_cfg));
 	lost_verdict(s);
 }
@@ -1695,7 +1740,7 @@ static void restore_start(struct session *s)
 		return;
 	}
 	session_set_state(s, SS_RESTORE);
-	evtimer_del(&s->timer);
+	timer_stop(s);
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
@@ -1765,7 +1810,7 @@ static void check_fit(struct session *s)
 		if (s->shedding || s->move_wanted) {
 			/* it fits again before its grace ran out (a transient probe failure) */
 			s->shedding = s->move_wanted = false;
-			evtimer_del(&s->timer);
+			timer_stop(s);
 			slog(LOG_INFO, s, "server fits its policy again; session kept");
 		}
 		return;
@@ -2281,9 +2326,11 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->s.fd = -1;
 	/* evconnlistener accepts with SOCK_NONBLOCK: no fcntl here */
 	/* TCP_NODELAY and the keepalive settings come from the listening socket */
-	sockaddr_describe(sa, s->peer, sizeof(s->peer));
+	char peer[48];
+	sockaddr_describe(sa, peer, sizeof(peer));
+	s->peer = s->user = s->who = "";
+	session_name(s, peer, "", "");
 	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
-	evtimer_assign(&s->timer, w->base, timer_cb, s);
 	TAILQ_INSERT_TAIL(&w->sessions, s, link);
 	w->nsessions++;
 	s->state = SS_STARTUP;

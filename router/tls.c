@@ -343,8 +343,8 @@ ssize_t end_recv(struct end *e, void *buf, size_t len)
 		}
 	}
 	/* records OpenSSL holds will not make the socket readable again */
-	if (got == len && SSL_has_pending(e->ssl) && e->rd_on)
-		event_active(&e->rd, EV_READ, 0);
+	if (got == len && SSL_has_pending(e->ssl))
+		end_kick_read(e);
 	return (ssize_t)got;
 }
 

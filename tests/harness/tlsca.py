@@ -8,12 +8,15 @@ from cluster import chown_postgres
 
 
 class TestCA:
-    def __init__(self, directory, name="pgrouter test CA"):
+    def __init__(self, directory, name="pgrouter test CA", key="rsa"):
+        """key: "rsa" (2048 bits) or "ec" (P-256), for the CA and what it issues."""
         self.dir = directory
+        self.newkey = ["-newkey", "rsa:2048"] if key == "rsa" else \
+            ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
         os.makedirs(directory, exist_ok=True)
         self.cert = os.path.join(directory, "ca.crt")
         self.key = os.path.join(directory, "ca.key")
-        self._run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        self._run("req", "-x509", *self.newkey, "-nodes", "-days", "2",
                   "-subj", "/CN=" + name, "-keyout", self.key, "-out", self.cert)
         self._own(self.cert)
 
@@ -30,7 +33,7 @@ class TestCA:
         crt = os.path.join(self.dir, name + ".crt")
         key = os.path.join(self.dir, name + ".key")
         csr = crt + ".csr"
-        self._run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + cn,
+        self._run("req", *self.newkey, "-nodes", "-subj", "/CN=" + cn,
                   "-keyout", key, "-out", csr)
         ext = os.path.join(self.dir, name + ".ext")
         with open(ext, "w") as f:
