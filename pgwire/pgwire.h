@@ -97,6 +97,11 @@ int pgw_header(const uint8_t *p, uint32_t max_len, uint8_t *type, uint32_t *body
 struct pgw_scanner {
 	uint32_t remaining;  /* body bytes of the current message still to pass */
 	uint32_t max_len;    /* largest accepted length field */
+	uint64_t messages;   /* headers seen */
+	/* Requests answered by exactly one ReadyForQuery (frontend: Query, Sync,
+	 * FunctionCall) or ReadyForQuery itself (backend). Equal counts on both
+	 * streams mean the client has nothing in flight. */
+	uint32_t sync_points;
 	uint8_t hdr[PGW_HEADER_LEN];
 	uint8_t hdr_have;    /* bytes of a header split across chunks */
 	/* Type of the last message whose header was read. On the backend stream
@@ -111,11 +116,6 @@ struct pgw_scanner {
 	 * Close, Flush) were sent since the last Sync. The server may already run
 	 * them in an implicit transaction, so this is not a boundary. */
 	bool unsynced;
-	uint64_t messages;   /* headers seen */
-	/* Requests answered by exactly one ReadyForQuery (frontend: Query, Sync,
-	 * FunctionCall) or ReadyForQuery itself (backend). Equal counts on both
-	 * streams mean the client has nothing in flight. */
-	uint32_t sync_points;
 };
 void pgw_scanner_init(struct pgw_scanner *s, uint32_t max_len, bool frontend);
 /* Feed n bytes. Returns 0, or PGW_BAD_LENGTH (the stream is unusable afterwards). */

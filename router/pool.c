@@ -378,7 +378,7 @@ static bool conn_messages(struct srv_conn *sc)
 
 static void conn_rd_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct srv_conn *sc = arg;
+	struct srv_conn *sc = END_OWNER(arg, struct srv_conn, e);
 	if (!sc->in && !(sc->in = evbuffer_new())) {
 		conn_close(sc, "out of memory");
 		return;
@@ -402,10 +402,12 @@ static void conn_rd_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct srv_conn *sc = arg;
+	struct srv_conn *sc = END_OWNER(arg, struct srv_conn, e);
 	if (end_flush(&sc->e) < 0)
 		conn_close(sc, strerror(errno));
 }
+
+static const struct end_ops conn_ops = { conn_rd_cb, conn_wr_cb };
 
 /* ---- the session's side ---------------------------------------------------- */
 
@@ -583,7 +585,7 @@ void pool_give_back(struct session *s, bool reusable)
 		conn_free(sc);
 		return;
 	}
-	end_setup(&sc->e, sc->w->base, sc->e.fd, conn_rd_cb, conn_wr_cb, sc);
+	end_setup(&sc->e, sc->w->base, sc->e.fd, &conn_ops);
 	if (!reusable) {
 		conn_close(sc, "the client left mid-transaction or the session failed");
 		return;

@@ -41,29 +41,20 @@ static void end_event_cb(evutil_socket_t fd, short what, void *arg)
 	if (e->wr_on && (what & EV_WRITE)) {
 		if (rd)
 			event_active(&e->ev, rd, 0);
-		e->wr(fd, EV_WRITE, e->arg);
+		e->ops->wr(fd, EV_WRITE, e);
 	} else if (rd) {
-		e->rd(fd, rd, e->arg);
+		e->ops->rd(fd, rd, e);
 	}
 }
 
-void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn rd,
-	       event_callback_fn wr, void *arg)
+void end_setup(struct end *e, struct event_base *base, int fd, const struct end_ops *ops)
 {
 	e->fd = fd;
-	e->rd = rd;
-	e->wr = wr;
-	e->arg = arg;
+	e->ops = ops;
 	e->rd_what = EV_READ;
 	e->armed = 0;
 	event_assign(&e->ev, base, fd, EV_READ | EV_PERSIST, end_event_cb, e);
 	e->rd_on = e->wr_on = e->paused = false;
-}
-
-void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
-	      event_callback_fn wr)
-{
-	end_setup(e, s->w->base, fd, rd, wr, s);
 }
 
 /* Register e's event for what rd_on and wr_on ask (the worker's changelist

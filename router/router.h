@@ -596,6 +596,13 @@ enum sess_state {
 };
 const char *sess_state_name(enum sess_state st);
 
+/* What an end's socket event calls, with the end as the argument: its owner
+ * (a session's c or s, a pooled connection's e) is END_OWNER of it. */
+struct end_ops {
+	event_callback_fn rd, wr;
+};
+#define END_OWNER(e, type, member) ((type *)(void *)((char *)(e) - offsetof(type, member)))
+
 /* One side of a session. `out` holds what could not be written to fd yet.
  * One event per socket (relay.c: end_event_cb calls rd or wr): it is
  * registered for what rd_on and wr_on ask, and is not in epoll at all while
@@ -607,8 +614,7 @@ struct end {
 	bool rd_on, wr_on, paused;
 	bool rd_wants_wr, wr_wants_rd; /* TLS: a read waits for writability, or the reverse */
 	struct event ev;
-	event_callback_fn rd, wr; /* called with (fd, what, arg) */
-	void *arg;
+	const struct end_ops *ops; /* called with (fd, what, this end) */
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
 	SSL *ssl;                 /* TLS on fd, or NULL (tls.c) */
@@ -635,7 +641,6 @@ struct session {
 	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
 	struct move *mv;      /* a move under way: its plan (move.c) */
 	struct tried tried;   /* servers that refused this session in this view */
-	uint64_t deadline_ms; /* end of queue_timeout */
 	enum sess_state state;
 	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
 	unsigned ssl_done : 1;         /* as PostgreSQL's ProcessStartupPacket: no SSLRequest */
@@ -665,12 +670,13 @@ struct session {
 	unsigned known : 1;            /* s->mv's plan was the session's state when the
 					  client had sent known_at messages */
 	unsigned inspect_only : 1;     /* INSPECT while idle, to know the state; no move */
-	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
-	uint64_t queued_us, connect_us; /* metrics: when it began to wait / to connect */
-	uint64_t started_ms;           /* accepted (SHOW SESSIONS) */
 	unsigned srv_counted : 1;      /* metrics: counted in its server's sessions */
 	unsigned move_cause : 3;       /* enum move_cause of the move wanted or under way */
 	unsigned held : 1;             /* PAUSE: its client is not read until RESUME */
+	uint64_t deadline_ms; /* end of queue_timeout */
+	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
+	uint64_t queued_us, connect_us; /* metrics: when it began to wait / to connect */
+	uint64_t started_ms;           /* accepted (SHOW SESSIONS) */
 	const char *peer, *user, *who; /* who: user@database (session_name) */
 	char *names;                   /* where the three are */
 };
@@ -808,12 +814,9 @@ void login_free(struct session *s);
 /* relay.c */
 #define RELAY_HIGH_WATERMARK (256 * 1024)
 #define RELAY_LOW_WATERMARK (64 * 1024)
-void end_init(struct session *s, struct end *e, int fd, event_callback_fn rd,
-	      event_callback_fn wr);
-/* e's socket fd is watched on base for rd and wr, called with arg; nothing
- * watched yet. e's event must not be added. */
-void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn rd,
-	       event_callback_fn wr, void *arg);
+/* e's socket fd is watched on base for ops; nothing watched yet. e's event
+ * must not be added. */
+void end_setup(struct end *e, struct event_base *base, int fd, const struct end_ops *ops);
 void end_close(struct end *e);
 void end_read(struct end *e, bool on);
 void end_write(struct end *e, bool on);

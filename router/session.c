@@ -62,6 +62,8 @@ static void client_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void server_rd_cb(evutil_socket_t fd, short what, void *arg);
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
+static const struct end_ops client_ops = { client_rd_cb, client_wr_cb };
+static const struct end_ops server_ops = { server_rd_cb, server_wr_cb };
 static void route(struct session *s);
 static void release_pooled(struct session *s);
 
@@ -361,7 +363,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 		return;
 	}
 	tcp_tune(fd, cur_cfg);
-	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	end_setup(&s->s, s->w->base, fd, &server_ops);
 	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
 	if (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS) {
@@ -395,7 +397,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 	srv_count(s);
 	struct end *e = &s->s;
 	pool_adopt(s, e);
-	end_setup(e, s->w->base, e->fd, server_rd_cb, server_wr_cb, s);
+	end_setup(e, s->w->base, e->fd, &server_ops);
 	s->s_phase = PH_UP;
 	s->server_spoke = true;
 	s->client_saw = false;
@@ -858,7 +860,7 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 		s->dead = true;
 		return;
 	}
-	end_init(s, &s->s, fd, server_rd_cb, server_wr_cb);
+	end_setup(&s->s, s->w->base, fd, &server_ops);
 	s->s_phase = PH_TCP;
 	/* the server's own pid and key, not the client's (pgrouter's) */
 	if (!end_queue(&s->s, req, n) ||
@@ -1905,7 +1907,7 @@ static void relay_failed(struct session *s, int r, bool from_client)
 
 static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct session *s = arg;
+	struct session *s = END_OWNER(arg, struct session, c);
 	switch (s->state) {
 	case SS_STARTUP:
 		startup_read(s);
@@ -1966,7 +1968,7 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 
 static void client_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct session *s = arg;
+	struct session *s = END_OWNER(arg, struct session, c);
 	if (s->state == SS_STARTUP && s->c.ssl && !SSL_is_init_finished(s->c.ssl)) {
 		client_handshake(s);
 		finish(s);
@@ -2099,7 +2101,7 @@ static void server_connected(struct session *s)
 
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct session *s = arg;
+	struct session *s = END_OWNER(arg, struct session, s);
 	if (s->s_phase == PH_TCP) {
 		server_connected(s);
 	} else if (s->s_phase == PH_HANDSHAKE && !SSL_is_init_finished(s->s.ssl)) {
@@ -2122,7 +2124,7 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg)
 
 static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct session *s = arg;
+	struct session *s = END_OWNER(arg, struct session, s);
 	if (s->s_phase == PH_SSLREQUEST) {
 		server_ssl_answer(s);
 		finish(s);
@@ -2330,7 +2332,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	sockaddr_describe(sa, peer, sizeof(peer));
 	s->peer = s->user = s->who = "";
 	session_name(s, peer, "", "");
-	end_init(s, &s->c, fd, client_rd_cb, client_wr_cb);
+	end_setup(&s->c, w->base, fd, &client_ops);
 	TAILQ_INSERT_TAIL(&w->sessions, s, link);
 	w->nsessions++;
 	s->state = SS_STARTUP;
