@@ -48,11 +48,16 @@ void login_done(struct session *s)
 	s->login = NULL;
 }
 
+/* What every user in auth_trust_users has: nothing to keep per session (never
+ * written: only SCRAM and md5 exchanges write a session's record). */
+static struct cred trust_cred = { .kind = CRED_TRUST };
+
 void login_free(struct session *s)
 {
 	wipe_free(s->login, sizeof(*s->login));
 	s->login = NULL;
-	wipe_free(s->cred, sizeof(*s->cred));
+	if (s->cred != &trust_cred)
+		wipe_free(s->cred, sizeof(*s->cred));
 	s->cred = NULL;
 }
 
@@ -159,6 +164,8 @@ static void begin_exchange(struct session *s)
 
 void login_start(struct session *s)
 {
+	if (s->cred == &trust_cred)
+		s->cred = NULL; /* looked up again: never written */
 	if (!s->cred && !(s->cred = calloc(1, sizeof(*s->cred)))) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
@@ -166,6 +173,10 @@ void login_start(struct session *s)
 	char why[512];
 	switch (auth_lookup(s->w, s->user, s->cred, why, sizeof(why))) {
 	case AUTH_FOUND:
+		if (s->cred->kind == CRED_TRUST && !s->cred->mock) {
+			free(s->cred);
+			s->cred = &trust_cred;
+		}
 		begin_exchange(s);
 		break;
 	case AUTH_PENDING:

@@ -49,9 +49,26 @@ struct pool_key {
 	atomic_int want_close; /* idle ones the workers are asked to close */
 };
 
+/* A server's ParameterStatus set, "name\0value\0"... in the order the server
+ * first reported it. Never changed once built (a change builds a new one), so
+ * the connections of a pool with the same set share one (pool->params). */
+struct params {
+	uint32_t refs, len;
+	char data[];
+};
+
+/* A connection no session holds has an end of its own for its socket; a
+ * held one's socket is in the session's server end, so this exists only
+ * while the connection is given back, reset or idle. */
+struct parked {
+	struct end e;
+	struct srv_conn *sc;
+};
+
 struct pool {
 	struct pool *next;
 	struct pool_key *k;
+	struct params *params; /* the set its connections last settled with */
 	TAILQ_HEAD(srv_conn_list, srv_conn) idle;
 	struct srv_conn_list resetting; /* given back, server_reset_query running */
 };
@@ -62,13 +79,12 @@ struct srv_conn {
 	TAILQ_ENTRY(srv_conn) link;
 	struct pool *pool;
 	struct worker *w;
-	struct end e;        /* the socket while no session holds it */
+	struct parked *pk;   /* the socket while no session holds it */
 	struct evbuffer *in; /* RESET / IDLE: server bytes, read whole */
 	enum sc_state state;
 	enum disc_role role;
 	uint64_t created_ms, idle_ms;
-	char *params;        /* the server's ParameterStatus set: "name\0value\0"... */
-	uint32_t params_len;
+	struct params *params; /* the server's ParameterStatus set (NULL: none yet) */
 	uint8_t *negotiate; /* the server's NegotiateProtocolVersion, whole */
 	uint8_t *startup;   /* the startup packet it logged in with: RESET values */
 	uint32_t startup_len;
@@ -187,46 +203,73 @@ static void wake_waiters(void)
 		event_active(&router.workers[i].pool_wake, EV_READ, 0);
 }
 
-/* The set lives in one block, in the order the server first reported it; a
- * change (rare: a client's SET of a reported parameter, a reset) rebuilds it. */
+static void params_drop(struct params *pm)
+{
+	if (pm && --pm->refs == 0)
+		free(pm);
+}
+
+/* A change (rare once the connection is up: a client's SET of a reported
+ * parameter, a reset) builds a new set. */
 static bool set_param(struct srv_conn *sc, const char *name, const char *value)
 {
-	size_t nl = strlen(name) + 1, vl = strlen(value) + 1, old = 0, at = sc->params_len;
-	for (size_t o = 0; o < sc->params_len;) {
-		const char *n = sc->params + o, *v = n + strlen(n) + 1;
-		size_t len = (size_t)(v + strlen(v) + 1 - n);
+	const struct params *pm = sc->params;
+	size_t len = pm ? pm->len : 0;
+	size_t nl = strlen(name) + 1, vl = strlen(value) + 1, old = 0, at = len;
+	for (size_t o = 0; o < len;) {
+		const char *n = pm->data + o, *v = n + strlen(n) + 1;
+		size_t l = (size_t)(v + strlen(v) + 1 - n);
 		if (strcmp(n, name) == 0) {
 			if (strcmp(v, value) == 0)
 				return true;
 			at = o;
-			old = len;
+			old = l;
 			break;
 		}
-		o += len;
+		o += l;
 	}
-	size_t total = sc->params_len - old + nl + vl;
-	char *b = malloc(total);
+	size_t total = len - old + nl + vl;
+	struct params *b = malloc(sizeof(*b) + total);
 	if (!b)
 		return false;
-	if (sc->params) { /* memcpy from NULL is undefined even for 0 bytes */
-		memcpy(b, sc->params, at);
-		memcpy(b + at + nl + vl, sc->params + at + old, sc->params_len - at - old);
+	b->refs = 1;
+	b->len = (uint32_t)total;
+	if (pm) {
+		memcpy(b->data, pm->data, at);
+		memcpy(b->data + at + nl + vl, pm->data + at + old, len - at - old);
 	}
-	memcpy(b + at, name, nl);
-	memcpy(b + at + nl, value, vl);
-	free(sc->params);
+	memcpy(b->data + at, name, nl);
+	memcpy(b->data + at + nl, value, vl);
+	params_drop(sc->params);
 	sc->params = b;
-	sc->params_len = (uint32_t)total;
 	return true;
+}
+
+/* The connection's set settled (it is handed to a client, or parked): one
+ * block for all the pool's connections that have the same. */
+static void share_params(struct srv_conn *sc)
+{
+	struct params *mine = sc->params, *shared = sc->pool->params;
+	if (!mine || mine == shared)
+		return;
+	if (shared && shared->len == mine->len && memcmp(shared->data, mine->data, mine->len) == 0) {
+		params_drop(mine);
+		sc->params = shared;
+	} else {
+		params_drop(shared);
+		sc->pool->params = mine;
+	}
+	sc->params->refs++;
 }
 
 static const char *get_param(const struct srv_conn *sc, const char *name)
 {
-	for (size_t o = 0; o < sc->params_len;) {
-		const char *n = sc->params + o, *v = n + strlen(n) + 1;
+	const struct params *pm = sc->params;
+	for (size_t o = 0; pm && o < pm->len;) {
+		const char *n = pm->data + o, *v = n + strlen(n) + 1;
 		if (strcmp(n, name) == 0)
 			return v;
-		o = (size_t)(v + strlen(v) + 1 - sc->params);
+		o = (size_t)(v + strlen(v) + 1 - pm->data);
 	}
 	return NULL;
 }
@@ -240,16 +283,20 @@ static void conn_free(struct srv_conn *sc)
 	} else if (sc->state == SC_RESET) {
 		TAILQ_REMOVE(&sc->pool->resetting, sc, link);
 	}
-	if (sc->e.fd >= 0 && (!sc->e.out || evbuffer_get_length(sc->e.out) == 0) &&
+	struct parked *pk = sc->pk;
+	if (pk && pk->e.fd >= 0 && (!pk->e.out || evbuffer_get_length(pk->e.out) == 0) &&
 	    sc->state == SC_IDLE) {
 		uint8_t x[5];
-		ssize_t n = end_send(&sc->e, x, pgw_build_terminate(x, sizeof(x)));
+		ssize_t n = end_send(&pk->e, x, pgw_build_terminate(x, sizeof(x)));
 		(void)n;
 	}
-	end_close(&sc->e);
+	if (pk) {
+		end_close(&pk->e);
+		free(pk);
+	}
 	if (sc->in)
 		evbuffer_free(sc->in);
-	free(sc->params);
+	params_drop(sc->params);
 	if (sc->be_key != sc->be_key_inline)
 		free(sc->be_key);
 	free(sc->negotiate);
@@ -304,6 +351,7 @@ static void park(struct srv_conn *sc)
 		TAILQ_REMOVE(&sc->pool->resetting, sc, link);
 	sc->state = SC_IDLE;
 	sc->idle_ms = now_ms();
+	share_params(sc);
 	TAILQ_INSERT_HEAD(&sc->pool->idle, sc, link); /* most recently used first */
 	atomic_fetch_add_explicit(&sc->pool->k->idle, 1, memory_order_relaxed);
 	if (!evtimer_pending(&sc->w->pool_sweep, NULL)) {
@@ -378,12 +426,13 @@ static bool conn_messages(struct srv_conn *sc)
 
 static void conn_rd_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct srv_conn *sc = END_OWNER(arg, struct srv_conn, e);
+	struct parked *pk = END_OWNER(arg, struct parked, e);
+	struct srv_conn *sc = pk->sc;
 	if (!sc->in && !(sc->in = evbuffer_new())) {
 		conn_close(sc, "out of memory");
 		return;
 	}
-	ssize_t n = end_recv(&sc->e, sc->w->scratch, sizeof(sc->w->scratch));
+	ssize_t n = end_recv(&pk->e, sc->w->scratch, sizeof(sc->w->scratch));
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
@@ -402,8 +451,9 @@ static void conn_rd_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_wr_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct srv_conn *sc = END_OWNER(arg, struct srv_conn, e);
-	if (end_flush(&sc->e) < 0)
+	struct parked *pk = END_OWNER(arg, struct parked, e);
+	struct srv_conn *sc = pk->sc;
+	if (end_flush(&pk->e) < 0)
 		conn_close(sc, strerror(errno));
 }
 
@@ -429,8 +479,8 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
 		pool_unwait(s);
 		sc->state = SC_ACTIVE;
-		end_read(&sc->e, false);
-		end_write(&sc->e, false);
+		end_read(&sc->pk->e, false);
+		end_write(&sc->pk->e, false);
 		if (sc->in) {
 			evbuffer_free(sc->in);
 			sc->in = NULL;
@@ -473,7 +523,6 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 	sc->pool = p;
 	sc->w = s->w;
 	sc->be_key = sc->be_key_inline;
-	sc->e.fd = -1;
 	sc->state = SC_ACTIVE;
 	sc->role = role;
 	sc->created_ms = now;
@@ -527,10 +576,10 @@ void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t le
 void pool_adopt(struct session *s, struct end *e)
 {
 	struct srv_conn *sc = s->sc;
-	e->fd = sc->e.fd;
-	e->ssl = sc->e.ssl;
-	sc->e.fd = -1;
-	sc->e.ssl = NULL;
+	e->fd = sc->pk->e.fd;
+	e->ssl = sc->pk->e.ssl;
+	free(sc->pk); /* disarmed when it was taken; it held no output */
+	sc->pk = NULL;
 }
 
 uint32_t pool_key_len(const struct session *s)
@@ -543,13 +592,15 @@ bool pool_replay(struct session *s, struct evbuffer *out)
 	struct srv_conn *sc = s->sc;
 	if (sc->negotiate && evbuffer_add(out, sc->negotiate, sc->negotiate_len) != 0)
 		return false;
-	for (size_t o = 0; o < sc->params_len;) {
-		const char *n = sc->params + o, *v = n + strlen(n) + 1;
+	share_params(sc); /* what the client is told is what the connection has */
+	const struct params *pm = sc->params;
+	for (size_t o = 0; pm && o < pm->len;) {
+		const char *n = pm->data + o, *v = n + strlen(n) + 1;
 		uint8_t m[1024];
 		size_t len = pgw_build_parameter_status(m, sizeof(m), n, v);
 		if (len && evbuffer_add(out, m, len) != 0)
 			return false;
-		o = (size_t)(v + strlen(v) + 1 - sc->params);
+		o = (size_t)(v + strlen(v) + 1 - pm->data);
 	}
 	return true;
 }
@@ -572,8 +623,20 @@ void pool_give_back(struct session *s, bool reusable)
 	end_write(e, false);
 	if (e->out && evbuffer_get_length(e->out))
 		reusable = false; /* something of the client's still unsent */
-	sc->e.fd = e->fd;
-	sc->e.ssl = e->ssl;
+	if (e->fd < 0) { /* never connected */
+		conn_free(sc);
+		return;
+	}
+	struct parked *pk = calloc(1, sizeof(*pk));
+	if (!pk) {
+		end_close(e);
+		conn_close(sc, "out of memory");
+		return;
+	}
+	pk->sc = sc;
+	sc->pk = pk;
+	pk->e.fd = e->fd;
+	pk->e.ssl = e->ssl;
 	e->fd = -1;
 	e->ssl = NULL;
 	e->rd_wants_wr = e->wr_wants_rd = false;
@@ -581,11 +644,7 @@ void pool_give_back(struct session *s, bool reusable)
 		evbuffer_free(e->out);
 		e->out = NULL;
 	}
-	if (sc->e.fd < 0) { /* never connected */
-		conn_free(sc);
-		return;
-	}
-	end_setup(&sc->e, sc->w->base, sc->e.fd, &conn_ops);
+	end_setup(&pk->e, sc->w->base, pk->e.fd, &conn_ops);
 	if (!reusable) {
 		conn_close(sc, "the client left mid-transaction or the session failed");
 		return;
@@ -599,11 +658,11 @@ void pool_give_back(struct session *s, bool reusable)
 	}
 	uint8_t m[600];
 	size_t n = pgw_build_query(m, sizeof(m), q);
-	if (!n || !end_queue(&sc->e, m, n) || end_flush(&sc->e) < 0) {
+	if (!n || !end_queue(&pk->e, m, n) || end_flush(&pk->e) < 0) {
 		conn_close(sc, "cannot send server_reset_query");
 		return;
 	}
-	end_read(&sc->e, true);
+	end_read(&pk->e, true);
 }
 
 /* ---- worker-wide ------------------------------------------------------------ */
@@ -630,6 +689,7 @@ void pools_free(struct worker *w)
 		w->pools = p->next;
 		while (!TAILQ_EMPTY(&p->resetting))
 			conn_close(TAILQ_FIRST(&p->resetting), "pgrouter is shutting down");
+		params_drop(p->params);
 		free(p);
 	}
 }
