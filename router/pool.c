@@ -635,7 +635,7 @@ void pool_give_back(struct session *s, bool reusable)
 	}
 	pk->sc = sc;
 	sc->pk = pk;
-	pk->e.fd = e->fd;
+	end_setup(&pk->e, sc->w->base, e->fd, &conn_ops);
 	pk->e.ssl = e->ssl;
 	e->fd = -1;
 	e->ssl = NULL;
@@ -644,7 +644,6 @@ void pool_give_back(struct session *s, bool reusable)
 		evbuffer_free(e->out);
 		e->out = NULL;
 	}
-	end_setup(&pk->e, sc->w->base, pk->e.fd, &conn_ops);
 	if (!reusable) {
 		conn_close(sc, "the client left mid-transaction or the session failed");
 		return;

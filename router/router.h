@@ -691,10 +691,6 @@ void session_refuse(struct worker *w, struct listener_config *l, int fd, enum re
 void session_start(struct worker *w, struct listener_config *l, int fd, struct sockaddr *sa,
 		   int salen);
 void session_set_state(struct session *s, enum sess_state st);
-/* PostgreSQL's NAMEDATALEN: a user name is shorter */
-#define NAME_MAX_LEN 64
-/* The session's names: peer and who (NULL: unchanged), user. */
-void session_name(struct session *s, const char *peer, const char *user, const char *who);
 /* Send FATAL sqlstate + message to the client (when the stream allows it) and close. */
 void session_fail(struct session *s, const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -62,6 +62,8 @@ static void client_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void server_rd_cb(evutil_socket_t fd, short what, void *arg);
 static void server_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
+/* PostgreSQL's NAMEDATALEN: a user name is shorter */
+#define NAME_MAX_LEN 64
 static const struct end_ops client_ops = { client_rd_cb, client_wr_cb };
 static const struct end_ops server_ops = { server_rd_cb, server_wr_cb };
 static void route(struct session *s);
@@ -72,7 +74,7 @@ static void release_pooled(struct session *s);
  * user (cut to what PostgreSQL allows). A session out of memory keeps the
  * names it had.
  */
-void session_name(struct session *s, const char *peer, const char *user, const char *who)
+static void session_name(struct session *s, const char *peer, const char *user, const char *who)
 {
 	char u[NAME_MAX_LEN], w[96], p[48];
 	snprintf(p, sizeof(p), "%s", peer ? peer : s->peer);
@@ -101,8 +103,8 @@ static void name_user(struct session *s, const char *user, const char *database)
 }
 
 /* The session's one deadline (startup, queue, connect, linger, ... by
- * state). Its event exists only while a deadline is set: a relaying session
- * has none, and carries no timer. */
+ * state); setting it again moves it. Its event exists only while a deadline
+ * is set: a relaying session has none, and carries no timer. */
 static void timer_set(struct session *s, uint64_t ms)
 {
 	struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
@@ -124,7 +126,6 @@ static void timer_stop(struct session *s)
 
 void session_timer(struct session *s, uint64_t ms)
 {
-	timer_stop(s);
 	timer_set(s, ms);
 }
 
@@ -285,7 +286,6 @@ static void enter_closing(struct session *s)
 	say_goodbye(s);
 	session_set_state(s, SS_CLOSING);
 	detach_server(s);
-	timer_stop(s);
 	timer_set(s, LINGER_MS);
 	/* flush what the client is owed, then half-close and wait for its EOF so
 	 * the final message is not destroyed by a reset */
@@ -373,7 +373,6 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	if (s->state != SS_QUEUED)
 		client_watch(s, EV_CLOSED);
 	session_set_state(s, SS_CONNECTING);
-	timer_stop(s);
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_write(&s->s, true);
 }
@@ -1547,7 +1546,6 @@ static void want_move(struct session *s, const struct topo_entry *e)
 	describe_entry(e, now, sizeof(now));
 	slog(LOG_INFO, s, "server now %s: moving at the next transaction boundary (or shed in %u ms)",
 	     now, cur_cfg->drain_timeout_ms);
-	timer_stop(s);
 	timer_set(s, cur_cfg->drain_timeout_ms);
 }
 
@@ -1668,7 +1666,6 @@ static void lost_at_idle(struct session *s, const char *lost)
 	client_watch(s, EV_CLOSED);
 	session_set_state(s, SS_LOST); /* first: a pooled connection is not reusable */
 	detach_server(s);
-	timer_stop(s);
 	timer_set(s, LOST_VERDICT_MS(cur_cfg));
 	lost_verdict(s);
 }
@@ -1742,7 +1739,6 @@ static void restore_start(struct session *s)
 		return;
 	}
 	session_set_state(s, SS_RESTORE);
-	timer_stop(s);
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_read(&s->s, true);
 	if (end_flush(&s->s) < 0)
