@@ -345,6 +345,15 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 			return fail(p, p->line, k, "must be an integer 1..256");
 		return 1;
 	}
+	if (strcmp(k, "worker_packing") == 0)
+		return set_on_off(p, k, v, &c->worker_packing);
+	if (strcmp(k, "debug_worker_shuffle") == 0)
+		return set_on_off(p, k, v, &c->debug_worker_shuffle);
+	if (strcmp(k, "worker_busy_limit") == 0) {
+		if (parse_uint(v, 10, 100, &c->worker_busy_limit) != 0)
+			return fail(p, p->line, k, "must be a percentage 10..100");
+		return 1;
+	}
 	if (strcmp(k, "log_level") == 0) {
 		int l = log_level_parse(v);
 		if (l < 0)
@@ -783,6 +792,8 @@ static void defaults(struct config *c)
 	atomic_init(&c->refs, refs);
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = n > 0 ? (unsigned)n : 1;
+	c->worker_packing = true;
+	c->worker_busy_limit = 75;
 	c->log_level = LOG_INFO;
 	c->connect_timeout_ms = 3000;
 	c->queue_timeout_ms = 10000;

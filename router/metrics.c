@@ -170,6 +170,33 @@ static void render_listeners(struct evbuffer *out)
 	}
 }
 
+static void render_workers(struct evbuffer *out)
+{
+	unsigned n = router.workers ? router.nworkers : 0;
+	help(out, "workers_active", "gauge",
+	     "Workers new sessions go to (worker_packing: as few as keep up).");
+	evbuffer_add_printf(out, "pgrouter_workers_active %u\n", n ? balance_active() : 0);
+	help(out, "worker_sessions", "gauge", "Client sessions each worker runs.");
+	for (unsigned w = 0; w < n; w++) {
+		int64_t sessions = 0;
+		for (unsigned i = 0; i < CONFIG_MAX_LISTENERS; i++)
+			sessions += atomic_load_explicit(&router.workers[w].stats->l[i].clients,
+							 memory_order_relaxed);
+		evbuffer_add_printf(out, "pgrouter_worker_sessions{worker=\"%u\"} %lld\n", w,
+				    (long long)sessions);
+	}
+	help(out, "worker_busy_ratio", "gauge",
+	     "How busy each worker's thread is: CPU time over wall time, smoothed over 0.3 s.");
+	for (unsigned w = 0; w < n; w++)
+		evbuffer_add_printf(out, "pgrouter_worker_busy_ratio{worker=\"%u\"} %.3f\n", w,
+				    atomic_load(&router.workers[w].busy_pm) / 1000.0);
+	help(out, "worker_sessions_moved_total", "counter",
+	     "Sessions each worker took from another between transactions.");
+	for (unsigned w = 0; w < n; w++)
+		evbuffer_add_printf(out, "pgrouter_worker_sessions_moved_total{worker=\"%u\"} %llu\n",
+				    w, (unsigned long long)atomic_load(&router.workers[w].moved_in));
+}
+
 static const char *state_of(const struct topo_entry *e)
 {
 	if (!e->reachable)
@@ -293,6 +320,7 @@ void metrics_render(struct evbuffer *out)
 	evbuffer_add_printf(out, "pgrouter_draining %d\n",
 			    atomic_load_explicit(&router.stopping, memory_order_relaxed) ? 1 : 0);
 	render_listeners(out);
+	render_workers(out);
 	struct topology *t = topo_acquire();
 	render_servers(out, t);
 	struct topo_stats ts;

@@ -77,7 +77,8 @@ enum sc_state { SC_ACTIVE, SC_RESET, SC_IDLE };
 
 struct srv_conn {
 	TAILQ_ENTRY(srv_conn) link;
-	struct pool *pool;
+	struct pool *pool; /* its worker's pool of key k */
+	struct pool_key *k;
 	struct worker *w;
 	struct parked *pk;   /* the socket while no session holds it */
 	struct evbuffer *in; /* RESET / IDLE: server bytes, read whole */
@@ -276,7 +277,7 @@ static const char *get_param(const struct srv_conn *sc, const char *name)
 
 static void conn_free(struct srv_conn *sc)
 {
-	struct pool_key *k = sc->pool->k;
+	struct pool_key *k = sc->k;
 	if (sc->state == SC_IDLE) {
 		TAILQ_REMOVE(&sc->pool->idle, sc, link);
 		atomic_fetch_sub_explicit(&k->idle, 1, memory_order_relaxed);
@@ -309,8 +310,8 @@ static void conn_free(struct srv_conn *sc)
 static void conn_close_at(int level, struct srv_conn *sc, const char *why)
 {
 	if (log_enabled(level))
-		log_msg(level, "pool %s@%s on %s: server connection closed: %s", sc->pool->k->user,
-			sc->pool->k->database, sc->pool->k->srv->name, why);
+		log_msg(level, "pool %s@%s on %s: server connection closed: %s", sc->k->user,
+			sc->k->database, sc->k->srv->name, why);
 	conn_free(sc);
 }
 
@@ -324,7 +325,7 @@ static bool conn_fits(const struct srv_conn *sc)
 {
 	const struct topology *t = sc->w->topo;
 	for (unsigned i = 0; t && i < t->n; i++)
-		if (t->e[i].srv == sc->pool->k->srv)
+		if (t->e[i].srv == sc->k->srv)
 			return t->e[i].reachable && !t->e[i].draining && t->e[i].role == sc->role;
 	return false;
 }
@@ -353,7 +354,7 @@ static void park(struct srv_conn *sc)
 	sc->idle_ms = now_ms();
 	share_params(sc);
 	TAILQ_INSERT_HEAD(&sc->pool->idle, sc, link); /* most recently used first */
-	atomic_fetch_add_explicit(&sc->pool->k->idle, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sc->k->idle, 1, memory_order_relaxed);
 	if (!evtimer_pending(&sc->w->pool_sweep, NULL)) {
 		struct timeval tv = { SWEEP_MS / 1000, (SWEEP_MS % 1000) * 1000 };
 		evtimer_add(&sc->w->pool_sweep, &tv);
@@ -406,7 +407,7 @@ static bool conn_messages(struct srv_conn *sc)
 				memset(&ef, 0, sizeof(ef));
 			log_warning("pool %s@%s on %s: server_reset_query or idle connection got "
 				    "%s %s; closing it",
-				    sc->pool->k->user, sc->pool->k->database, sc->pool->k->srv->name,
+				    sc->k->user, sc->k->database, sc->k->srv->name,
 				    ef.sqlstate ? ef.sqlstate : "", ef.message ? ef.message : "");
 			conn_close(sc, "server error");
 			return false;
@@ -521,6 +522,7 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 	memcpy(sc->startup, s->startup, s->startup_len);
 	sc->startup_len = s->startup_len;
 	sc->pool = p;
+	sc->k = k;
 	sc->w = s->w;
 	sc->be_key = sc->be_key_inline;
 	sc->state = SC_ACTIVE;
@@ -605,10 +607,38 @@ bool pool_replay(struct session *s, struct evbuffer *out)
 	return true;
 }
 
+bool pool_depart(struct session *s)
+{
+	struct srv_conn *sc = s->sc;
+	struct params *pm = sc->params;
+	if (pm && pm->refs > 1) {
+		/* the block's count is this worker's to change: a copy of its own */
+		struct params *b = malloc(sizeof(*b) + pm->len);
+		if (!b)
+			return false;
+		memcpy(b, pm, sizeof(*b) + pm->len);
+		b->refs = 1;
+		params_drop(pm);
+		sc->params = b;
+	}
+	return true;
+}
+
+bool pool_arrive(struct session *s, struct worker *w)
+{
+	struct srv_conn *sc = s->sc;
+	struct pool *p = pool_for(w, sc->k); /* (the old worker's pool may be gone) */
+	if (!p)
+		return false;
+	sc->pool = p;
+	sc->w = w;
+	return true;
+}
+
 void pool_point_cancel(struct session *s)
 {
 	struct srv_conn *sc = s->sc;
-	cancel_set_server(s->cancel, sc->pool->k->srv, sc->be_pid, sc->be_key, sc->be_key_len);
+	cancel_set_server(s->cancel, sc->k->srv, sc->be_pid, sc->be_key, sc->be_key_len);
 }
 
 void pool_give_back(struct session *s, bool reusable)

@@ -76,6 +76,25 @@ static void end_arm(struct end *e)
 		event_active(&e->ev, EV_READ, 0);
 }
 
+void end_detach(struct end *e)
+{
+	if (e->fd >= 0 && e->armed)
+		event_del(&e->ev);
+}
+
+void end_attach(struct end *e, struct event_base *base)
+{
+	if (e->fd < 0)
+		return;
+	event_assign(&e->ev, base, e->fd, (e->armed ? e->armed : EV_READ) | EV_PERSIST,
+		     end_event_cb, e);
+	if (!e->armed)
+		return;
+	event_add(&e->ev, NULL);
+	if (e->rd_on && e->ssl && SSL_has_pending(e->ssl))
+		event_active(&e->ev, EV_READ, 0);
+}
+
 void end_read(struct end *e, bool on)
 {
 	if (e->fd < 0 || e->rd_on == on)

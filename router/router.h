@@ -132,6 +132,9 @@ struct server_config {
 struct config {
 	char path[512];
 	unsigned workers;
+	bool worker_packing;        /* sessions on as few workers as keep up (balance.c) */
+	bool debug_worker_shuffle;  /* testing: every session between transactions moves on */
+	unsigned worker_busy_limit; /* percent of a CPU past which a worker hands sessions on */
 	int log_level;
 	bool log_json;      /* log_format = json */
 	char log_file[512]; /* empty: stderr */
@@ -482,6 +485,16 @@ struct worker {
 		struct worker *w;
 		struct listener_config *l;
 	} accept_args[CONFIG_MAX_LISTENERS]; /* by slot */
+	/* balance.c: how busy it is, and the sessions other workers hand it */
+	struct event tick;
+	struct event inbox_ev;
+	pthread_mutex_t inbox_lock;
+	struct session_list inbox; /* under inbox_lock */
+	bool inbox_closed;         /* under inbox_lock: the loop ended, take none */
+	unsigned cooldown;         /* ticks before it hands sessions on again */
+	uint64_t tick_cpu_ns, tick_wall_ns;
+	atomic_uint busy_pm;                /* ‰ of one CPU, smoothed over a few ticks */
+	atomic_uint_fast64_t moved_in;      /* sessions taken from other workers */
 	uint8_t scratch[64 * 1024]; /* relay read buffer, see relay.c */
 };
 
@@ -512,6 +525,16 @@ static inline bool listener_paused(const struct listener_config *l)
 {
 	return atomic_load_explicit(&router.paused, memory_order_relaxed) >> l->slot & 1;
 }
+
+/* balance.c: sessions packed onto as few workers as keep up (its header). */
+void balance_init(struct worker *w);
+/* Worker 0 took listening sockets: new connections go where balance says. */
+void balance_listeners(struct worker *w);
+/* The loop ended: sessions handed to w since are taken back by their senders;
+ * those already in its inbox join its list (to be freed with it). */
+void balance_close(struct worker *w);
+/* Workers new sessions go to (1..nworkers). */
+unsigned balance_active(void);
 
 /* notify.c: a line of systemd's sd_notify protocol (no-op outside systemd). */
 void notify_systemd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -567,6 +590,9 @@ bool workers_all_ended(struct router *r);
 /* A second SIGTERM/SIGINT: the drain's remaining sessions are closed now. */
 void workers_close_now(struct router *r);
 void workers_shutdown(struct router *r);
+/* A worker catches up with the configuration generation and the topology
+ * snapshot published last (what its reconf and notify events would do). */
+void worker_catch_up(struct worker *w);
 /* Wait for the workers' loops to end; then free them (workers_join does both). */
 void workers_wait(struct router *r);
 void workers_join(struct router *r);
@@ -710,6 +736,19 @@ void sessions_drain(struct worker *w);
  * asked for it (inspect_idle). */
 void sessions_inspect_idle(struct worker *w);
 void sessions_close_all(struct worker *w, const char *why);
+/* Moving a session to another worker (balance.c). session_movable: it sits
+ * between transactions with nothing pending in pgrouter (no output, no TLS
+ * record read ahead, no deadline, no move or login, not held or draining).
+ * session_depart (on its worker's thread): its events leave that loop, it
+ * leaves the worker's list and gauges; false (and nothing changed) when it
+ * cannot go. session_return puts a departed session back where it was.
+ * session_arrive (on the new worker's thread, after worker_catch_up): it
+ * joins that worker, and is checked against its configuration and snapshot
+ * as after a change of either. */
+bool session_movable(const struct session *s);
+bool session_depart(struct session *s);
+void session_return(struct session *s);
+void session_arrive(struct worker *w, struct session *s);
 void sessions_free_all(struct worker *w);
 /* for login.c: the timer (ms from now), which client events to watch, the end
  * of a callback (frees a dead session), and "the client is authenticated". */
@@ -751,6 +790,12 @@ void pool_adopt(struct session *s, struct end *e);
 uint32_t pool_key_len(const struct session *s);
 /* The session no longer waits for room in a pool. */
 void pool_unwait(struct session *s);
+/* s->sc goes with its session to another worker: pool_depart on the old
+ * worker's thread (what it shares with that worker's pool is copied; false
+ * when out of memory), pool_arrive on the new one's (it joins w's pool of
+ * its key; false when out of memory). */
+bool pool_depart(struct session *s);
+bool pool_arrive(struct session *s, struct worker *w);
 /* Pooled server connections to srv, all pools and workers: every state, and idle. */
 void pool_counts(const struct disc_server *srv, int *total, int *idle);
 /* Worker-wide: a new snapshot (close connections whose server changed), exit. */
@@ -814,6 +859,10 @@ void login_free(struct session *s);
  * must not be added. */
 void end_setup(struct end *e, struct event_base *base, int fd, const struct end_ops *ops);
 void end_close(struct end *e);
+/* The end's event leaves its loop (detach, on the owner's thread) and is
+ * registered on base as it was (attach, on base's thread). */
+void end_detach(struct end *e);
+void end_attach(struct end *e, struct event_base *base);
 void end_read(struct end *e, bool on);
 void end_write(struct end *e, bool on);
 /* What a read watch waits for: EV_READ, EV_CLOSED (only the peer's close), or both. */

@@ -2477,6 +2477,80 @@ void sessions_inspect_idle(struct worker *w)
 	}
 }
 
+/* ---- moving between workers (balance.c) ------------------------------- */
+
+static bool end_quiet(const struct end *e)
+{
+	return !(e->out && evbuffer_get_length(e->out)) && !e->paused && !e->rd_wants_wr &&
+	       !e->wr_wants_rd && !(e->ssl && SSL_has_pending(e->ssl));
+}
+
+bool session_movable(const struct session *s)
+{
+	return at_boundary(s) && s->s.fd >= 0 && !s->dead && !s->held && !s->draining &&
+	       !s->shedding && !s->move_wanted && !s->moving && !s->timer && !s->login &&
+	       !(s->in && evbuffer_get_length(s->in)) &&
+	       !(s->replay && evbuffer_get_length(s->replay)) && end_quiet(&s->c) &&
+	       end_quiet(&s->s);
+}
+
+/* The worker's share of the gauges: the session in its listener's clients
+ * and its server's sessions. */
+static void count_in(struct session *s, int64_t n)
+{
+	gauge_add(&lstats(s)->clients, n);
+	if (s->srv_counted)
+		gauge_add(&srv_stats(s, s->srv)->sessions[s->l->slot], n);
+}
+
+bool session_depart(struct session *s)
+{
+	struct worker *w = s->w;
+	if (s->sc && !pool_depart(s))
+		return false;
+	end_detach(&s->c);
+	end_detach(&s->s);
+	count_in(s, -1);
+	TAILQ_REMOVE(&w->sessions, s, link);
+	w->nsessions--;
+	return true;
+}
+
+void session_return(struct session *s)
+{
+	struct worker *w = s->w;
+	TAILQ_INSERT_TAIL(&w->sessions, s, link);
+	w->nsessions++;
+	count_in(s, 1);
+	end_attach(&s->c, w->base);
+	end_attach(&s->s, w->base);
+}
+
+void session_arrive(struct worker *w, struct session *s)
+{
+	struct worker *from = s->w;
+	s->w = w;
+	session_return(s);
+	slog(LOG_DEBUG, s, "moved from worker %u", from->id);
+	if (s->sc && !pool_arrive(s, w)) {
+		session_fail(s, "53200", "out of memory");
+		finish(s);
+		return;
+	}
+	/* its listener as this worker's generation has it (as
+	 * sessions_config_changed does), then the checks a change makes */
+	struct listener_config *l = config_listener(cur_cfg, s->l->name);
+	if (l && l != s->l) {
+		s->l = l;
+		config_unref(s->gen);
+		s->gen = config_ref(cur_cfg);
+	}
+	check_fit(s);
+	if (!s->dead && s->state == SS_RELAY)
+		check_drain(s);
+	finish(s);
+}
+
 void sessions_close_all(struct worker *w, const char *why)
 {
 	struct session *s, *next;

@@ -331,6 +331,8 @@ static int take_listeners(struct worker *w, struct config *c, char *err, size_t 
 		*fd = -1; /* owned by the evconnlistener now */
 		evconnlistener_set_error_cb(w->listeners[l->slot], accept_error_cb);
 	}
+	if (w->id == 0)
+		balance_listeners(w);
 	for (unsigned k = 0; k < CONFIG_MAX_LISTENERS; k++)
 		if (!live[k] && w->listeners[k]) {
 			evconnlistener_free(w->listeners[k]);
@@ -358,6 +360,12 @@ static void reconf_cb(evutil_socket_t fd, short what, void *arg)
 	arm_inspect_sweep(w);
 	sessions_config_changed(w);
 	config_unref(old);
+}
+
+void worker_catch_up(struct worker *w)
+{
+	reconf_cb(-1, 0, w);
+	notify_cb(-1, 0, w);
 }
 
 void workers_reconfigure(struct router *r)
@@ -396,6 +404,7 @@ static void *worker_main(void *arg)
 	cur_cfg = w->cfg;
 	event_base_dispatch(w->base);
 	atomic_store(&w->loop_ended, true);
+	balance_close(w);
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */
 	pools_free(w);
 	event_del(&w->pool_wake);
@@ -447,6 +456,7 @@ int workers_start(struct router *r, char *err, size_t errlen)
 			return -1;
 		}
 		w->cfg = config_ref(r->cfg);
+		balance_init(w);
 		arm_inspect_sweep(w);
 		w->topo = topo_acquire();
 		if (take_listeners(w, w->cfg, err, errlen) != 0)

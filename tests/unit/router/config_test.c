@@ -23,6 +23,7 @@ static int load(const char *text, struct config *c, char *err)
 
 static const char good[] = "[pgrouter]\n"
 			   "workers = 3            ; comment\n"
+			   "worker_busy_limit = 50\n"
 			   "log_level = debug\n"
 			   "connect_timeout = 250ms\n"
 			   "queue_timeout = 1m\n"
@@ -46,6 +47,9 @@ static void loads(void **state)
 	char err[512];
 	assert_int_equal(load(good, &c, err), 0);
 	assert_int_equal(c.workers, 3);
+	assert_int_equal(c.worker_busy_limit, 50);
+	assert_true(c.worker_packing); /* default */
+	assert_false(c.debug_worker_shuffle);
 	assert_int_equal(c.log_level, LOG_DEBUG);
 	assert_int_equal(c.connect_timeout_ms, 250);
 	assert_int_equal(c.queue_timeout_ms, 60000);
@@ -80,6 +84,9 @@ static void expect_error(const char *text, const char *want)
 static void errors(void **state)
 {
 	expect_error("[pgrouter]\nworkers = 0\n", ":2: workers: must be an integer 1..256");
+	expect_error("[pgrouter]\nworker_busy_limit = 5\n",
+		     ":2: worker_busy_limit: must be a percentage 10..100");
+	expect_error("[pgrouter]\nworker_packing = maybe\n", ":2: worker_packing: must be on or off");
 	expect_error("[pgrouter]\n\nconnect_timeout = 3 fortnights\n",
 		     ":3: connect_timeout: invalid duration");
 	expect_error("[pgrouter]\nlog_levle = info\n", ":2: log_levle: unknown key in [pgrouter]");
