@@ -7,7 +7,7 @@ and the calls are divided by the transactions pgbench completed. strace slows
 the proxy down a lot: the counts are what this measures, not the speed.
 
 Needs strace (tests/deps.sh strace installs it).
-Usage: /usr/bin/python3 bench/syscalls.py [--clients 8] [--seconds 5]
+Usage: /usr/bin/python3 bench/syscalls.py [--clients 8] [--seconds 5] [--connect]
                                           [--workers 2,1] [--only pgrouter,haproxy,pgbouncer]
 """
 import argparse
@@ -29,13 +29,15 @@ from cluster import PG_BIN, PgCluster  # noqa: E402
 PGBENCH = os.path.join(PG_BIN, "pgbench")
 
 
-def per_transaction(proc_pid, port, clients, seconds, workdir, name):
-    """{syscall: calls per transaction} while pgbench -S runs through port."""
+def per_transaction(proc_pid, port, clients, seconds, workdir, name, connect=False):
+    """{syscall: calls per transaction} while pgbench -S runs through port
+    (connect: -C, a new connection per transaction)."""
     out_file = os.path.join(workdir, name + ".strace")
     st = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc_pid), "-o", out_file],
                           stderr=subprocess.DEVNULL)
     time.sleep(1)  # attached to every thread
-    r = subprocess.run([PGBENCH, "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)),
+    r = subprocess.run([PGBENCH, "-n", "-S"] + (["-C"] if connect else []) +
+                       ["-c", str(clients), "-j", str(min(clients, 2)),
                         "-T", str(seconds), "-h", "127.0.0.1", "-p", str(port), "-U",
                         "postgres", "postgres"], capture_output=True, text=True)
     st.terminate()
@@ -60,6 +62,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--workers", default="2,1", help="pgrouter worker counts to try")
     ap.add_argument("--only", default="pgrouter,haproxy,pgbouncer")
+    ap.add_argument("--connect", action="store_true",
+                    help="pgbench -C: a new connection per transaction")
     args = ap.parse_args()
     if not shutil.which("strace"):
         sys.exit("needs strace: tests/deps.sh strace")
@@ -85,7 +89,8 @@ def main():
             t = start()
             try:
                 txns, calls = per_transaction(t.proc.pid, t.port, args.clients, args.seconds,
-                                              workdir, name.replace(" ", "_").replace("=", ""))
+                                              workdir, name.replace(" ", "_").replace("=", ""),
+                                              args.connect)
             finally:
                 t.stop()
             rows.append((name, txns, calls))
@@ -94,8 +99,8 @@ def main():
         cluster.cleanup()
     names = sorted({k for _, _, c in rows for k, v in c.items() if v >= 0.01},
                    key=lambda k: -max(c.get(k, 0) for _, _, c in rows))
-    print("\nsystem calls per transaction, pgbench -S -c%d (strace -c -f on the proxy)"
-          % args.clients)
+    print("\nsystem calls per transaction, pgbench -S%s -c%d (strace -c -f on the proxy)"
+          % (" -C" if args.connect else "", args.clients))
     print("| call | " + " | ".join(n for n, _, _ in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for k in names:

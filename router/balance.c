@@ -15,7 +15,7 @@
  *        ├─▶ new connections: a classic BPF program on each listener's
  *        │   SO_REUSEPORT group picks one of the active workers' sockets at
  *        │   random (all active: the kernel's hash, as without it)
- *        └─▶ sessions between transactions move: off the workers beyond the
+ *        └─▶ sessions with nothing in flight move: off the workers beyond the
  *            active ones, and from an active worker past the limit to the
  *            least busy one
  *

@@ -736,8 +736,8 @@ void sessions_drain(struct worker *w);
  * asked for it (inspect_idle). */
 void sessions_inspect_idle(struct worker *w);
 void sessions_close_all(struct worker *w, const char *why);
-/* Moving a session to another worker (balance.c). session_movable: it sits
- * between transactions with nothing pending in pgrouter (no output, no TLS
+/* Moving a session to another worker (balance.c). session_movable: every
+ * request answered, nothing pending in pgrouter (no output, no TLS
  * record read ahead, no deadline, no move or login, not held or draining).
  * session_depart (on its worker's thread): its events leave that loop, it
  * leaves the worker's list and gauges; false (and nothing changed) when it

@@ -2485,9 +2485,14 @@ static bool end_quiet(const struct end *e)
 	       !e->wr_wants_rd && !(e->ssl && SSL_has_pending(e->ssl));
 }
 
+/* Every request the client sent was answered to its ReadyForQuery — in a
+ * transaction or not: a worker's move does not change servers. */
 bool session_movable(const struct session *s)
 {
-	return at_boundary(s) && s->s.fd >= 0 && !s->dead && !s->held && !s->draining &&
+	const struct pgw_scanner *sv = &s->s.scan;
+	return s->state == SS_RELAY && pgw_scan_at_boundary(sv) && sv->last_type == PGW_MSG_READY &&
+	       pgw_scan_settled(&s->c.scan) && s->c.scan.sync_points == sv->sync_points &&
+	       s->s.fd >= 0 && !s->dead && !s->held && !s->draining &&
 	       !s->shedding && !s->move_wanted && !s->moving && !s->timer && !s->login &&
 	       !(s->in && evbuffer_get_length(s->in)) &&
 	       !(s->replay && evbuffer_get_length(s->replay)) && end_quiet(&s->c) &&

@@ -363,7 +363,7 @@ class Router:
         self.settings = {"workers": 2, "log_level": "info", "connect_timeout": "2s",
                          "queue_timeout": "5s", "startup_timeout": "3s",
                          "shutdown_timeout": "5s", "probe_interval": "250ms"}
-        # tests/run's sanitizer pass: every session between transactions
+        # tests/run's sanitizer pass: every session with nothing in flight
         # moves to another worker every 100 ms, in every test that does not
         # set how workers share sessions itself
         if os.environ.get("PGROUTER_TEST_SHUFFLE") and not any(
