@@ -3,7 +3,8 @@ on pgrouter, HAProxy and PgBouncer, configured as bench/run.py configures them,
 while pgbench runs one of bench/run.py's rows through each in turn.
 
 Prints, per proxy, the share of samples by object (kernel, the proxy, libevent,
-libc, OpenSSL) and the hottest symbols; with --syscalls also the system calls
+libc, OpenSSL), by the system call they were taken in (send, recv,
+epoll_wait, ...: µs per transaction each) and the hottest symbols; with --syscalls also the system calls
 per transaction (strace -c -f; strace slows everything, only the counts mean
 something). Installs nothing: needs perf (linux-perf) and, for --syscalls, strace.
 
@@ -37,6 +38,47 @@ def perf_profile(pid, seconds, out):
         if m:
             rows.append((float(m.group(1)), m.group(2), m.group(3).strip()))
     return rows
+
+
+SYSCALL_GROUPS = {"sendto": "send", "write": "send", "sendmsg": "send", "writev": "send",
+                  "recvfrom": "recv", "read": "recv", "recvmsg": "recv", "readv": "recv",
+                  "epoll_wait": "epoll_wait", "epoll_pwait": "epoll_wait"}
+
+
+def by_syscall(perf_file):
+    """Share of samples by the system call each was taken in (from its call
+    chain): what a send, a recv and a wait cost, including what the kernel
+    does on their behalf (on loopback a send also runs the receiver's TCP
+    input and wakes it; a wait includes switching out and back in)."""
+    r = subprocess.run(["perf", "script", "-i", perf_file, "-F", "sym"],
+                       capture_output=True, text=True)
+    groups = collections.Counter()
+    total = 0
+    stack = []
+    for line in r.stdout.splitlines() + [""]:
+        line = line.strip()
+        if line:
+            stack.append(line.split()[-1])
+            continue
+        if not stack:
+            continue
+        total += 1
+        group = None
+        for sym in stack:  # innermost first: the first syscall entry found
+            m = re.match(r"__(?:x64|se)_sys_(\w+)|__do_sys_(\w+)", sym)
+            if m:
+                name = m.group(1) or m.group(2)
+                group = SYSCALL_GROUPS.get(name, name)
+                break
+        if group is None:
+            kernel = any(s.startswith(("asm_", "irq", "__sysvec", "sysvec", "do_softirq",
+                                       "__do_softirq", "handle_softirqs", "ret_from_fork",
+                                       "schedule", "__schedule")) for s in stack)
+            group = "kernel, no system call (interrupts, preemption)" if kernel \
+                else "user space"
+        groups[group] += 1
+        stack = []
+    return {k: v * 100.0 / total for k, v in groups.items()} if total else {}
 
 
 def switches(pid):
@@ -126,6 +168,11 @@ def main():
                           name, label, tps, cpu * 1e6 / txns, sw[0] / txns, sw[1] / txns))
                 print("by object: " + ", ".join("%s %.1f%%" % kv for kv in
                                                  by_object(rows).most_common()))
+                per_txn = cpu * 1e6 / txns
+                calls = by_syscall(os.path.join(work, name + ".perf"))
+                print("by system call (µs of CPU per transaction): " + ", ".join(
+                    "%s %.2f (%.1f%%)" % (k, v * per_txn / 100, v)
+                    for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.5))
                 for pct, dso, sym in rows[:args.top]:
                     print("  %5.2f%%  %-22s %s" % (pct, os.path.basename(dso)[:22], sym[:70]))
                 sys.stdout.flush()
