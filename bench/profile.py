@@ -50,7 +50,7 @@ def by_syscall(perf_file):
     chain): what a send, a recv and a wait cost, including what the kernel
     does on their behalf (on loopback a send also runs the receiver's TCP
     input and wakes it; a wait includes switching out and back in)."""
-    r = subprocess.run(["perf", "script", "-i", perf_file, "-F", "sym"],
+    r = subprocess.run(["perf", "script", "-i", perf_file, "-F", "ip,sym"],
                        capture_output=True, text=True)
     groups = collections.Counter()
     total = 0
@@ -70,11 +70,19 @@ def by_syscall(perf_file):
                 name = m.group(1) or m.group(2)
                 group = SYSCALL_GROUPS.get(name, name)
                 break
+        if group is None and any(s in ("__schedule", "schedule", "preempt_schedule_irq")
+                                 for s in stack):
+            # switched out on the way back to user space (the send that woke a
+            # peer made it the one to run) or by an interrupt, then back in
+            group = "preempted"
+        if group is None and any(s in ("do_syscall_64", "entry_SYSCALL_64_after_hwframe")
+                                 for s in stack):
+            group = "system call entry and exit"
         if group is None:
             kernel = any(s.startswith(("asm_", "irq", "__sysvec", "sysvec", "do_softirq",
                                        "__do_softirq", "handle_softirqs", "ret_from_fork",
                                        "schedule", "__schedule")) for s in stack)
-            group = "kernel, no system call (interrupts, preemption)" if kernel \
+            group = "kernel, no system call (interrupts)" if kernel \
                 else "user space"
         groups[group] += 1
         stack = []
