@@ -1374,14 +1374,20 @@ static void auth_read(struct session *s)
 
 /* ---- transaction boundaries ------------------------------------------- */
 
-/* Between transactions with nothing in flight: the server's last word was
- * ReadyForQuery 'I' and the client has sent no request since. */
 /* Nothing in flight on the two streams: every request the client sent was
- * answered to its ReadyForQuery. */
+ * answered to its ReadyForQuery (inside a transaction or not). */
+static bool streams_answered(const struct session *s)
+{
+	const struct pgw_scanner *sv = &s->s.scan;
+	return pgw_scan_at_boundary(sv) && sv->last_type == PGW_MSG_READY &&
+	       pgw_scan_settled(&s->c.scan) && s->c.scan.sync_points == sv->sync_points;
+}
+
+/* Between transactions with nothing in flight: as streams_answered, and the
+ * server's last ReadyForQuery said 'I'. */
 static bool streams_settled(const struct session *s)
 {
-	return pgw_scan_idle(&s->s.scan) && pgw_scan_settled(&s->c.scan) &&
-	       s->c.scan.sync_points == s->s.scan.sync_points;
+	return streams_answered(s) && s->s.scan.txn_status == 'I';
 }
 
 static bool at_boundary(const struct session *s)
@@ -2370,17 +2376,23 @@ void sessions_topology_changed(struct worker *w)
 	}
 }
 
+/* The session's listener as the worker's generation has it (by name); a
+ * removed listener's session keeps its own and finishes where it is. */
+static void follow_listener(struct session *s)
+{
+	struct listener_config *l = config_listener(cur_cfg, s->l->name);
+	if (!l || l == s->l)
+		return;
+	s->l = l;
+	config_unref(s->gen);
+	s->gen = config_ref(cur_cfg);
+}
+
 void sessions_config_changed(struct worker *w)
 {
 	struct session *s;
-	TAILQ_FOREACH(s, &w->sessions, link) {
-		struct listener_config *l = config_listener(cur_cfg, s->l->name);
-		if (!l || l == s->l)
-			continue; /* a removed listener's session finishes where it is */
-		s->l = l;
-		config_unref(s->gen);
-		s->gen = config_ref(cur_cfg);
-	}
+	TAILQ_FOREACH(s, &w->sessions, link)
+		follow_listener(s);
 	/* a policy, a timeout or max_lag changed: as after a role change */
 	sessions_topology_changed(w);
 }
@@ -2489,10 +2501,7 @@ static bool end_quiet(const struct end *e)
  * transaction or not: a worker's move does not change servers. */
 bool session_movable(const struct session *s)
 {
-	const struct pgw_scanner *sv = &s->s.scan;
-	return s->state == SS_RELAY && pgw_scan_at_boundary(sv) && sv->last_type == PGW_MSG_READY &&
-	       pgw_scan_settled(&s->c.scan) && s->c.scan.sync_points == sv->sync_points &&
-	       s->s.fd >= 0 && !s->dead && !s->held && !s->draining &&
+	return s->state == SS_RELAY && streams_answered(s) && s->s.fd >= 0 && !s->dead && !s->held && !s->draining &&
 	       !s->shedding && !s->move_wanted && !s->moving && !s->timer && !s->login &&
 	       !(s->in && evbuffer_get_length(s->in)) &&
 	       !(s->replay && evbuffer_get_length(s->replay)) && end_quiet(&s->c) &&
@@ -2542,14 +2551,8 @@ void session_arrive(struct worker *w, struct session *s)
 		finish(s);
 		return;
 	}
-	/* its listener as this worker's generation has it (as
-	 * sessions_config_changed does), then the checks a change makes */
-	struct listener_config *l = config_listener(cur_cfg, s->l->name);
-	if (l && l != s->l) {
-		s->l = l;
-		config_unref(s->gen);
-		s->gen = config_ref(cur_cfg);
-	}
+	/* as after a reload and a new snapshot, for this worker's */
+	follow_listener(s);
 	check_fit(s);
 	if (!s->dead && s->state == SS_RELAY)
 		check_drain(s);
