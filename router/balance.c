@@ -93,7 +93,7 @@ static void steer(struct worker *w, unsigned n)
 		if (steer_fd(evconnlistener_get_fd(w->listeners[i]), n) != 0 && !steer_failed) {
 			steer_failed = true;
 			log_info("worker packing: new connections cannot be steered (%s); sessions "
-				 "move to the workers in use at their first transaction boundary",
+				 "move to the workers in use once their requests are answered",
 				 strerror(errno));
 		}
 	}

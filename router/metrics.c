@@ -191,7 +191,7 @@ static void render_workers(struct evbuffer *out)
 		evbuffer_add_printf(out, "pgrouter_worker_busy_ratio{worker=\"%u\"} %.3f\n", w,
 				    atomic_load(&router.workers[w].busy_pm) / 1000.0);
 	help(out, "worker_sessions_moved_total", "counter",
-	     "Sessions each worker took from another between transactions.");
+	     "Sessions each worker took from another (their requests all answered).");
 	for (unsigned w = 0; w < n; w++)
 		evbuffer_add_printf(out, "pgrouter_worker_sessions_moved_total{worker=\"%u\"} %llu\n",
 				    w, (unsigned long long)atomic_load(&router.workers[w].moved_in));
