@@ -16,17 +16,26 @@
 
 #include "router/router.h"
 
-#define KEY_INLINE 32
+/* A server's key is 4 bytes in protocol 3.0: kept in the entry. A longer one
+ * (3.2 allows 256) is allocated. */
+#define KEY_INLINE 8
 
 struct cancel_entry {
 	struct cancel_entry *next;
 	struct disc_server *srv; /* NULL until the server's key is known */
+	union {
+		uint8_t *p; /* srv_key_len > KEY_INLINE */
+		uint8_t in[KEY_INLINE];
+	} srv_key;
 	uint32_t pid, srv_pid;
-	uint32_t key_len, srv_key_len;
-	uint8_t *srv_key;        /* srv_key_inline, or allocated when longer */
-	uint8_t srv_key_inline[KEY_INLINE];
-	uint8_t key[];
+	uint16_t key_len, srv_key_len;
+	uint8_t key[]; /* 4 bytes (protocol 3.0): the entry is a 48-byte heap chunk */
 };
+
+static const uint8_t *srv_key(const struct cancel_entry *e)
+{
+	return e->srv_key_len > KEY_INLINE ? e->srv_key.p : e->srv_key.in;
+}
 
 #define BUCKETS 4096u /* power of two */
 static struct cancel_entry *buckets[BUCKETS];
@@ -52,11 +61,10 @@ struct cancel_entry *cancel_new(uint32_t *pid, uint8_t *key, uint32_t key_len)
 {
 	if (key_len < 4 || key_len > PGW_CANCEL_KEY_MAX)
 		return NULL;
-	struct cancel_entry *e = calloc(1, sizeof(*e) + key_len);
+	struct cancel_entry *e = calloc(1, offsetof(struct cancel_entry, key) + key_len);
 	if (!e)
 		return NULL;
-	e->key_len = key_len;
-	e->srv_key = e->srv_key_inline;
+	e->key_len = (uint16_t)key_len;
 	pthread_mutex_lock(&lock);
 	do {
 		if (!random_bytes(&e->pid, sizeof(e->pid)) || !random_bytes(e->key, key_len)) {
@@ -80,20 +88,23 @@ void cancel_set_server(struct cancel_entry *e, struct disc_server *srv, uint32_t
 {
 	if (!e)
 		return;
-	uint8_t *k = e->srv_key_inline;
-	if (key_len > KEY_INLINE && !(k = malloc(key_len)))
+	uint8_t *k = NULL;
+	if (key_len > PGW_CANCEL_KEY_MAX || (key_len > KEY_INLINE && !(k = malloc(key_len))))
 		srv = NULL, key_len = 0; /* out of memory: cancels go nowhere */
-	if (key_len)
+	if (k)
 		memcpy(k, key, key_len);
+	/* a cancel on another worker may be reading the key: changed under the lock */
 	pthread_mutex_lock(&lock);
-	uint8_t *old = e->srv_key;
+	uint8_t *old = e->srv_key_len > KEY_INLINE ? e->srv_key.p : NULL;
 	e->srv = srv;
 	e->srv_pid = pid;
-	e->srv_key = k;
-	e->srv_key_len = key_len;
+	e->srv_key_len = (uint16_t)key_len;
+	if (k)
+		e->srv_key.p = k;
+	else if (key_len)
+		memcpy(e->srv_key.in, key, key_len);
 	pthread_mutex_unlock(&lock);
-	if (old != e->srv_key_inline && old != k)
-		free(old);
+	free(old);
 }
 
 void cancel_unregister(struct cancel_entry *e)
@@ -108,8 +119,8 @@ void cancel_unregister(struct cancel_entry *e)
 			break;
 		}
 	pthread_mutex_unlock(&lock);
-	if (e->srv_key != e->srv_key_inline)
-		free(e->srv_key);
+	if (e->srv_key_len > KEY_INLINE)
+		free(e->srv_key.p);
 	free(e);
 }
 
@@ -124,7 +135,7 @@ size_t cancel_lookup(uint32_t pid, const uint8_t *key, uint32_t key_len,
 		pgw_put32(out, (uint32_t)n);
 		pgw_put32(out + 4, PGW_CODE_CANCEL);
 		pgw_put32(out + 8, e->srv_pid);
-		memcpy(out + 12, e->srv_key, e->srv_key_len);
+		memcpy(out + 12, srv_key(e), e->srv_key_len);
 		*srv = e->srv;
 	}
 	pthread_mutex_unlock(&lock);

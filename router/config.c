@@ -1004,6 +1004,7 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 		strcpy(c->auth_password, c->probe_password);
 	for (unsigned i = 0; i < c->nlisteners; i++) {
 		struct listener_config *l = &c->listeners[i];
+		l->cfg = c;
 		l->slot = i;
 		inherit_tls(&l->tls, &c->client_tls);
 		if (!l->auth_line)

@@ -75,6 +75,8 @@ struct pool {
 
 enum sc_state { SC_ACTIVE, SC_RESET, SC_IDLE };
 
+#define BE_KEY_INLINE 8
+
 struct srv_conn {
 	TAILQ_ENTRY(srv_conn) link;
 	struct pool *pool; /* its worker's pool of key k */
@@ -82,18 +84,26 @@ struct srv_conn {
 	struct worker *w;
 	struct parked *pk;   /* the socket while no session holds it */
 	struct evbuffer *in; /* RESET / IDLE: server bytes, read whole */
-	enum sc_state state;
-	enum disc_role role;
 	uint64_t created_ms, idle_ms;
 	struct params *params; /* the server's ParameterStatus set (NULL: none yet) */
 	uint8_t *negotiate; /* the server's NegotiateProtocolVersion, whole */
 	uint8_t *startup;   /* the startup packet it logged in with: RESET values */
 	uint32_t startup_len;
 	uint32_t negotiate_len;
-	uint32_t be_pid, be_key_len;
-	uint8_t *be_key;     /* be_key_inline, or allocated when longer (protocol 3.2) */
-	uint8_t be_key_inline[32];
+	uint32_t be_pid;
+	uint16_t be_key_len;
+	uint8_t state;       /* enum sc_state */
+	uint8_t role;        /* enum disc_role */
+	union {
+		uint8_t *p;  /* be_key_len > BE_KEY_INLINE (protocol 3.2) */
+		uint8_t in[BE_KEY_INLINE]; /* protocol 3.0: 4 bytes */
+	} be_key;
 };
+
+static const uint8_t *be_key(const struct srv_conn *sc)
+{
+	return sc->be_key_len > BE_KEY_INLINE ? sc->be_key.p : sc->be_key.in;
+}
 
 static struct pool_key *keys;
 static pthread_mutex_t keys_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -298,10 +308,10 @@ static void conn_free(struct srv_conn *sc)
 	if (sc->in)
 		evbuffer_free(sc->in);
 	params_drop(sc->params);
-	if (sc->be_key != sc->be_key_inline)
-		free(sc->be_key);
+	if (sc->be_key_len > BE_KEY_INLINE)
+		free(sc->be_key.p);
 	free(sc->negotiate);
-	free(sc->startup);
+	shared_bytes_unref(sc->startup);
 	atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
 	free(sc);
 	wake_waiters();
@@ -458,7 +468,10 @@ static void conn_wr_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(sc, strerror(errno));
 }
 
-static const struct end_ops conn_ops = { conn_rd_cb, conn_wr_cb };
+static void conn_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	end_dispatch(arg, fd, what, conn_rd_cb, conn_wr_cb);
+}
 
 /* ---- the session's side ---------------------------------------------------- */
 
@@ -511,20 +524,18 @@ int pool_take(struct session *s, struct disc_server *srv, enum disc_role role)
 		return POOL_FULL;
 	}
 	pool_unwait(s);
-	if (!(sc = calloc(1, sizeof(*sc))) || !(sc->startup = malloc(s->startup_len))) {
-		free(sc);
+	if (!(sc = calloc(1, sizeof(*sc)))) {
 		atomic_fetch_sub_explicit(&k->total, 1, memory_order_relaxed);
 		return POOL_FULL;
 	}
 	/* it logs in with this client's whole startup packet: its parameters are
 	 * what RESET (DISCARD ALL) returns to, usually what the next client of
 	 * the same application asks for, so nothing needs SET then */
-	memcpy(sc->startup, s->startup, s->startup_len);
+	sc->startup = shared_bytes_ref(s->startup);
 	sc->startup_len = s->startup_len;
 	sc->pool = p;
 	sc->k = k;
 	sc->w = s->w;
-	sc->be_key = sc->be_key_inline;
 	sc->state = SC_ACTIVE;
 	sc->role = role;
 	sc->created_ms = now;
@@ -554,13 +565,15 @@ void pool_note(struct session *s, uint8_t type, const uint8_t *body, uint32_t le
 	case PGW_MSG_BACKEND_KEY:
 		if (pgw_backend_key(body, len, &pid, &key, &klen) == 0) {
 			sc->be_pid = pid;
-			if (sc->be_key != sc->be_key_inline)
-				free(sc->be_key);
-			sc->be_key = klen <= sizeof(sc->be_key_inline) ? sc->be_key_inline
-								       : malloc(klen);
-			sc->be_key_len = sc->be_key ? klen : 0;
-			if (sc->be_key)
-				memcpy(sc->be_key, key, klen);
+			if (sc->be_key_len > BE_KEY_INLINE)
+				free(sc->be_key.p);
+			sc->be_key_len = 0;
+			uint8_t *to = sc->be_key.in;
+			if (klen <= PGW_CANCEL_KEY_MAX &&
+			    (klen <= BE_KEY_INLINE || (to = sc->be_key.p = malloc(klen)))) {
+				memcpy(to, key, klen);
+				sc->be_key_len = (uint16_t)klen;
+			}
 		}
 		break;
 	case PGW_MSG_NEGOTIATE:
@@ -638,7 +651,7 @@ bool pool_arrive(struct session *s, struct worker *w)
 void pool_point_cancel(struct session *s)
 {
 	struct srv_conn *sc = s->sc;
-	cancel_set_server(s->cancel, sc->k->srv, sc->be_pid, sc->be_key, sc->be_key_len);
+	cancel_set_server(s->cancel, sc->k->srv, sc->be_pid, be_key(sc), sc->be_key_len);
 }
 
 void pool_give_back(struct session *s, bool reusable)
@@ -665,7 +678,7 @@ void pool_give_back(struct session *s, bool reusable)
 	}
 	pk->sc = sc;
 	sc->pk = pk;
-	end_setup(&pk->e, sc->w->base, e->fd, &conn_ops);
+	end_setup(&pk->e, sc->w->base, e->fd, conn_ev_cb);
 	pk->e.ssl = e->ssl;
 	e->fd = -1;
 	e->ssl = NULL;

@@ -30,30 +30,15 @@
 
 #include "router/router.h"
 
-/* The one event of e's socket: at most one of its callbacks per call, since
- * either may free the session (and e with it, after event_del). When the
- * socket is both readable and writable, the read is activated again for
- * later in this loop turn — what two separate events would have done. */
-static void end_event_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct end *e = arg;
-	short rd = e->rd_on ? (short)(what & (EV_READ | EV_CLOSED)) : 0;
-	if (e->wr_on && (what & EV_WRITE)) {
-		if (rd)
-			event_active(&e->ev, rd, 0);
-		e->ops->wr(fd, EV_WRITE, e);
-	} else if (rd) {
-		e->ops->rd(fd, rd, e);
-	}
-}
+_Static_assert((EV_READ | EV_WRITE | EV_CLOSED) <= UINT8_MAX, "an end keeps event flags in a byte");
 
-void end_setup(struct end *e, struct event_base *base, int fd, const struct end_ops *ops)
+/* cb: the owner's callback, which calls end_dispatch; the event keeps it */
+void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn cb)
 {
 	e->fd = fd;
-	e->ops = ops;
 	e->rd_what = EV_READ;
 	e->armed = 0;
-	event_assign(&e->ev, base, fd, EV_READ | EV_PERSIST, end_event_cb, e);
+	event_assign(&e->ev, base, fd, EV_READ | EV_PERSIST, cb, e);
 	e->rd_on = e->wr_on = e->paused = false;
 }
 
@@ -61,7 +46,7 @@ void end_setup(struct end *e, struct event_base *base, int fd, const struct end_
  * makes a delete and an add in one loop turn a single epoll_ctl). */
 static void end_arm(struct end *e)
 {
-	short want = (short)((e->rd_on ? e->rd_what : 0) | (e->wr_on ? EV_WRITE : 0));
+	uint8_t want = (uint8_t)((e->rd_on ? e->rd_what : 0) | (e->wr_on ? EV_WRITE : 0));
 	if (want == e->armed)
 		return;
 	struct event_base *base = event_get_base(&e->ev);
@@ -69,7 +54,7 @@ static void end_arm(struct end *e)
 	e->armed = want;
 	if (!want)
 		return;
-	event_assign(&e->ev, base, e->fd, want | EV_PERSIST, end_event_cb, e);
+	event_assign(&e->ev, base, e->fd, want | EV_PERSIST, event_get_callback(&e->ev), e);
 	event_add(&e->ev, NULL);
 	/* records OpenSSL already holds will not make the socket readable */
 	if (e->rd_on && e->ssl && SSL_has_pending(e->ssl))
@@ -87,7 +72,7 @@ void end_attach(struct end *e, struct event_base *base)
 	if (e->fd < 0)
 		return;
 	event_assign(&e->ev, base, e->fd, (e->armed ? e->armed : EV_READ) | EV_PERSIST,
-		     end_event_cb, e);
+		     event_get_callback(&e->ev), e);
 	if (!e->armed)
 		return;
 	event_add(&e->ev, NULL);
@@ -107,7 +92,7 @@ void end_read_what(struct end *e, short what)
 {
 	if (e->fd < 0 || e->rd_what == what)
 		return;
-	e->rd_what = what;
+	e->rd_what = (uint8_t)what;
 	end_arm(e);
 }
 

@@ -117,6 +117,7 @@ struct listener_config {
 	int pool_size_line;
 	struct tls_config tls; /* after config_load: [pgrouter]'s keys with this listener's on top */
 	SSL_CTX *ssl_ctx;      /* tls.c; NULL when client_tls = disable */
+	struct config *cfg;    /* the generation it is part of */
 	atomic_llong cert_not_after; /* its certificate's expiry (Unix s); 0: none */
 };
 
@@ -295,8 +296,11 @@ struct tried {
 	unsigned n;
 };
 bool tried_has(const struct tried *tr, uint32_t id);
-/* false when full: the session then waits and tries again from scratch */
-bool tried_add(struct tried *tr, uint32_t id);
+/* *trp made on the first refusal (a session that never met one holds none).
+ * false when full or out of memory: the session then waits and tries again
+ * from scratch. */
+bool tried_add(struct tried **trp, uint32_t id);
+void tried_clear(struct tried **trp);
 
 /*
  * Pick a server for policy t among topo's entries not in tried (NULL: none).
@@ -622,53 +626,68 @@ enum sess_state {
 };
 const char *sess_state_name(enum sess_state st);
 
-/* What an end's socket event calls, with the end as the argument: its owner
- * (a session's c or s, a pooled connection's e) is END_OWNER of it. */
-struct end_ops {
-	event_callback_fn rd, wr;
-};
+/* An end's owner (a session's c or s, a pooled connection's e) is END_OWNER of it. */
 #define END_OWNER(e, type, member) ((type *)(void *)((char *)(e) - offsetof(type, member)))
 
 /* One side of a session. `out` holds what could not be written to fd yet.
- * One event per socket (relay.c: end_event_cb calls rd or wr): it is
- * registered for what rd_on and wr_on ask, and is not in epoll at all while
- * neither does. */
+ * One event per socket, registered for what rd_on and wr_on ask and not in
+ * epoll at all while neither does. Its callback is the owner's, which hands
+ * the end to end_dispatch with the owner's read and write functions. */
 struct end {
 	int fd;
-	short rd_what;            /* what a read watch waits for: EV_READ and/or EV_CLOSED */
-	short armed;              /* what ev is registered for (0: not added) */
-	bool rd_on, wr_on, paused;
-	bool rd_wants_wr, wr_wants_rd; /* TLS: a read waits for writability, or the reverse */
+	uint8_t rd_what;          /* what a read watch waits for: EV_READ and/or EV_CLOSED */
+	uint8_t armed;            /* what ev is registered for (0: not added) */
+	bool rd_on : 1, wr_on : 1, paused : 1;
+	bool rd_wants_wr : 1, wr_wants_rd : 1; /* TLS: a read waits for writability, or the reverse */
 	struct event ev;
-	const struct end_ops *ops; /* called with (fd, what, this end) */
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
 	SSL *ssl;                 /* TLS on fd, or NULL (tls.c) */
 };
+
+/* An end's event fired: at most one of rd and wr per call (each is called
+ * with the end as its argument), since either may free the owner (and e with
+ * it, after event_del). When the socket is both readable and writable, the
+ * read is activated again for later in this loop turn — what two separate
+ * events would have done. */
+static inline void end_dispatch(struct end *e, evutil_socket_t fd, short what,
+				event_callback_fn rd, event_callback_fn wr)
+{
+	short r = e->rd_on ? (short)(what & (EV_READ | EV_CLOSED)) : 0;
+	if (e->wr_on && (what & EV_WRITE)) {
+		if (r)
+			event_active(&e->ev, r, 0);
+		wr(fd, EV_WRITE, e);
+	} else if (r) {
+		rd(fd, r, e);
+	}
+}
 
 struct session {
 	TAILQ_ENTRY(session) link;  /* worker->sessions */
 	TAILQ_ENTRY(session) qlink; /* worker->queued while SS_QUEUED */
 	uint64_t id;
 	struct worker *w;
-	struct listener_config *l;
-	struct config *gen;  /* the generation l belongs to (a reference) */
+	struct listener_config *l; /* holds a reference to l->cfg */
 	struct end c, s;
 	struct event *timer; /* startup, queue, connect or linger deadline, by state */
 	struct evbuffer *in; /* STARTUP: client bytes; AUTH: server bytes, parsed whole */
 	struct evbuffer *replay; /* client bytes its dead server never took: for the next */
-	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays */
-	uint32_t startup_len;
+	uint8_t *startup;    /* the client's StartupMessage, kept until the session relays
+				(shared_bytes: its pooled connection may hold it too) */
 	uint32_t pipelined_len; /* passthrough: client bytes kept after the startup packet */
+	uint32_t idle_mark;     /* c.scan.messages at the last sweep (low bits: compared
+				   for equality only, a sweep apart) */
 	struct disc_server *srv;
 	struct cancel_entry *cancel;
 	struct login *login;  /* auth = router: the exchanges in progress (session.c) */
 	struct srv_conn *sc;  /* pool_mode = session: the pooled server connection held */
 	struct cred *cred;    /* auth = router: the user's verifier, and its ClientKey */
 	struct move *mv;      /* a move under way: its plan (move.c) */
-	struct tried tried;   /* servers that refused this session in this view */
-	enum sess_state state;
-	int8_t hot_standby, read_only; /* reported by the server; -1 unknown */
+	struct tried *tried;  /* servers that refused this session in this view, or NULL */
+	unsigned state : 4;            /* enum sess_state */
+	unsigned startup_len : 14;     /* at most PGW_STARTUP_MAX */
+	signed hot_standby : 2, read_only : 2; /* reported by the server; -1 unknown */
 	unsigned ssl_done : 1;         /* as PostgreSQL's ProcessStartupPacket: no SSLRequest */
 	unsigned gss_done : 1;         /* ... or GSSENCRequest may follow */
 	unsigned plain_after_tls : 1;  /* bytes came with the SSLRequest: FATAL once encrypted */
@@ -700,14 +719,22 @@ struct session {
 	unsigned move_cause : 3;       /* enum move_cause of the move wanted or under way */
 	unsigned held : 1;             /* PAUSE: its client is not read until RESUME */
 	uint64_t deadline_ms; /* end of queue_timeout */
-	uint64_t known_at, idle_mark;  /* c.scan.messages then / at the last sweep */
-	uint64_t queued_us, connect_us; /* metrics: when it began to wait / to connect */
+	uint64_t known_at;             /* c.scan.messages then */
+	uint64_t wait_us;              /* metrics: when it began to wait in the queue,
+					  or for its server's TCP connect */
 	uint64_t started_ms;           /* accepted (SHOW SESSIONS) */
-	const char *peer, *user, *who; /* who: user@database (session_name) */
-	char *names;                   /* where the three are */
+	const char *peer, *user, *who; /* who: user@database (session_name); one
+					  allocation, at peer (but for no_name) */
 };
 
 /* session.c */
+/* A block of bytes with more than one owner: a pooled connection logs in with
+ * its first client's startup packet and both keep it (the connection to RESET
+ * to it, the session to log in elsewhere), so they share one copy. The count
+ * is atomic: the two can end up on different workers. */
+uint8_t *shared_bytes_new(size_t len);
+uint8_t *shared_bytes_ref(uint8_t *p);
+void shared_bytes_unref(uint8_t *p); /* NULL: nothing */
 /* A client there is no room for (the open files limit, or twice
  * max_client_conn): FATAL 53300 at once, before its startup packet — as
  * PostgreSQL's postmaster answers when it cannot start a backend — and closed.
@@ -857,7 +884,7 @@ void login_free(struct session *s);
 #define RELAY_LOW_WATERMARK (64 * 1024)
 /* e's socket fd is watched on base for ops; nothing watched yet. e's event
  * must not be added. */
-void end_setup(struct end *e, struct event_base *base, int fd, const struct end_ops *ops);
+void end_setup(struct end *e, struct event_base *base, int fd, event_callback_fn cb);
 void end_close(struct end *e);
 /* The end's event leaves its loop (detach, on the owner's thread) and is
  * registered on base as it was (attach, on base's thread). */

@@ -96,14 +96,23 @@ bool tried_has(const struct tried *tr, uint32_t id)
 	return false;
 }
 
-bool tried_add(struct tried *tr, uint32_t id)
+bool tried_add(struct tried **trp, uint32_t id)
 {
+	struct tried *tr = *trp;
 	if (tried_has(tr, id))
 		return true;
+	if (!tr && !(tr = *trp = calloc(1, sizeof(*tr))))
+		return false;
 	if (tr->n == TRIED_MAX)
 		return false;
 	tr->id[tr->n++] = id;
 	return true;
+}
+
+void tried_clear(struct tried **trp)
+{
+	free(*trp);
+	*trp = NULL;
 }
 
 static int pick(const struct topology *topo, enum tsa t, enum lb b, int64_t max_lag,

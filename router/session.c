@@ -28,7 +28,9 @@
 #include <event2/util.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdalign.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,16 +66,62 @@ static void server_wr_cb(evutil_socket_t fd, short what, void *arg);
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
 /* PostgreSQL's NAMEDATALEN: a user name is shorter */
 #define NAME_MAX_LEN 64
-static const struct end_ops client_ops = { client_rd_cb, client_wr_cb };
-static const struct end_ops server_ops = { server_rd_cb, server_wr_cb };
+static void client_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	end_dispatch(arg, fd, what, client_rd_cb, client_wr_cb);
+}
+
+static void server_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	end_dispatch(arg, fd, what, server_rd_cb, server_wr_cb);
+}
 static void route(struct session *s);
 static void release_pooled(struct session *s);
+
+struct shared_bytes {
+	atomic_uint refs;
+	alignas(uint64_t) uint8_t p[];
+};
+
+_Static_assert(SS_CLOSING < 1 << 4 && PGW_STARTUP_MAX < 1u << 14,
+	       "struct session's state and startup_len fit their bits");
+
+static struct shared_bytes *shared_of(uint8_t *p)
+{
+	return (struct shared_bytes *)(void *)(p - offsetof(struct shared_bytes, p));
+}
+
+uint8_t *shared_bytes_new(size_t len)
+{
+	struct shared_bytes *b = malloc(sizeof(*b) + len);
+	if (!b)
+		return NULL;
+	atomic_init(&b->refs, 1);
+	return b->p;
+}
+
+uint8_t *shared_bytes_ref(uint8_t *p)
+{
+	atomic_fetch_add_explicit(&shared_of(p)->refs, 1, memory_order_relaxed);
+	return p;
+}
+
+void shared_bytes_unref(uint8_t *p)
+{
+	if (!p)
+		return;
+	struct shared_bytes *b = shared_of(p);
+	if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+		free(b);
+}
 
 /*
  * The session's names, in one allocation: peer and who (NULL: unchanged),
  * user (cut to what PostgreSQL allows). A session out of memory keeps the
  * names it had.
  */
+static const char no_name[] = "";
+
 static void session_name(struct session *s, const char *peer, const char *user, const char *who)
 {
 	char u[NAME_MAX_LEN], w[96], p[48];
@@ -87,8 +135,8 @@ static void session_name(struct session *s, const char *peer, const char *user, 
 	memcpy(b, p, lp);
 	memcpy(b + lp, u, lu);
 	memcpy(b + lp + lu, w, lw);
-	free(s->names);
-	s->names = b;
+	if (s->peer != no_name)
+		free((char *)s->peer);
 	s->peer = b;
 	s->user = b + lp;
 	s->who = b + lp + lu;
@@ -145,14 +193,14 @@ void session_set_state(struct session *s, enum sess_state st)
 	if (s->state == SS_QUEUED) {
 		unqueue(s);
 		gauge_add(&lstats(s)->queued, -1);
-		hist_observe(&lstats(s)->queue_wait, now_us() - s->queued_us);
+		hist_observe(&lstats(s)->queue_wait, now_us() - s->wait_us);
 	}
 	s->state = st;
 	if (st == SS_QUEUED) {
 		TAILQ_INSERT_TAIL(&s->w->queued, s, qlink);
 		s->queued = true;
 		gauge_add(&lstats(s)->queued, 1);
-		s->queued_us = now_us();
+		s->wait_us = now_us();
 	}
 }
 
@@ -203,7 +251,8 @@ static void session_free(struct session *s)
 		evbuffer_free(s->replay);
 	if (s->past_room)
 		atomic_fetch_sub_explicit(&router.past_room, 1, memory_order_relaxed);
-	free(s->startup);
+	shared_bytes_unref(s->startup);
+	tried_clear(&s->tried);
 	cancel_unregister(s->cancel);
 	login_free(s);
 	move_free(s);
@@ -214,8 +263,9 @@ static void session_free(struct session *s)
 	atomic_fetch_sub_explicit(&router.clients, 1, memory_order_relaxed);
 	w->nsessions--;
 	slog(LOG_DEBUG, s, "closed");
-	config_unref(s->gen);
-	free(s->names); /* after the last log line, which names the session */
+	config_unref(s->l->cfg);
+	if (s->peer != no_name)
+		free((char *)s->peer); /* after the last log line, which names the session */
 	free(s);
 	if (w->draining && w->nsessions == 0)
 		event_base_loopexit(w->base, NULL);
@@ -355,7 +405,6 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	s->srv = srv;
 	atomic_fetch_add_explicit(&srv->sessions, 1, memory_order_relaxed);
 	srv_count(s);
-	s->connect_us = now_us();
 	s->server_spoke = false;
 	int fd = socket(srv->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
@@ -363,7 +412,7 @@ static void connect_server(struct session *s, struct disc_server *srv)
 		return;
 	}
 	tcp_tune(fd, cur_cfg);
-	end_setup(&s->s, s->w->base, fd, &server_ops);
+	end_setup(&s->s, s->w->base, fd, server_ev_cb);
 	s->s_phase = PH_TCP;
 	pgw_scanner_init(&s->s.scan, 0, false);
 	if (connect(fd, (struct sockaddr *)&srv->addr, srv->addrlen) != 0 && errno != EINPROGRESS) {
@@ -372,7 +421,8 @@ static void connect_server(struct session *s, struct disc_server *srv)
 	}
 	if (s->state != SS_QUEUED)
 		client_watch(s, EV_CLOSED);
-	session_set_state(s, SS_CONNECTING);
+	session_set_state(s, SS_CONNECTING); /* the queue's wait ends here */
+	s->wait_us = now_us();
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	end_write(&s->s, true);
 }
@@ -396,7 +446,7 @@ static void adopt(struct session *s, struct disc_server *srv)
 	srv_count(s);
 	struct end *e = &s->s;
 	pool_adopt(s, e);
-	end_setup(e, s->w->base, e->fd, &server_ops);
+	end_setup(e, s->w->base, e->fd, server_ev_cb);
 	s->s_phase = PH_UP;
 	s->server_spoke = true;
 	s->client_saw = false;
@@ -451,7 +501,7 @@ static void route(struct session *s)
 	 * on a view older than the last publish — e.g. to a primary already
 	 * draining for a switchover. One uncontended lock per new session. */
 	struct topology *t = topo_acquire();
-	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, &s->tried);
+	int i = select_server(t, s->l->tsa, s->l->lb, cfg->max_lag, &s->l->rr, s->tried);
 	if (i >= 0) {
 		s->srv_role = t->e[i].role;
 		int r = s->pooled ? pool_take(s, t->e[i].srv, t->e[i].role) : POOL_NEW;
@@ -489,7 +539,7 @@ static void route(struct session *s)
 	/* servers refused it (57P03 while starting, a full backend, no descriptor
 	 * left): they are tried again in a moment, not in a loop, not never */
 	uint64_t wait = s->deadline_ms - now;
-	timer_set(s, s->tried.n && wait > RETRY_MS ? RETRY_MS : wait);
+	timer_set(s, s->tried && wait > RETRY_MS ? RETRY_MS : wait);
 }
 
 static void server_failed(struct session *s, enum conn_err reason, const char *fmt, ...)
@@ -530,7 +580,7 @@ static void got_startup(struct session *s, const uint8_t *p, uint32_t len, const
 	/* passthrough: what the client sent past its startup packet (a query
 	 * pipelined behind it) goes to the server with it, on every attempt */
 	size_t extra = s->in && s->l->auth != AUTH_ROUTER ? evbuffer_get_length(s->in) - len : 0;
-	s->startup = malloc(len + extra);
+	s->startup = shared_bytes_new(len + extra);
 	if (!s->startup) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
@@ -859,7 +909,7 @@ static void start_cancel(struct session *s, const struct pgw_first *f)
 		s->dead = true;
 		return;
 	}
-	end_setup(&s->s, s->w->base, fd, &server_ops);
+	end_setup(&s->s, s->w->base, fd, server_ev_cb);
 	s->s_phase = PH_TCP;
 	/* the server's own pid and key, not the client's (pgrouter's) */
 	if (!end_queue(&s->s, req, n) ||
@@ -924,7 +974,7 @@ static void enter_relay(struct session *s, char txn_status)
 	session_set_state(s, SS_RELAY);
 	if (!s->router_auth) {
 		/* kept where a move may need it to log in elsewhere */
-		free(s->startup);
+		shared_bytes_unref(s->startup);
 		s->startup = NULL;
 	}
 	timer_stop(s);
@@ -1143,29 +1193,28 @@ static void handover_start(struct session *s)
 		session_fail(s, "08P01", "pgrouter: lost the startup packet");
 		return;
 	}
-	if (!s->s.out && !(s->s.out = evbuffer_new())) {
-		session_fail(s, "53200", "pgrouter: out of memory");
-		return;
-	}
+	/* the server end's buffer is made only when there is something to send:
+	 * an idle session keeps none */
 	uint8_t m[PGW_STARTUP_MAX + 64];
 	size_t n;
 	unsigned sets = 0;
+	bool queued = true;
 	for (unsigned i = 0; i < f.nparams; i++) {
 		const char *name = f.params[i].name, *had = param_value(&mine, name);
 		if (pool_param_keyed(name) || (had && strcmp(had, f.params[i].value) == 0))
 			continue;
 		if (sets++ == 0) {
 			n = pgw_build_parse(m, sizeof(m), "", SET_CONFIG_SQL, 0, NULL);
-			evbuffer_add(s->s.out, m, n);
+			queued &= end_queue(&s->s, m, n);
 		}
 		const char *values[2] = { name, f.params[i].value };
 		if (!(n = pgw_build_bind(m, sizeof(m), 2, values))) {
 			session_fail(s, "08P01", "startup parameter %s too long", name);
 			return;
 		}
-		evbuffer_add(s->s.out, m, n);
+		queued &= end_queue(&s->s, m, n);
 		n = pgw_build_execute(m, sizeof(m));
-		evbuffer_add(s->s.out, m, n);
+		queued &= end_queue(&s->s, m, n);
 	}
 	if (sets == 0 && pool_conn_idle_ms(s) < HANDOVER_CHECK_MS) {
 		handover_done(s);
@@ -1174,7 +1223,7 @@ static void handover_start(struct session *s)
 	timer_set(s, cur_cfg->connect_timeout_ms);
 	client_watch(s, EV_CLOSED); /* it waits for the server now */
 	n = pgw_build_sync(m, sizeof(m));
-	if (evbuffer_add(s->s.out, m, n) != 0) {
+	if (!queued || !end_queue(&s->s, m, n)) {
 		session_fail(s, "53200", "pgrouter: out of memory");
 		return;
 	}
@@ -1616,7 +1665,7 @@ static void leave_server(struct session *s, const char *lost)
 	s->moving = true;
 	say_goodbye(s);
 	detach_server(s);
-	s->tried.n = 0;
+	tried_clear(&s->tried);
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
@@ -1656,7 +1705,7 @@ static void lost_verdict(struct session *s)
 	slog(LOG_INFO, s, "server %s went away (%s); moving the session", move_from(s),
 	     move_lost(s));
 	s->moving = true;
-	s->tried.n = 0;
+	tried_clear(&s->tried);
 	s->deadline_ms = now_ms() + cur_cfg->queue_timeout_ms;
 	route(s);
 }
@@ -2001,7 +2050,7 @@ static void server_up(struct session *s)
 		return;
 	}
 	session_set_state(s, SS_AUTH);
-	hist_observe(&srv_stats(s, s->srv)->connect_time, now_us() - s->connect_us);
+	hist_observe(&srv_stats(s, s->srv)->connect_time, now_us() - s->wait_us);
 	s->plus_dropped = false;
 	/* startup packet first, then anything the client pipelined behind it */
 	if (!s->s.out && !(s->s.out = evbuffer_new())) {
@@ -2195,7 +2244,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case SS_QUEUED:
 		if (now_ms() < s->deadline_ms) {
-			s->tried.n = 0; /* a retry after refusals (see route) */
+			tried_clear(&s->tried); /* a retry after refusals (see route) */
 			route(s);
 		} else {
 			no_server(s);
@@ -2324,7 +2373,7 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	s->id = atomic_fetch_add_explicit(&router.next_session_id, 1, memory_order_relaxed) + 1;
 	s->w = w;
 	s->l = l;
-	s->gen = config_ref(cur_cfg);
+	config_ref(l->cfg);
 	s->started_ms = now_ms();
 	s->hot_standby = s->read_only = -1;
 	s->s.fd = -1;
@@ -2332,9 +2381,9 @@ void session_start(struct worker *w, struct listener_config *l, int fd, struct s
 	/* TCP_NODELAY and the keepalive settings come from the listening socket */
 	char peer[48];
 	sockaddr_describe(sa, peer, sizeof(peer));
-	s->peer = s->user = s->who = "";
+	s->peer = s->user = s->who = no_name;
 	session_name(s, peer, "", "");
-	end_setup(&s->c, w->base, fd, &client_ops);
+	end_setup(&s->c, w->base, fd, client_ev_cb);
 	TAILQ_INSERT_TAIL(&w->sessions, s, link);
 	w->nsessions++;
 	s->state = SS_STARTUP;
@@ -2370,7 +2419,7 @@ void sessions_topology_changed(struct worker *w)
 	}
 	for (s = TAILQ_FIRST(&w->queued); s; s = next) {
 		next = TAILQ_NEXT(s, qlink);
-		s->tried.n = 0; /* a new view: servers that refused may be back */
+		tried_clear(&s->tried); /* a new view: servers that refused may be back */
 		route(s);
 		finish(s);
 	}
@@ -2383,9 +2432,10 @@ static void follow_listener(struct session *s)
 	struct listener_config *l = config_listener(cur_cfg, s->l->name);
 	if (!l || l == s->l)
 		return;
+	struct config *old = s->l->cfg;
 	s->l = l;
-	config_unref(s->gen);
-	s->gen = config_ref(cur_cfg);
+	config_ref(l->cfg);
+	config_unref(old);
 }
 
 void sessions_config_changed(struct worker *w)
@@ -2475,7 +2525,7 @@ void sessions_inspect_idle(struct worker *w)
 		next = TAILQ_NEXT(s, link);
 		if (s->state != SS_RELAY || !can_move(s))
 			continue;
-		if (s->idle_mark == s->c.scan.messages && !state_known(s) && at_boundary(s)) {
+		if (s->idle_mark == (uint32_t)s->c.scan.messages && !state_known(s) && at_boundary(s)) {
 			inspect(s, true); /* quiet since the last turn */
 			budget--;
 			if (!s->dead) { /* the next turn starts with the others */
@@ -2483,7 +2533,7 @@ void sessions_inspect_idle(struct worker *w)
 				TAILQ_INSERT_TAIL(&w->sessions, s, link);
 			}
 		} else {
-			s->idle_mark = s->c.scan.messages;
+			s->idle_mark = (uint32_t)s->c.scan.messages;
 		}
 		finish(s);
 	}

@@ -164,6 +164,17 @@ class PatroniSuite:
         got = {port_of(self.router.dsn("ro")) for _ in range(12)}
         self.assertTrue(got and got <= reps, (got, reps))
 
+    def wait_placement(self, timeout):
+        """assert_placement, passing within timeout seconds."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return self.assert_placement()
+            except (AssertionError, psycopg2.Error):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+
     # -- moving sessions (auth = router) ------------------------------------
 
     def app(self, listener="rw", **kw):
@@ -320,7 +331,10 @@ class PatroniSuite:
         w.send(msg(b"Q", cstr("commit")))
         self.assertEqual([t for t, _ in w.read_until_ready()], [b"C", b"Z"])
         w.send(msg(b"Q", cstr("select inet_server_port()")))
-        got = w.read_until_ready()
+        try:
+            got = w.read_until_ready()
+        except EOFError as e:
+            self.fail("%s; pgrouter's log:\n%s" % (e, self.mrouter.log_text()[-4000:]))
         self.assertEqual(got[-1], (b"Z", b"I"), got)
         new = self.pc.wait_healthy(60)
         self.assertIs(new, candidate)
@@ -655,7 +669,10 @@ class PatroniSuite:
             self.start_dcs()
         wait_for(lambda: "cluster state is current again" in self.router.log_text()[mark:], 30,
                  "resync after DCS return")
-        self.assert_placement()
+        # Patroni may have demoted its primary while it could not renew the
+        # leader key; once it has a leader again, pgrouter follows
+        self.pc.wait_healthy(60)
+        self.wait_placement(15)
         wait_for(lambda: self.readyz() == 200, 30, "/readyz ready again")
 
     def test_e_started_while_dcs_down(self):

@@ -31,17 +31,19 @@ static struct topology *topo4(void)
 static unsigned picks(struct topology *t, enum tsa p, enum lb b, unsigned tried_entries)
 {
 	/* which entries a policy can pick: run it enough times to see them all */
-	struct tried tr = { .n = 0 };
+	struct tried *tr = NULL;
 	for (unsigned i = 0; i < t->n; i++)
 		if (tried_entries >> i & 1)
 			assert_true(tried_add(&tr, t->e[i].srv->id));
 	atomic_uint rr = 0;
 	unsigned mask = 0;
 	for (int k = 0; k < 64; k++) {
-		int i = select_server(t, p, b, MAXLAG, &rr, &tr);
+		int i = select_server(t, p, b, MAXLAG, &rr, tr);
 		if (i >= 0)
 			mask |= 1u << i;
 	}
+	tried_clear(&tr);
+	assert_null(tr);
 	return mask;
 }
 
@@ -195,11 +197,13 @@ static void tried_by_id(void **state)
 	srv[1].id = 1000;
 	assert_int_equal(picks(t, TSA_STANDBY, LB_ROUND_ROBIN, 0), 0x2);
 	assert_int_equal(picks(t, TSA_STANDBY, LB_ROUND_ROBIN, 1u << 1), 0);
-	struct tried tr = { .n = 0 };
+	struct tried *tr = NULL; /* made by the first refusal */
 	for (uint32_t id = 0; id < TRIED_MAX; id++)
 		assert_true(tried_add(&tr, 2000 + id));
+	assert_non_null(tr);
 	assert_true(tried_add(&tr, 2000)); /* already there */
 	assert_false(tried_add(&tr, 1000)); /* full */
+	tried_clear(&tr);
 	srv[1].id = 1;
 	topo_release(t);
 }
