@@ -347,6 +347,8 @@ static int pgrouter_key(struct parse_ctx *p, const char *k, const char *v)
 	}
 	if (strcmp(k, "worker_packing") == 0)
 		return set_on_off(p, k, v, &c->worker_packing);
+	if (strcmp(k, "io_uring") == 0)
+		return set_on_off(p, k, v, &c->io_uring);
 	if (strcmp(k, "debug_worker_shuffle") == 0)
 		return set_on_off(p, k, v, &c->debug_worker_shuffle);
 	if (strcmp(k, "worker_busy_limit") == 0) {
@@ -793,6 +795,7 @@ static void defaults(struct config *c)
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = n > 0 ? (unsigned)n : 1;
 	c->worker_packing = true;
+	c->io_uring = true;
 	c->worker_busy_limit = 75;
 	c->log_level = LOG_INFO;
 	c->connect_timeout_ms = 3000;

@@ -661,6 +661,7 @@ void pool_give_back(struct session *s, bool reusable)
 		return;
 	s->sc = NULL;
 	struct end *e = &s->s;
+	end_settle(e);
 	/* the socket (and its TLS) move from the session to the record */
 	end_read(e, false);
 	end_write(e, false);

@@ -63,6 +63,7 @@ static void end_arm(struct end *e)
 
 void end_detach(struct end *e)
 {
+	end_settle(e);
 	if (e->fd >= 0 && e->armed)
 		event_del(&e->ev);
 }
@@ -112,6 +113,7 @@ void end_write(struct end *e, bool on)
 
 void end_close(struct end *e)
 {
+	end_settle(e); /* what the relay took for the peer goes before the close */
 	if (e->fd >= 0) {
 		e->rd_on = e->wr_on = false;
 		end_arm(e);
@@ -159,6 +161,7 @@ static int flush_tls(struct end *e)
 
 ssize_t end_flush(struct end *e)
 {
+	end_settle(e);
 	if (e->rd_wants_wr) {
 		/* the socket a TLS read waited for is writable: read again */
 		e->rd_wants_wr = false;
@@ -244,7 +247,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 		}
 	}
 
-	if (to->fd >= 0 && (!to->out || evbuffer_get_length(to->out) == 0)) {
+	if (to->fd >= 0 && !end_busy(to)) {
 		/* fast path: through the worker's scratch buffer */
 		uint8_t *buf = s->w->scratch;
 		n = end_recv(from, buf, sizeof(s->w->scratch));
@@ -261,6 +264,8 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 			if ((n -= 5) == 0)
 				return 0;
 		}
+		if (!to->ssl && batch_add(to, buf, (size_t)n))
+			return 0; /* sent at the end of the loop turn (batch.c) */
 		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR) {

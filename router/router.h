@@ -5,6 +5,7 @@
 #ifndef ROUTER_ROUTER_H
 #define ROUTER_ROUTER_H
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <netinet/in.h>
@@ -134,6 +135,7 @@ struct config {
 	char path[512];
 	unsigned workers;
 	bool worker_packing;        /* sessions on as few workers as keep up (balance.c) */
+	bool io_uring;              /* a loop turn's sends in one system call (batch.c) */
 	bool debug_worker_shuffle;  /* testing: every session between transactions moves on */
 	unsigned worker_busy_limit; /* percent of a CPU past which a worker hands sessions on */
 	int log_level;
@@ -639,6 +641,7 @@ struct end {
 	uint8_t armed;            /* what ev is registered for (0: not added) */
 	bool rd_on : 1, wr_on : 1, paused : 1;
 	bool rd_wants_wr : 1, wr_wants_rd : 1; /* TLS: a read waits for writability, or the reverse */
+	bool staged : 1;          /* bytes for fd wait in this loop turn's batch (batch.c) */
 	struct event ev;
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
@@ -878,6 +881,25 @@ void login_free(struct session *s);
 				(s)->srv ? " server " : "", (s)->srv ? (s)->srv->name : "", \
 				##__VA_ARGS__); \
 	} while (0)
+
+/* batch.c: sends to plaintext sockets, submitted at the end of the loop turn */
+/* Stage n bytes for `to` (plaintext, nothing staged or queued on it yet).
+ * false: not staged (io_uring = off or refused, or too long): send now. */
+bool batch_add(struct end *to, const void *p, size_t n);
+/* Submit what is staged; a short send's rest goes in front of its end's out. */
+void batch_flush(void);
+void batch_free(void); /* the worker's loop ended */
+/* Before anything else is written to e's socket or done to it. */
+static inline void end_settle(struct end *e)
+{
+	if (e->staged)
+		batch_flush();
+}
+/* Output waits for e's socket: queued, or staged. */
+static inline bool end_busy(const struct end *e)
+{
+	return e->staged || (e->out && evbuffer_get_length(e->out));
+}
 
 /* relay.c */
 #define RELAY_HIGH_WATERMARK (256 * 1024)

@@ -322,7 +322,7 @@ static void detach_server(struct session *s)
 /* Best effort: tell the server we are leaving if the stream sits between messages. */
 static void say_goodbye(struct session *s)
 {
-	if (s->sc || s->s.fd < 0 || (s->s.out && evbuffer_get_length(s->s.out)) ||
+	if (s->sc || s->s.fd < 0 || end_busy(&s->s) ||
 	    !pgw_scan_at_boundary(&s->c.scan) || (s->state != SS_RELAY && s->state != SS_INSPECT))
 		return; /* a pooled connection stays: pool_give_back decides */
 	uint8_t x[5];
@@ -2543,7 +2543,7 @@ void sessions_inspect_idle(struct worker *w)
 
 static bool end_quiet(const struct end *e)
 {
-	return !(e->out && evbuffer_get_length(e->out)) && !e->paused && !e->rd_wants_wr &&
+	return !end_busy(e) && !e->paused && !e->rd_wants_wr &&
 	       !e->wr_wants_rd && !(e->ssl && SSL_has_pending(e->ssl));
 }
 

@@ -350,6 +350,7 @@ ssize_t end_recv(struct end *e, void *buf, size_t len)
 
 ssize_t end_send(struct end *e, const void *buf, size_t len)
 {
+	end_settle(e);
 	if (!e->ssl)
 		return send(e->fd, buf, len, MSG_NOSIGNAL);
 	size_t done = 0;
@@ -385,6 +386,7 @@ ssize_t end_send(struct end *e, const void *buf, size_t len)
 
 void end_shutdown_wr(struct end *e)
 {
+	end_settle(e);
 	if (e->fd < 0)
 		return;
 	if (e->ssl) {

@@ -402,7 +402,14 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	cur_cfg = w->cfg;
-	event_base_dispatch(w->base);
+	/* one loop turn at a time: what the turn's callbacks staged is sent
+	 * after them, together (batch.c) */
+	while (!event_base_got_exit(w->base) && !event_base_got_break(w->base)) {
+		if (event_base_loop(w->base, EVLOOP_ONCE) != 0)
+			break; /* no events left, or an error */
+		batch_flush();
+	}
+	batch_free();
 	atomic_store(&w->loop_ended, true);
 	balance_close(w);
 	sessions_free_all(w); /* normally none are left: the loop ends when the last one goes */

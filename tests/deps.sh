@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config clang
-  libevent-dev libssl-dev libpq-dev libcurl4-openssl-dev libinih-dev libjansson-dev
+  libevent-dev libssl-dev libpq-dev libcurl4-openssl-dev libinih-dev libjansson-dev liburing-dev
   libcmocka-dev
   postgresql-15 postgresql-client-15
   python3 python3-psycopg2 util-linux procps iproute2 iptables openssl

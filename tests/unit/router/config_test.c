@@ -49,6 +49,7 @@ static void loads(void **state)
 	assert_int_equal(c.workers, 3);
 	assert_int_equal(c.worker_busy_limit, 50);
 	assert_true(c.worker_packing); /* default */
+	assert_true(c.io_uring);       /* default */
 	assert_false(c.debug_worker_shuffle);
 	assert_int_equal(c.log_level, LOG_DEBUG);
 	assert_int_equal(c.connect_timeout_ms, 250);
@@ -87,6 +88,7 @@ static void errors(void **state)
 	expect_error("[pgrouter]\nworker_busy_limit = 5\n",
 		     ":2: worker_busy_limit: must be a percentage 10..100");
 	expect_error("[pgrouter]\nworker_packing = maybe\n", ":2: worker_packing: must be on or off");
+	expect_error("[pgrouter]\nio_uring = maybe\n", ":2: io_uring: must be on or off");
 	expect_error("[pgrouter]\n\nconnect_timeout = 3 fortnights\n",
 		     ":3: connect_timeout: invalid duration");
 	expect_error("[pgrouter]\nlog_levle = info\n", ":2: log_levle: unknown key in [pgrouter]");
