@@ -232,7 +232,7 @@ static void count_bytes(struct session *s, const struct end *from, size_t n)
 	stat_add(from == &s->s ? &st->bytes_received : &st->bytes_sent, n);
 }
 
-int relay_move(struct session *s, struct end *from, struct end *to)
+int relay_move(struct session *s, struct end *from, struct end *to, bool batch)
 {
 	ssize_t n;
 	if (from->wr_wants_rd) {
@@ -264,7 +264,7 @@ int relay_move(struct session *s, struct end *from, struct end *to)
 			if ((n -= 5) == 0)
 				return 0;
 		}
-		if (!to->ssl && batch_add(to, buf, (size_t)n))
+		if (batch && !to->ssl && batch_add(to, buf, (size_t)n))
 			return 0; /* sent at the end of the loop turn (batch.c) */
 		ssize_t w = end_send(to, buf, (size_t)n);
 		if (w < 0) {

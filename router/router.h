@@ -953,9 +953,11 @@ int tls_cbind_data(const struct end *c, uint8_t *out, size_t cap);
 /* Read from `from` and pass it on to `to`, scanning it. Returns -1 on EOF or
  * error (errno 0 for EOF), -2 on a framing error, RELAY_TO_FAILED when
  * writing to `to` failed (errno says why; what it did not take is in to->out),
- * else 0. */
+ * else 0. batch: the write may wait for the end of the loop turn (batch.c),
+ * and a failure then shows on `to`'s write watch instead; false where the
+ * caller must know at once. */
 #define RELAY_TO_FAILED (-3)
-int relay_move(struct session *s, struct end *from, struct end *to);
+int relay_move(struct session *s, struct end *from, struct end *to, bool batch);
 /* After `to` drained: resume `from` if it was paused at the high watermark. */
 void relay_resume(struct end *from, struct end *to);
 

@@ -1993,7 +1993,9 @@ static void client_rd_cb(evutil_socket_t fd, short what, void *arg)
 		struct pgw_scanner before;
 		if (idle)
 			before = s->c.scan;
-		int r = relay_move(s, &s->c, &s->s);
+		/* ... and so the write is made now, not at the end of the loop
+		 * turn: its failure must be known here */
+		int r = relay_move(s, &s->c, &s->s, !idle);
 		if (r == RELAY_TO_FAILED && idle && s->s.out && !s->replay) {
 			int e = errno;
 			s->c.scan = before; /* scanned again when they are sent */
@@ -2199,7 +2201,7 @@ static void server_rd_cb(evutil_socket_t fd, short what, void *arg)
 			idle_server_read(s);
 			break;
 		}
-		int r = relay_move(s, &s->s, &s->c);
+		int r = relay_move(s, &s->s, &s->c, true);
 		if (r < 0)
 			relay_failed(s, r, false);
 		else
