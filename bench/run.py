@@ -22,6 +22,9 @@ row is TLS to PostgreSQL itself. Every TLS endpoint has the same certificate
 
 Usage: /usr/bin/python3 bench/run.py [--duration 8] [--repeat 3] [--rows S-c8,tls-S-c8]
                                      [--idle 1000] [--workers N] [--cert ec|rsa] [--out FILE]
+                                     [--variant io_uring=off]
+--variant adds a second pgrouter with other settings, taking turns with the
+others in every row (an A/B of one setting on the same machine, same minutes).
 """
 import argparse
 import json
@@ -150,7 +153,7 @@ log_disconnections = 0
 class PgRouterTarget:
     name = "pgrouter"
 
-    def __init__(self, workdir, cluster, workers, tls=None, pool=True):
+    def __init__(self, workdir, cluster, workers, tls=None, pool=True, extra=None, name=None):
         # configured as PgBouncer is below: it authenticates the client itself
         # (trust), pools server connections in session mode, and takes
         # plaintext and TLS clients alike
@@ -165,6 +168,9 @@ class PgRouterTarget:
         if pool:
             listeners["rw"].update(auth="router", pool_mode="session", pool_size=CONN_LIMIT)
             settings["auth_trust_users"] = "postgres"
+        settings.update(extra or {})
+        if name:
+            self.name = name
         self.tls = False
         self.router = Router([s.addr for s in cluster.servers], listeners, workdir,
                              workers=workers, log_level="warning",
@@ -314,6 +320,9 @@ def main():
     ap.add_argument("--cert", choices=("ec", "rsa"), default="ec",
                     help="key of the certificate every TLS endpoint uses (default ec: P-256)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--variant", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also run a second pgrouter with these settings, interleaved "
+                         "with the others (e.g. io_uring=off)")
     args = ap.parse_args()
     rows = [r for r in ROWS if r[0] in args.rows.split(",")]
     global CONN_LIMIT
@@ -342,6 +351,11 @@ def main():
         if "pgrouter" in only:
             starts.append(("pgrouter", lambda: PgRouterTarget(cluster.dir, cluster, args.workers,
                                                               tls).start()))
+        if args.variant and "pgrouter" in only:
+            extra = dict(kv.split("=", 1) for kv in args.variant.split(","))
+            vname = "pgrouter[%s]" % args.variant
+            starts.append((vname, lambda: PgRouterTarget(cluster.dir, cluster, args.workers, tls,
+                                                         extra=extra, name=vname).start()))
         if "haproxy" in only and shutil.which("haproxy"):
             starts.append(("haproxy", lambda: HAProxy(cluster.dir, backend).start()))
         if "pgbouncer" in only and shutil.which("pgbouncer"):
@@ -358,6 +372,8 @@ def main():
             # freed would otherwise be reused by the next (and a pool's
             # server connections would be held)
             for name, start in starts:
+                if name.startswith("pgrouter["):
+                    continue  # the variant: CPU and TPS only
                 variants = [(name, None)]
                 if name == "pgrouter":
                     variants.append(("pgrouter-passthrough", "passthrough"))
@@ -410,7 +426,7 @@ def report(results):
         return
     ways = list(rows[0]["ways"])
     proxies = [w for w in ways if w != "direct"]
-    peers = [w for w in proxies if w != "pgrouter"]
+    peers = [w for w in proxies if not w.startswith("pgrouter")]
     print()
     print("TPS (ratio to direct) / proxy CPU µs per transaction (utime+stime); medians of %d,"
           " ±half the spread in %%" % results["config"]["repeat"])
