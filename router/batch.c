@@ -1,5 +1,5 @@
 /*
- * batch.c — a loop turn's sends to plaintext sockets, submitted together.
+ * batch.c — a loop turn's relayed sends, submitted together.
  *
  * On loopback most of a relayed message's cost is the kernel's: the send runs
  * the receiver's TCP input and wakes it, and the woken peer (pgbench, a
@@ -26,6 +26,10 @@
  * end_shutdown_wr and handing the socket to the pool settle the batch first
  * (end_settle). An end with staged bytes is not idle (end_busy).
  *
+ * A TLS end's records are staged the same way, by its BIO (tls.c); the
+ * rest of a short send is then ciphertext, which the end holds (tls_hold)
+ * ahead of anything encrypted after it.
+ *
  * Without io_uring (io_uring = off, a kernel or a seccomp profile that refuses
  * it) nothing is staged and the relay sends at once, as before.
  */
@@ -40,8 +44,9 @@
 
 #define BATCH_SENDS 128
 #define BATCH_ARENA (256 * 1024)
-/* larger messages are sent at once: batching pays per message, copying per byte */
-#define BATCH_MAX_MSG (16 * 1024)
+/* larger messages are sent at once: batching pays per message, copying per
+ * byte (the margin: a full TLS record, 16 KB and its framing) */
+#define BATCH_MAX_MSG (16 * 1024 + 256)
 
 struct staged {
 	struct end *to;
@@ -91,6 +96,10 @@ void batch_free(void)
 /* What a send did not take goes first in out, before anything queued after it. */
 static void unsent(struct end *e, const uint8_t *p, size_t n)
 {
+	if (e->ssl) {
+		tls_hold(e, p, n); /* ciphertext: OpenSSL counted it written */
+		return;
+	}
 	if ((!e->out && !(e->out = evbuffer_new())) || evbuffer_prepend(e->out, p, n) != 0) {
 		/* out of memory: the stream cannot go on */
 		shutdown(e->fd, SHUT_RDWR);
@@ -103,6 +112,7 @@ static void unsent(struct end *e, const uint8_t *p, size_t n)
 static void sent(struct staged *st, const uint8_t *arena, ssize_t res)
 {
 	struct end *e = st->to;
+	st->to = NULL;
 	e->staged = false;
 	size_t done = res > 0 ? (size_t)res : 0;
 	if (done < st->len)
@@ -122,7 +132,6 @@ void batch_flush(void)
 		struct staged *st = &b->st[0];
 		ssize_t w = send(st->to->fd, b->arena + st->off, st->len, MSG_NOSIGNAL);
 		sent(st, b->arena, w);
-		st->to = NULL;
 		return;
 	}
 	for (unsigned i = 0; i < n; i++) {
@@ -143,10 +152,8 @@ void batch_flush(void)
 			uint64_t i = io_uring_cqe_get_data64(cqe);
 			int res = cqe->res;
 			io_uring_cqe_seen(&b->ring, cqe);
-			if (i < n && b->st[i].to) {
+			if (i < n && b->st[i].to)
 				sent(&b->st[i], b->arena, res);
-				b->st[i].to = NULL;
-			}
 			seen++;
 		}
 	}
@@ -162,10 +169,8 @@ void batch_flush(void)
 	/* what the ring did not send is sent the ordinary way, by each end's
 	 * write watch */
 	for (unsigned i = 0; i < n; i++)
-		if (b->st[i].to) {
+		if (b->st[i].to)
 			sent(&b->st[i], b->arena, 0);
-			b->st[i].to = NULL;
-		}
 	if (r < 0)
 		free(b);
 }

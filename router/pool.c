@@ -593,6 +593,7 @@ void pool_adopt(struct session *s, struct end *e)
 	struct srv_conn *sc = s->sc;
 	e->fd = sc->pk->e.fd;
 	e->ssl = sc->pk->e.ssl;
+	tls_rehome(e);
 	free(sc->pk); /* disarmed when it was taken; it held no output */
 	sc->pk = NULL;
 }
@@ -665,7 +666,7 @@ void pool_give_back(struct session *s, bool reusable)
 	/* the socket (and its TLS) move from the session to the record */
 	end_read(e, false);
 	end_write(e, false);
-	if (e->out && evbuffer_get_length(e->out))
+	if (end_busy(e))
 		reusable = false; /* something of the client's still unsent */
 	if (e->fd < 0) { /* never connected */
 		conn_free(sc);
@@ -681,8 +682,11 @@ void pool_give_back(struct session *s, bool reusable)
 	sc->pk = pk;
 	end_setup(&pk->e, sc->w->base, e->fd, conn_ev_cb);
 	pk->e.ssl = e->ssl;
+	pk->e.held = e->held; /* only when not reusable: then closed below */
+	tls_rehome(&pk->e);
 	e->fd = -1;
 	e->ssl = NULL;
+	e->held = false;
 	e->rd_wants_wr = e->wr_wants_rd = false;
 	if (e->out) {
 		evbuffer_free(e->out);

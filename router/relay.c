@@ -18,7 +18,8 @@
  * scanner reads headers only; bodies are never touched or copied.
  *
  * A TLS end reads and writes through end_recv/end_send (tls.c); the path is
- * the same, with OpenSSL's record buffer in front of the socket.
+ * the same, with OpenSSL's record buffer in front of the socket, and the
+ * records a message makes staged like a plaintext message.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -124,7 +125,7 @@ void end_close(struct end *e)
 		SSL_free(e->ssl);
 		e->ssl = NULL;
 	}
-	e->rd_wants_wr = e->wr_wants_rd = false;
+	e->rd_wants_wr = e->wr_wants_rd = e->held = false;
 	if (e->out) {
 		evbuffer_free(e->out);
 		e->out = NULL;
@@ -166,6 +167,16 @@ ssize_t end_flush(struct end *e)
 		/* the socket a TLS read waited for is writable: read again */
 		e->rd_wants_wr = false;
 		end_kick_read(e);
+	}
+	if (e->held) {
+		/* ciphertext first: nothing is encrypted behind it until it is gone */
+		ssize_t held = tls_flush_held(e);
+		if (held < 0)
+			return -1;
+		if (held) {
+			end_write(e, true);
+			return held + (ssize_t)(e->out ? evbuffer_get_length(e->out) : 0);
+		}
 	}
 	if (!e->out) {
 		end_write(e, false);
@@ -264,9 +275,13 @@ int relay_move(struct session *s, struct end *from, struct end *to, bool batch)
 			if ((n -= 5) == 0)
 				return 0;
 		}
-		if (batch && !to->ssl && batch_add(to, buf, (size_t)n))
+		ssize_t w;
+		if (!batch)
+			w = end_send(to, buf, (size_t)n);
+		else if (!to->ssl && batch_add(to, buf, (size_t)n))
 			return 0; /* sent at the end of the loop turn (batch.c) */
-		ssize_t w = end_send(to, buf, (size_t)n);
+		else /* TLS: its records are staged (tls.c) */
+			w = to->ssl ? end_send_staged(to, buf, (size_t)n) : end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR) {
 				/* kept: what `to` never took may go elsewhere (session.c) */

@@ -642,6 +642,7 @@ struct end {
 	bool rd_on : 1, wr_on : 1, paused : 1;
 	bool rd_wants_wr : 1, wr_wants_rd : 1; /* TLS: a read waits for writability, or the reverse */
 	bool staged : 1;          /* bytes for fd wait in this loop turn's batch (batch.c) */
+	bool held : 1;            /* TLS: ciphertext pgrouter holds for fd (tls.c) */
 	struct event ev;
 	struct evbuffer *out;     /* created on first use */
 	struct pgw_scanner scan;  /* over the bytes read from fd */
@@ -882,11 +883,12 @@ void login_free(struct session *s);
 				##__VA_ARGS__); \
 	} while (0)
 
-/* batch.c: sends to plaintext sockets, submitted at the end of the loop turn */
-/* Stage n bytes for `to` (plaintext, nothing staged or queued on it yet).
+/* batch.c: relayed sends, submitted at the end of the loop turn */
+/* Stage n bytes for `to` (nothing staged, queued or held on it yet).
  * false: not staged (io_uring = off or refused, or too long): send now. */
 bool batch_add(struct end *to, const void *p, size_t n);
-/* Submit what is staged; a short send's rest goes in front of its end's out. */
+/* Submit what is staged; a short send's rest goes in front of its end's out
+ * (TLS: it is held, tls_hold). */
 void batch_flush(void);
 void batch_free(void); /* the worker's loop ended */
 /* Before anything else is written to e's socket or done to it. */
@@ -895,10 +897,10 @@ static inline void end_settle(struct end *e)
 	if (e->staged)
 		batch_flush();
 }
-/* Output waits for e's socket: queued, or staged. */
+/* Output waits for e's socket: queued, staged, or held. */
 static inline bool end_busy(const struct end *e)
 {
-	return e->staged || (e->out && evbuffer_get_length(e->out));
+	return e->staged || e->held || (e->out && evbuffer_get_length(e->out));
 }
 
 /* relay.c */
@@ -934,8 +936,16 @@ int tls_setup(struct config *c, char *err, size_t errlen);
 void tls_teardown(struct config *c);
 /* A new SSL on fd: accepting for listener l, or connecting to srv (SNI, and
  * the host check of verify-full). NULL on failure. */
-SSL *tls_accept_ssl(struct listener_config *l, int fd);
-SSL *tls_connect_ssl(const struct disc_server *srv, int fd);
+SSL *tls_accept_ssl(struct listener_config *l, struct end *e);
+SSL *tls_connect_ssl(const struct disc_server *srv, struct end *e);
+/* e's SSL was moved onto it from another end (pooling). */
+void tls_rehome(struct end *e);
+/* end_send, with the records it makes staged in the loop turn's batch. */
+ssize_t end_send_staged(struct end *e, const void *buf, size_t len);
+/* A staged record's rest the socket did not take: held, first in line (batch.c). */
+void tls_hold(struct end *e, const void *p, size_t n);
+/* Send what e holds: -1 on a hard error, else bytes still held. */
+ssize_t tls_flush_held(struct end *e);
 /* Drive e's handshake: 1 done, 0 in progress (events armed), -1 failed (why). */
 int end_handshake(struct end *e, char *why, size_t whylen);
 /* read()/send() through e's TLS if it has one: -1 with errno EAGAIN when it

@@ -677,7 +677,7 @@ static void client_handshake(struct session *s)
 
 static void start_client_tls(struct session *s, bool direct)
 {
-	s->c.ssl = tls_accept_ssl(s->l, s->c.fd);
+	s->c.ssl = tls_accept_ssl(s->l, &s->c);
 	if (!s->c.ssl) {
 		slog(LOG_WARNING, s, "cannot start TLS (out of memory or no context)");
 		s->dead = true;
@@ -2109,7 +2109,7 @@ static void server_ssl_answer(struct session *s)
 		return;
 	}
 	if (b == 'S') {
-		s->s.ssl = tls_connect_ssl(s->srv, s->s.fd);
+		s->s.ssl = tls_connect_ssl(s->srv, &s->s);
 		if (!s->s.ssl) {
 			server_failed(s, CONN_TLS, "cannot start TLS to %s", s->srv->name);
 			return;

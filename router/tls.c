@@ -12,6 +12,9 @@
  *   partial write  SSL_write returns per record; a record that did not fit
  *                  stays in OpenSSL and its bytes stay at the head of end->out,
  *                  which is exactly what the retry must present.
+ *   batched write  the relay's records go into the loop turn's batch through
+ *                  pgrouter's BIO; a short send leaves ciphertext that the
+ *                  end holds, first in line (see "the socket").
  *   want read/write  a read that needs the socket writable (or the reverse)
  *                  sets a flag and arms the other event; rare without
  *                  renegotiation, which is off.
@@ -29,6 +32,7 @@
 #include <openssl/objects.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
@@ -222,29 +226,187 @@ void tls_teardown(struct config *c)
 	c->server_ssl_ctx = NULL;
 }
 
-static SSL *new_ssl(SSL_CTX **slot, int fd)
+/* ---- the socket, and the loop turn's batch --------------------------------
+ *
+ * An SSL reads and writes its end's socket through pgrouter's BIO: reads as
+ * OpenSSL's socket BIO would; writes too, except that the records of a
+ * message the relay sends (end_send_staged) go into the worker's batch like
+ * a plaintext message (batch.c) and OpenSSL counts them written. A full
+ * socket otherwise leaves a record in OpenSSL (SSL_write: WANT_WRITE, its
+ * bytes still at the head of end->out). The one new case is a staged record
+ * the socket did not take whole: its rest is ciphertext OpenSSL is done
+ * with, so pgrouter holds it (end->held) ahead of anything encrypted after
+ * it, which joins it, until end_flush has sent it all.
+ */
+struct tls_sock {
+	struct end *e;         /* the end the SSL is on (tls_rehome when it moves) */
+	struct evbuffer *held; /* ciphertext for the socket, in order */
+};
+
+static __thread const struct end *staging; /* end_send_staged's end */
+
+static int sock_read(BIO *b, char *p, size_t n, size_t *done)
 {
+	struct tls_sock *t = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	ssize_t r = read(t->e->fd, p, n);
+	if (r > 0) {
+		*done = (size_t)r;
+		return 1;
+	}
+	if (r == 0)
+		BIO_set_flags(b, BIO_FLAGS_IN_EOF); /* OpenSSL tells EOF from an error by it */
+	else if (errno == EAGAIN || errno == EINTR)
+		BIO_set_retry_read(b);
+	return 0;
+}
+
+static int sock_write(BIO *b, const char *p, size_t n, size_t *done)
+{
+	struct tls_sock *t = BIO_get_data(b);
+	struct end *e = t->e;
+	BIO_clear_retry_flags(b);
+	end_settle(e); /* a second record in one turn: the first goes first */
+	if (e->held) {
+		if (evbuffer_add(t->held, p, n) != 0)
+			return 0;
+		*done = n;
+		return 1;
+	}
+	if (staging == e && batch_add(e, p, n)) {
+		*done = n;
+		return 1;
+	}
+	ssize_t r = send(e->fd, p, n, MSG_NOSIGNAL);
+	if (r < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			BIO_set_retry_write(b);
+		return 0;
+	}
+	*done = (size_t)r;
+	return 1;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	(void)num, (void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1; /* nothing waits here between calls */
+	case BIO_CTRL_EOF:
+		return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+	default:
+		return 0;
+	}
+}
+
+static int sock_destroy(BIO *b)
+{
+	struct tls_sock *t = BIO_get_data(b);
+	if (t) {
+		if (t->held)
+			evbuffer_free(t->held);
+		free(t);
+		BIO_set_data(b, NULL);
+	}
+	return 1;
+}
+
+static BIO_METHOD *sock_method;
+
+static void sock_method_make(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pgrouter socket");
+	if (m && (!BIO_meth_set_read_ex(m, sock_read) || !BIO_meth_set_write_ex(m, sock_write) ||
+		  !BIO_meth_set_ctrl(m, sock_ctrl) || !BIO_meth_set_destroy(m, sock_destroy))) {
+		BIO_meth_free(m);
+		m = NULL;
+	}
+	sock_method = m;
+}
+
+static struct tls_sock *sock_of(const struct end *e)
+{
+	return BIO_get_data(SSL_get_wbio(e->ssl));
+}
+
+void tls_rehome(struct end *e)
+{
+	if (e->ssl)
+		sock_of(e)->e = e;
+}
+
+void tls_hold(struct end *e, const void *p, size_t n)
+{
+	struct tls_sock *t = sock_of(e);
+	if ((!t->held && !(t->held = evbuffer_new())) || evbuffer_prepend(t->held, p, n) != 0) {
+		/* out of memory: the stream cannot go on */
+		shutdown(e->fd, SHUT_RDWR);
+		return;
+	}
+	e->held = true;
+	end_write(e, true);
+}
+
+ssize_t tls_flush_held(struct end *e)
+{
+	struct tls_sock *t = sock_of(e);
+	if (evbuffer_write(t->held, e->fd) < 0 && errno != EAGAIN && errno != EINTR)
+		return -1;
+	size_t left = evbuffer_get_length(t->held);
+	if (!left) { /* an idle session keeps no buffer */
+		evbuffer_free(t->held);
+		t->held = NULL;
+		e->held = false;
+	}
+	return (ssize_t)left;
+}
+
+ssize_t end_send_staged(struct end *e, const void *buf, size_t len)
+{
+	staging = e;
+	ssize_t n = end_send(e, buf, len);
+	staging = NULL;
+	return n;
+}
+
+static SSL *new_ssl(SSL_CTX **slot, struct end *e)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, sock_method_make);
+	if (!sock_method)
+		return NULL;
 	pthread_mutex_lock(&ctx_lock);
 	SSL *ssl = *slot ? SSL_new(*slot) : NULL;
 	pthread_mutex_unlock(&ctx_lock);
-	if (ssl && SSL_set_fd(ssl, fd) != 1) {
+	if (!ssl)
+		return NULL;
+	BIO *b = BIO_new(sock_method);
+	struct tls_sock *t = calloc(1, sizeof(*t));
+	if (!b || !t) {
+		BIO_free(b);
+		free(t);
 		SSL_free(ssl);
-		ssl = NULL;
+		return NULL;
 	}
+	t->e = e;
+	BIO_set_data(b, t);
+	BIO_set_init(b, 1);
+	SSL_set_bio(ssl, b, b); /* one reference, for both */
 	return ssl;
 }
 
-SSL *tls_accept_ssl(struct listener_config *l, int fd)
+SSL *tls_accept_ssl(struct listener_config *l, struct end *e)
 {
-	SSL *ssl = new_ssl(&l->ssl_ctx, fd);
+	SSL *ssl = new_ssl(&l->ssl_ctx, e);
 	if (ssl)
 		SSL_set_accept_state(ssl);
 	return ssl;
 }
 
-SSL *tls_connect_ssl(const struct disc_server *srv, int fd)
+SSL *tls_connect_ssl(const struct disc_server *srv, struct end *e)
 {
-	SSL *ssl = new_ssl(&cur_cfg->server_ssl_ctx, fd);
+	SSL *ssl = new_ssl(&cur_cfg->server_ssl_ctx, e);
 	if (!ssl)
 		return NULL;
 	SSL_set_connect_state(ssl);
