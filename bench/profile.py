@@ -45,6 +45,12 @@ SYSCALL_GROUPS = {"sendto": "send", "write": "send", "sendmsg": "send", "writev"
                   "epoll_wait": "epoll_wait", "epoll_pwait": "epoll_wait"}
 
 
+# Some system calls' __x64_sys_* entry is inlined into x64_sys_call (kernel
+# 6.9 on): such a sample's chain names the function the entry called.
+INLINED_ENTRIES = {"ksys_read": "recv", "ksys_write": "send", "do_writev": "send",
+                   "do_readv": "recv", "__sys_sendto": "send", "__sys_recvfrom": "recv"}
+
+
 def by_syscall(perf_file):
     """Share of samples by the system call each was taken in (from its call
     chain): what a send, a recv and a wait cost, including what the kernel
@@ -69,6 +75,10 @@ def by_syscall(perf_file):
             if m:
                 name = m.group(1) or m.group(2)
                 group = SYSCALL_GROUPS.get(name, name)
+                break
+            # calls x64_sys_call inlines: named by the function it calls
+            if sym in INLINED_ENTRIES:
+                group = INLINED_ENTRIES[sym]
                 break
         if group is None and any(s in ("__schedule", "schedule", "preempt_schedule_irq")
                                  for s in stack):
