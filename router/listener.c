@@ -22,10 +22,35 @@
 
 #include "router/router.h"
 
+/* v in decimal at p; returns the end */
+static char *put_uint(char *p, unsigned v)
+{
+	char t[10];
+	int n = 0;
+	do
+		t[n++] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	while (n)
+		*p++ = t[--n];
+	return p;
+}
+
 void sockaddr_describe(const struct sockaddr *sa, char *buf, size_t len)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;
+	if (sa->sa_family == AF_INET && len >= sizeof("255.255.255.255:65535")) {
+		/* every connection's: digits by hand, not through snprintf */
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		const uint8_t *a = (const uint8_t *)&in->sin_addr;
+		char *p = buf;
+		for (int i = 0; i < 4; i++) {
+			p = put_uint(p, a[i]);
+			*p++ = i < 3 ? '.' : ':';
+		}
+		*put_uint(p, ntohs(in->sin_port)) = '\0';
+		return;
+	}
 	if (sa->sa_family == AF_INET) {
 		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
 		evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));

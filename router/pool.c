@@ -125,6 +125,16 @@ static bool parse_startup(const struct session *s, struct pgw_first *f)
 	       f->kind == PGW_FIRST_STARTUP;
 }
 
+/* Append len bytes of p to buf (cap, NUL not counted): false if they do not fit. */
+static bool put(char *buf, size_t cap, size_t *n, const char *p, size_t len)
+{
+	if (len >= cap - *n)
+		return false;
+	memcpy(buf + *n, p, len);
+	*n += len;
+	return true;
+}
+
 static struct pool_key *key_for(const struct session *s, struct disc_server *srv)
 {
 	struct pgw_first f;
@@ -134,19 +144,24 @@ static struct pool_key *key_for(const struct session *s, struct disc_server *srv
 	 * sending the same parameters can be given any connection of the key and
 	 * only the values that differ are SET */
 	char extra[600];
-	int n = snprintf(extra, sizeof(extra), "v%u", f.version);
-	for (unsigned i = 0; i < f.nparams && n > 0 && (size_t)n < sizeof(extra); i++) {
+	size_t n = 0;
+	bool fits = put(extra, sizeof(extra), &n, "v", 1);
+	char ver[12];
+	int lv = snprintf(ver, sizeof(ver), "%u", f.version);
+	fits = fits && lv > 0 && put(extra, sizeof(extra), &n, ver, (size_t)lv);
+	for (unsigned i = 0; i < f.nparams && fits; i++) {
 		const char *name = f.params[i].name;
 		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
 			continue;
-		if (pool_param_keyed(name))
-			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s=%s", name,
-				      f.params[i].value);
-		else
-			n += snprintf(extra + n, sizeof(extra) - (size_t)n, ";%s", name);
+		fits = put(extra, sizeof(extra), &n, ";", 1) &&
+		       put(extra, sizeof(extra), &n, name, strlen(name));
+		if (fits && pool_param_keyed(name))
+			fits = put(extra, sizeof(extra), &n, "=", 1) &&
+			       put(extra, sizeof(extra), &n, f.params[i].value, strlen(f.params[i].value));
 	}
-	if (n < 0 || (size_t)n >= sizeof(extra) || strlen(f.database) >= 64)
+	if (!fits || strlen(f.database) >= 64)
 		return NULL;
+	extra[n] = '\0';
 	pthread_mutex_lock(&keys_lock);
 	struct pool_key *k;
 	for (k = keys; k; k = k->next)
@@ -157,7 +172,7 @@ static struct pool_key *key_for(const struct session *s, struct disc_server *srv
 		k->srv = srv;
 		snprintf(k->user, sizeof(k->user), "%s", s->user);
 		snprintf(k->database, sizeof(k->database), "%s", f.database);
-		memcpy(k->extra, extra, (size_t)n + 1);
+		memcpy(k->extra, extra, n + 1);
 		k->next = keys;
 		keys = k;
 	}

@@ -124,29 +124,38 @@ static const char no_name[] = "";
 
 static void session_name(struct session *s, const char *peer, const char *user, const char *who)
 {
-	char u[NAME_MAX_LEN], w[96], p[48];
-	snprintf(p, sizeof(p), "%s", peer ? peer : s->peer);
-	snprintf(u, sizeof(u), "%s", user);
-	snprintf(w, sizeof(w), "%s", who ? who : s->who);
-	size_t lp = strlen(p) + 1, lu = strlen(u) + 1, lw = strlen(w) + 1;
-	char *b = malloc(lp + lu + lw);
+	/* no formatting: this runs for every connection */
+	const char *p = peer ? peer : s->peer, *w = who ? who : s->who;
+	size_t lp = strnlen(p, 47), lu = strnlen(user, NAME_MAX_LEN - 1), lw = strnlen(w, 95);
+	char *b = malloc(lp + lu + lw + 3);
 	if (!b)
 		return;
 	memcpy(b, p, lp);
-	memcpy(b + lp, u, lu);
-	memcpy(b + lp + lu, w, lw);
+	b[lp] = '\0';
+	memcpy(b + lp + 1, user, lu);
+	b[lp + 1 + lu] = '\0';
+	memcpy(b + lp + lu + 2, w, lw);
+	b[lp + lu + 2 + lw] = '\0';
 	if (s->peer != no_name)
 		free((char *)s->peer);
 	s->peer = b;
-	s->user = b + lp;
-	s->who = b + lp + lu;
+	s->user = b + lp + 1;
+	s->who = b + lp + lu + 2;
 }
 
 /* who is user@database */
 static void name_user(struct session *s, const char *user, const char *database)
 {
 	char w[96];
-	snprintf(w, sizeof(w), "%s@%s", user, database);
+	size_t n = strnlen(user, sizeof(w) - 1);
+	memcpy(w, user, n);
+	if (n < sizeof(w) - 1) {
+		w[n++] = '@';
+		size_t ld = strnlen(database, sizeof(w) - 1 - n);
+		memcpy(w + n, database, ld);
+		n += ld;
+	}
+	w[n] = '\0';
 	session_name(s, NULL, user, w);
 }
 
