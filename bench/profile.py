@@ -122,10 +122,10 @@ def by_object(rows):
             g = "kernel"
         elif "libevent" in dso:
             g = "libevent"
+        elif "libssl" in dso or "libcrypto" in dso:  # before libc: "libcrypto"
+            g = "openssl"
         elif "libc" in dso:
             g = "libc"
-        elif "libssl" in dso or "libcrypto" in dso:
-            g = "openssl"
         else:
             g = "proxy (%s)" % dso
         groups[g] += pct
