@@ -279,9 +279,13 @@ def run_row(row, ways, args):
     key, label, c, connect_each, tls, script = row
     samples = {name: [] for name, _, _ in ways}
     extra = ["-S"] if script == "-S" else []
-    # interleave the ways so drift on this shared machine hits all alike
-    for _ in range(args.repeat):
-        for name, port, pid in ways:
+    # interleave the ways so drift on this shared machine hits all alike, and
+    # rotate their order each repeat: whichever runs right after another
+    # (after "direct", whose clients' backends are still exiting) is not
+    # always the same one
+    for r in range(args.repeat):
+        k = r % len(ways)
+        for name, port, pid in ways[k:] + ways[:k]:
             cpu0 = cpu_seconds(pid) if pid else 0
             tps, txns, failed = pgbench(port, c, args.duration, connect_each, extra, tls)
             cpu = (cpu_seconds(pid) - cpu0) if pid else 0
