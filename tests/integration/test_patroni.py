@@ -424,7 +424,7 @@ class PatroniSuite:
             cut = len(re.findall(r"ended the session during a statement|could not be "
                                  r"inspected \(the server closed the connection\)", log))
             self.assertEqual(lost, cut, "%s\npgrouter's log:\n%s" % (failed, log[-6000:]))
-            self.assertLessEqual(lost, 3, failed)
+            self.assertLessEqual(lost, 3, "%s\npgrouter's log:\n%s" % (failed, log[-6000:]))
 
     def test_q_crash_moves_known_idle_sessions(self):
         """kill -9 of the primary: an idle session whose state pgrouter had
@@ -686,7 +686,7 @@ class PatroniSuite:
 
             def connect():
                 t = time.monotonic()
-                for _ in range(3):
+                while time.monotonic() - t < 60:
                     try:
                         result["port"] = port_of(r2.dsn("rw", connect_timeout=40))
                         break
@@ -695,16 +695,20 @@ class PatroniSuite:
                         # retry_timeout; a session routed on the leader key just then
                         # meets a server in recovery and is told to reconnect (the
                         # post-authentication check): that is the rule, so reconnect
+                        # — until Patroni has a leader again (the key etcd
+                        # kept may name the demoted one for a while: seen
+                        # three times in a row in a full run)
                         result["error"] = str(e)
                         if "the cluster changed, reconnect" not in str(e):
                             break
+                        time.sleep(0.5)
                 result["waited"] = time.monotonic() - t
             th = threading.Thread(target=connect)
             th.start()
             time.sleep(2)
             self.assertTrue(th.is_alive(), "a session did not wait while the DCS was down")
             self.start_dcs()
-            th.join(40)
+            th.join(70)
             # Patroni may still be settling its leader after the DCS came back
             leader = self.pc.wait_healthy(60)
             self.assertEqual(result.get("port"), leader.pg_port, result.get("error"))
