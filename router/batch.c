@@ -27,7 +27,7 @@
  * (end_settle). An end with staged bytes is not idle (end_busy).
  *
  * A TLS end's records are staged the same way, by its BIO (tls.c); the
- * rest of a short send is then ciphertext, which the end holds (tls_hold)
+ * rest of a short send is then ciphertext, which the end holds (end->held)
  * ahead of anything encrypted after it.
  *
  * Without io_uring (io_uring = off, a kernel or a seccomp profile that refuses
@@ -93,18 +93,19 @@ void batch_free(void)
 	cur = NULL;
 }
 
-/* What a send did not take goes first in out, before anything queued after it. */
+/* What a send did not take goes first in out, before anything queued after
+ * it; on a TLS end it is ciphertext OpenSSL counted written, held ahead of
+ * anything encrypted later. */
 static void unsent(struct end *e, const uint8_t *p, size_t n)
 {
-	if (e->ssl) {
-		tls_hold(e, p, n); /* ciphertext: OpenSSL counted it written */
-		return;
-	}
-	if ((!e->out && !(e->out = evbuffer_new())) || evbuffer_prepend(e->out, p, n) != 0) {
+	struct evbuffer **to = e->ssl ? tls_held_buffer(e) : &e->out;
+	if ((!*to && !(*to = evbuffer_new())) || evbuffer_prepend(*to, p, n) != 0) {
 		/* out of memory: the stream cannot go on */
 		shutdown(e->fd, SHUT_RDWR);
 		return;
 	}
+	if (e->ssl)
+		e->held = true;
 	end_write(e, true);
 }
 

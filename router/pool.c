@@ -144,11 +144,9 @@ static struct pool_key *key_for(const struct session *s, struct disc_server *srv
 	 * sending the same parameters can be given any connection of the key and
 	 * only the values that differ are SET */
 	char extra[600];
-	size_t n = 0;
-	bool fits = put(extra, sizeof(extra), &n, "v", 1);
-	char ver[12];
-	int lv = snprintf(ver, sizeof(ver), "%u", f.version);
-	fits = fits && lv > 0 && put(extra, sizeof(extra), &n, ver, (size_t)lv);
+	int lv = snprintf(extra, sizeof(extra), "v%u", f.version);
+	size_t n = lv > 0 ? (size_t)lv : 0;
+	bool fits = lv > 0 && n < sizeof(extra);
 	for (unsigned i = 0; i < f.nparams && fits; i++) {
 		const char *name = f.params[i].name;
 		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)

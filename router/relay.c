@@ -275,13 +275,11 @@ int relay_move(struct session *s, struct end *from, struct end *to, bool batch)
 			if ((n -= 5) == 0)
 				return 0;
 		}
-		ssize_t w;
-		if (!batch)
-			w = end_send(to, buf, (size_t)n);
-		else if (!to->ssl && batch_add(to, buf, (size_t)n))
+		if (batch && !to->ssl && batch_add(to, buf, (size_t)n))
 			return 0; /* sent at the end of the loop turn (batch.c) */
-		else /* TLS: its records are staged (tls.c) */
-			w = to->ssl ? end_send_staged(to, buf, (size_t)n) : end_send(to, buf, (size_t)n);
+		/* TLS: its records are staged by its BIO (tls.c) */
+		ssize_t w = batch && to->ssl ? end_send_staged(to, buf, (size_t)n)
+					     : end_send(to, buf, (size_t)n);
 		if (w < 0) {
 			if (errno != EAGAIN && errno != EINTR) {
 				/* kept: what `to` never took may go elsewhere (session.c) */

@@ -888,7 +888,7 @@ void login_free(struct session *s);
  * false: not staged (io_uring = off or refused, or too long): send now. */
 bool batch_add(struct end *to, const void *p, size_t n);
 /* Submit what is staged; a short send's rest goes in front of its end's out
- * (TLS: it is held, tls_hold). */
+ * (TLS: it is held, end->held). */
 void batch_flush(void);
 void batch_free(void); /* the worker's loop ended */
 /* Before anything else is written to e's socket or done to it. */
@@ -942,8 +942,9 @@ SSL *tls_connect_ssl(const struct disc_server *srv, struct end *e);
 void tls_rehome(struct end *e);
 /* end_send, with the records it makes staged in the loop turn's batch. */
 ssize_t end_send_staged(struct end *e, const void *buf, size_t len);
-/* A staged record's rest the socket did not take: held, first in line (batch.c). */
-void tls_hold(struct end *e, const void *p, size_t n);
+/* Where e's ciphertext waits, first in line: the rest of a staged record the
+ * socket did not take (batch.c puts it there and sets e->held). */
+struct evbuffer **tls_held_buffer(struct end *e);
 /* Send what e holds: -1 on a hard error, else bytes still held. */
 ssize_t tls_flush_held(struct end *e);
 /* Drive e's handshake: 1 done, 0 in progress (events armed), -1 failed (why). */

@@ -336,16 +336,9 @@ void tls_rehome(struct end *e)
 		sock_of(e)->e = e;
 }
 
-void tls_hold(struct end *e, const void *p, size_t n)
+struct evbuffer **tls_held_buffer(struct end *e)
 {
-	struct tls_sock *t = sock_of(e);
-	if ((!t->held && !(t->held = evbuffer_new())) || evbuffer_prepend(t->held, p, n) != 0) {
-		/* out of memory: the stream cannot go on */
-		shutdown(e->fd, SHUT_RDWR);
-		return;
-	}
-	e->held = true;
-	end_write(e, true);
+	return &sock_of(e)->held;
 }
 
 ssize_t tls_flush_held(struct end *e)
